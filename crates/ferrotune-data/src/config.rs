@@ -1,0 +1,169 @@
+//! The data keys of a training config (LLaMA-Factory's names), shared by `data preview`,
+//! `data stats` and, later, `train`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::encode::{EncodeOptions, Overlong};
+use crate::format::{Formatting, Stage};
+use crate::template::{CustomTemplate, TemplateChoice};
+
+/// The keys of [`DataArgs`] as they appear in a config file.
+pub const DATA_KEYS: &[&str] = &[
+    "model_name_or_path",
+    "tokenizer_name_or_path",
+    "dataset",
+    "dataset_dir",
+    "template",
+    "custom_templates",
+    "cutoff_len",
+    "train_on_prompt",
+    "mask_history",
+    "max_samples",
+    "stage",
+    "placeholders",
+    "enable_thinking",
+    "overlong",
+    "seed",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DataArgs {
+    /// A model folder; its tokenizer files are used.
+    pub model_name_or_path: Option<PathBuf>,
+    /// A tokenizer folder, when it differs from the model folder.
+    pub tokenizer_name_or_path: Option<PathBuf>,
+    /// Dataset names (registry entries or paths), comma-separated or a list.
+    #[serde(deserialize_with = "comma_list")]
+    pub dataset: Vec<String>,
+    pub dataset_dir: PathBuf,
+    /// Template name; absent means the tokenizer's own chat template.
+    pub template: Option<String>,
+    /// Templates defined in the config from slots, by name.
+    pub custom_templates: BTreeMap<String, CustomTemplate>,
+    pub cutoff_len: usize,
+    pub train_on_prompt: bool,
+    pub mask_history: bool,
+    /// Cap on samples per dataset.
+    pub max_samples: Option<usize>,
+    pub stage: Stage,
+    /// Values for `{{name}}`-style placeholders in the data.
+    pub placeholders: BTreeMap<String, String>,
+    /// Passed to the chat template (Qwen3: `false` moves the empty think block into the
+    /// prompt, so it is not trained).
+    pub enable_thinking: Option<bool>,
+    /// `truncate` (default) or `drop` samples longer than cutoff_len.
+    #[serde(deserialize_with = "overlong")]
+    pub overlong: Overlong,
+    pub seed: u64,
+    /// Not a config key: set by `--format` for files given directly.
+    #[serde(skip)]
+    pub formatting: Option<Formatting>,
+    /// Not a config key: `--skip-invalid`.
+    #[serde(skip)]
+    pub skip_invalid: bool,
+}
+
+impl Default for DataArgs {
+    fn default() -> Self {
+        DataArgs {
+            model_name_or_path: None,
+            tokenizer_name_or_path: None,
+            dataset: Vec::new(),
+            dataset_dir: PathBuf::from("data"),
+            template: None,
+            custom_templates: BTreeMap::new(),
+            cutoff_len: 2048,
+            train_on_prompt: false,
+            mask_history: false,
+            max_samples: None,
+            stage: Stage::Sft,
+            placeholders: BTreeMap::new(),
+            enable_thinking: None,
+            overlong: Overlong::Truncate,
+            seed: 42,
+            formatting: None,
+            skip_invalid: false,
+        }
+    }
+}
+
+impl DataArgs {
+    pub fn tokenizer_dir(&self) -> Option<&Path> {
+        self.tokenizer_name_or_path
+            .as_deref()
+            .or(self.model_name_or_path.as_deref())
+    }
+
+    pub fn template_choice(&self) -> TemplateChoice {
+        match &self.template {
+            Some(name) => TemplateChoice::Named(name.clone()),
+            None => TemplateChoice::Tokenizer,
+        }
+    }
+
+    pub fn encode_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            cutoff_len: self.cutoff_len,
+            train_on_prompt: self.train_on_prompt,
+            mask_history: self.mask_history,
+            overlong: self.overlong,
+        }
+    }
+
+    /// Extra variables for the chat template.
+    pub fn template_kwargs(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut kwargs = serde_json::Map::new();
+        if let Some(v) = self.enable_thinking {
+            kwargs.insert("enable_thinking".into(), serde_json::Value::Bool(v));
+        }
+        kwargs
+    }
+
+    /// Resolves relative paths: against the working directory as LLaMA-Factory does, or,
+    /// when nothing is there, against the config file's folder.
+    pub fn resolve_paths(&mut self, config_dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.exists() && config_dir.join(&*p).exists() {
+                *p = config_dir.join(&*p);
+            }
+        };
+        fix(&mut self.dataset_dir);
+        if let Some(p) = self.model_name_or_path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.tokenizer_name_or_path.as_mut() {
+            fix(p);
+        }
+    }
+}
+
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn overlong<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Overlong, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "truncate" => Ok(Overlong::Truncate),
+        "drop" => Ok(Overlong::Drop),
+        other => Err(serde::de::Error::custom(format!(
+            "overlong must be `truncate` or `drop`, not {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,456 @@
+//! Stages 4 and 5, tokenize and mask: rendered text becomes input ids and labels.
+//!
+//! The whole rendered conversation is tokenized once, so the ids are exactly the
+//! tokenization of the text the template produced (no drift from tokenizing turns
+//! separately). Assistant turns are located in that text as character spans and mapped to
+//! tokens through the tokenizer's offsets:
+//!
+//! * a turn starts where the template's generation prompt for the messages before it ends
+//!   (`render(messages[..i], add_generation_prompt=true)` must be a prefix of the full text);
+//!   for templates that are not prefix-stable there, at the next assistant header;
+//! * it ends after its end-of-turn marker (found by probing the template), searched from
+//!   the end of the message content, so text the template inserts inside the turn (Qwen3's
+//!   empty `<think>` block, tool calls) is supervised with the reply.
+//!
+//! Labels are -100 on everything else unless `train_on_prompt`.
+
+use std::ops::Range;
+
+use crate::conversation::{Conversation, Role, Sample};
+use crate::template::ChatTemplate;
+use crate::tokenizer::TokenizerBundle;
+
+pub const IGNORE_INDEX: i64 = -100;
+
+/// What to do with samples longer than `cutoff_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlong {
+    /// Keep whole turns from the start, then shorten prompt and response in proportion
+    /// (LLaMA-Factory's rule), never cutting a reply's end-of-turn tokens.
+    #[default]
+    Truncate,
+    /// Drop the sample.
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    pub cutoff_len: usize,
+    pub train_on_prompt: bool,
+    /// Train only the last assistant turn.
+    pub mask_history: bool,
+    pub overlong: Overlong,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            cutoff_len: 2048,
+            train_on_prompt: false,
+            mask_history: false,
+            overlong: Overlong::Truncate,
+        }
+    }
+}
+
+/// A sample ready for batching.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub input_ids: Vec<u32>,
+    /// The target id at each position (not yet shifted), or [`IGNORE_INDEX`].
+    pub labels: Vec<i64>,
+    /// Per-token loss weights, present only when some supervised token's weight is not 1.
+    pub weights: Option<Vec<f32>>,
+    pub truncated: bool,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    pub fn supervised_tokens(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+
+    /// Maximal runs of tokens that are all supervised or all not, as (supervised, range).
+    pub fn runs(&self) -> Vec<(bool, Range<usize>)> {
+        let mut runs: Vec<(bool, Range<usize>)> = Vec::new();
+        for (i, &label) in self.labels.iter().enumerate() {
+            let supervised = label != IGNORE_INDEX;
+            match runs.last_mut() {
+                Some((s, range)) if *s == supervised => range.end = i + 1,
+                _ => runs.push((supervised, i..i + 1)),
+            }
+        }
+        runs
+    }
+}
+
+/// Why a sample produced no training example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    /// Longer than cutoff_len with `Overlong::Drop`.
+    TooLong { tokens: usize },
+    /// Nothing left to train on (all loss weights 0, or truncation removed every reply).
+    NoSupervisedTokens,
+    /// The template failed on this conversation.
+    RenderFailed(String),
+    /// An assistant turn could not be located in the rendered text.
+    TurnNotFound(String),
+    /// The tokenizer failed.
+    Tokenizer(String),
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::TooLong { tokens } => {
+                write!(f, "{tokens} tokens, longer than cutoff_len (dropped)")
+            }
+            Skip::NoSupervisedTokens => write!(f, "no supervised token left"),
+            Skip::RenderFailed(e) => write!(f, "the chat template failed: {e}"),
+            Skip::TurnNotFound(e) => write!(f, "{e}"),
+            Skip::Tokenizer(e) => write!(f, "tokenizer error: {e}"),
+        }
+    }
+}
+
+/// A located assistant turn, in bytes of the rendered text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnSpan {
+    pub start: usize,
+    /// Where the end-of-turn marker begins (== `end` when the template writes none).
+    pub end_of_turn: usize,
+    pub end: usize,
+    pub weight: f32,
+}
+
+/// Finds every assistant turn of `conversation` in `text` (its full rendering).
+pub fn locate_turns(
+    template: &ChatTemplate,
+    conversation: &Conversation,
+    text: &str,
+) -> Result<Vec<TurnSpan>, String> {
+    let header = &template.markers.assistant_header;
+    let eot = &template.markers.end_of_turn;
+    let messages = &conversation.messages;
+    let mut spans = Vec::new();
+    let mut cursor = 0;
+    for (i, message) in messages.iter().enumerate() {
+        if message.role != Role::Assistant {
+            continue;
+        }
+        let prompt = template.render(&messages[..i], &conversation.tools, true);
+        let start = match prompt {
+            Ok(prompt) if prompt.len() >= cursor && text.starts_with(&prompt) => prompt.len(),
+            // Not prefix-stable: the template renders earlier turns differently once more
+            // messages follow. Fall back to the next assistant header after the last turn.
+            _ if !header.is_empty() => text[cursor..]
+                .find(header.as_str())
+                .map(|p| cursor + p + header.len())
+                .ok_or_else(|| format!("assistant turn {i} not found in the rendered text"))?,
+            _ => return Err(format!("assistant turn {i} not found in the rendered text")),
+        };
+        let content = message.content.trim();
+        let mut after_content = start;
+        if !content.is_empty() {
+            if let Some(p) = text[start..].find(content) {
+                after_content = start + p + content.len();
+            }
+        }
+        let (end_of_turn, end) =
+            if eot.is_empty() {
+                (
+                    after_content,
+                    after_content.max(if i + 1 == messages.len() {
+                        text.len()
+                    } else {
+                        after_content
+                    }),
+                )
+            } else {
+                let trimmed = eot.trim_end();
+                match text[after_content..].find(eot.as_str()) {
+                    Some(p) => (after_content + p, after_content + p + eot.len()),
+                    None => match text[after_content..].find(trimmed) {
+                        Some(p) if !trimmed.is_empty() => {
+                            (after_content + p, after_content + p + trimmed.len())
+                        }
+                        _ => return Err(format!(
+                            "end of assistant turn {i} ({eot:?}) not found in the rendered text"
+                        )),
+                    },
+                }
+            };
+        spans.push(TurnSpan {
+            start,
+            end_of_turn,
+            end,
+            weight: message.weight(),
+        });
+        cursor = end;
+    }
+    Ok(spans)
+}
+
+/// One prompt/response pair in token positions.
+struct Pair {
+    source: Range<usize>,
+    target: Range<usize>,
+    /// Tokens at the end of `source` that make up the assistant header.
+    header_tokens: usize,
+    /// Tokens at the end of `target` that make up the end-of-turn marker.
+    eot_tokens: usize,
+    weight: f32,
+}
+
+/// LLaMA-Factory's `infer_seqlen`: how much of a (source, target) pair fits in `cutoff`.
+pub fn infer_seqlen(source_len: usize, target_len: usize, cutoff_len: usize) -> (usize, usize) {
+    let max_target_len = if target_len * 2 < cutoff_len {
+        cutoff_len
+    } else if source_len * 2 < cutoff_len {
+        cutoff_len - source_len
+    } else {
+        (cutoff_len as f64 * (target_len as f64 / (source_len + target_len) as f64)) as usize
+    };
+    let new_target_len = max_target_len.min(target_len);
+    let max_source_len = cutoff_len.saturating_sub(new_target_len);
+    let new_source_len = max_source_len.min(source_len);
+    (new_source_len, new_target_len)
+}
+
+pub struct Encoder<'a> {
+    pub tokenizer: &'a TokenizerBundle,
+    pub template: Option<&'a ChatTemplate>,
+    pub options: EncodeOptions,
+}
+
+impl Encoder<'_> {
+    pub fn encode(&self, sample: &Sample) -> Result<Encoded, Skip> {
+        match sample {
+            Sample::Chat(conversation) => self.encode_chat(conversation),
+            Sample::Text(text) => self.encode_text(text),
+        }
+    }
+
+    /// A pretraining document: `[BOS] text EOD`, all tokens supervised.
+    pub fn encode_text(&self, text: &str) -> Result<Encoded, Skip> {
+        let encoding = self
+            .tokenizer
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Skip::Tokenizer(e.to_string()))?;
+        let mut ids: Vec<u32> = Vec::with_capacity(encoding.len() + 2);
+        ids.extend(self.tokenizer.document_start());
+        ids.extend_from_slice(encoding.get_ids());
+        ids.extend(self.tokenizer.document_end().map(|(id, _)| id));
+        let truncated = ids.len() > self.options.cutoff_len;
+        if truncated {
+            if self.options.overlong == Overlong::Drop {
+                return Err(Skip::TooLong { tokens: ids.len() });
+            }
+            ids.truncate(self.options.cutoff_len);
+        }
+        let labels = ids.iter().map(|&id| i64::from(id)).collect();
+        Ok(Encoded {
+            input_ids: ids,
+            labels,
+            weights: None,
+            truncated,
+        })
+    }
+
+    /// Renders, tokenizes and masks one conversation.
+    pub fn encode_chat(&self, conversation: &Conversation) -> Result<Encoded, Skip> {
+        let template = self
+            .template
+            .ok_or_else(|| Skip::RenderFailed("no chat template configured".into()))?;
+        let text = template
+            .render(&conversation.messages, &conversation.tools, false)
+            .map_err(Skip::RenderFailed)?;
+        let spans = locate_turns(template, conversation, &text).map_err(Skip::TurnNotFound)?;
+        let encoding = self
+            .tokenizer
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| Skip::Tokenizer(e.to_string()))?;
+        let ids = encoding.get_ids();
+        let offsets = encoding.get_offsets();
+        // First token whose text starts at or after `pos`.
+        let token_at = |pos: usize| offsets.partition_point(|&(start, _)| start < pos);
+        let header_len = template.markers.assistant_header.len();
+        let mut pairs = Vec::with_capacity(spans.len());
+        let mut previous_end = 0;
+        for span in &spans {
+            let target = token_at(span.start)..token_at(span.end);
+            let source = previous_end..target.start;
+            let header_start = token_at(span.start.saturating_sub(header_len));
+            let header_tokens = if text[..span.start].ends_with(&template.markers.assistant_header)
+            {
+                target.start.saturating_sub(header_start.max(source.start))
+            } else {
+                0
+            };
+            let eot_tokens =
+                target.end - token_at(span.end_of_turn).clamp(target.start, target.end);
+            previous_end = target.end;
+            pairs.push(Pair {
+                source,
+                target,
+                header_tokens,
+                eot_tokens,
+                weight: span.weight,
+            });
+        }
+        let tail = previous_end..ids.len();
+        self.assemble(ids, &pairs, tail)
+    }
+
+    /// Builds labels and applies truncation.
+    fn assemble(&self, ids: &[u32], pairs: &[Pair], tail: Range<usize>) -> Result<Encoded, Skip> {
+        let o = &self.options;
+        let last = pairs.len().saturating_sub(1);
+        let cutoff = o.cutoff_len;
+        let mut kept: Vec<(Vec<usize>, Vec<usize>)> = pairs
+            .iter()
+            .map(|p| (p.source.clone().collect(), p.target.clone().collect()))
+            .collect();
+        let mut tail: Vec<usize> = tail.collect();
+        let total = ids.len();
+        let truncated = total > cutoff;
+        if truncated {
+            if o.overlong == Overlong::Drop {
+                return Err(Skip::TooLong { tokens: total });
+            }
+            tail.clear();
+            // With mask_history the last turn is the one trained, so it is kept first.
+            let order: Vec<usize> = if o.mask_history {
+                (0..pairs.len()).rev().collect()
+            } else {
+                (0..pairs.len()).collect()
+            };
+            let mut used = 0;
+            let mut selected = vec![(Vec::new(), Vec::new()); pairs.len()];
+            for idx in order {
+                let p = &pairs[idx];
+                let remaining = cutoff.saturating_sub(used);
+                let (src_len, tgt_len) = (p.source.len(), p.target.len());
+                if src_len + tgt_len <= remaining {
+                    selected[idx] = kept[idx].clone();
+                    used += src_len + tgt_len;
+                    continue;
+                }
+                // Too little room for a meaningful piece of this turn: stop here.
+                if remaining < p.header_tokens + p.eot_tokens + 2 {
+                    break;
+                }
+                let (mut s, mut t) = infer_seqlen(src_len, tgt_len, remaining);
+                let min_t = p.eot_tokens.min(tgt_len);
+                if t < min_t {
+                    t = min_t;
+                    s = s.min(remaining - t);
+                }
+                selected[idx] = (
+                    keep_head_and_tail(&p.source, s, p.header_tokens),
+                    keep_head_and_tail(&p.target, t, p.eot_tokens),
+                );
+                break;
+            }
+            kept = selected;
+        }
+
+        let mut input_ids = Vec::with_capacity(total.min(cutoff));
+        let mut labels = Vec::with_capacity(total.min(cutoff));
+        let mut weights = Vec::with_capacity(total.min(cutoff));
+        for (idx, (source, target)) in kept.iter().enumerate() {
+            let p = &pairs[idx];
+            for &k in source {
+                input_ids.push(ids[k]);
+                let supervised = o.train_on_prompt;
+                labels.push(if supervised {
+                    i64::from(ids[k])
+                } else {
+                    IGNORE_INDEX
+                });
+                weights.push(if supervised { 1.0 } else { 0.0 });
+            }
+            let trained = !(o.mask_history && idx != last) && p.weight > 0.0;
+            for &k in target {
+                input_ids.push(ids[k]);
+                labels.push(if trained {
+                    i64::from(ids[k])
+                } else {
+                    IGNORE_INDEX
+                });
+                weights.push(if trained { p.weight } else { 0.0 });
+            }
+        }
+        for &k in &tail {
+            input_ids.push(ids[k]);
+            labels.push(if o.train_on_prompt {
+                i64::from(ids[k])
+            } else {
+                IGNORE_INDEX
+            });
+            weights.push(if o.train_on_prompt { 1.0 } else { 0.0 });
+        }
+        if labels.iter().all(|&l| l == IGNORE_INDEX) {
+            return Err(Skip::NoSupervisedTokens);
+        }
+        let uniform = labels
+            .iter()
+            .zip(&weights)
+            .all(|(&l, &w)| l == IGNORE_INDEX || w == 1.0);
+        Ok(Encoded {
+            input_ids,
+            labels,
+            weights: (!uniform).then_some(weights),
+            truncated,
+        })
+    }
+}
+
+/// The first `len - protected` positions of `range` plus its last `protected` ones
+/// (or only the last `len` when `len < protected`).
+fn keep_head_and_tail(range: &Range<usize>, len: usize, protected: usize) -> Vec<usize> {
+    let protected = protected.min(len).min(range.len());
+    let head = len - protected;
+    (range.start..range.start + head)
+        .chain(range.end - protected..range.end)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infer_seqlen_matches_llamafactory() {
+        // Worked through the formula of LLaMA-Factory's processor_utils.infer_seqlen.
+        assert_eq!(infer_seqlen(3000, 2000, 1000), (600, 400));
+        assert_eq!(infer_seqlen(2000, 3000, 1000), (400, 600));
+        assert_eq!(infer_seqlen(1000, 100, 1000), (900, 100));
+        assert_eq!(infer_seqlen(100, 1000, 1000), (100, 900));
+        assert_eq!(infer_seqlen(100, 500, 1000), (100, 500));
+        assert_eq!(infer_seqlen(500, 100, 1000), (500, 100));
+        assert_eq!(infer_seqlen(10, 10, 1000), (10, 10));
+    }
+
+    #[test]
+    fn head_and_tail_selection() {
+        assert_eq!(
+            keep_head_and_tail(&(10..20), 5, 2),
+            vec![10, 11, 12, 18, 19]
+        );
+        assert_eq!(keep_head_and_tail(&(10..20), 1, 2), vec![19]);
+        assert_eq!(
+            keep_head_and_tail(&(10..20), 10, 2),
+            (10..20).collect::<Vec<_>>()
+        );
+    }
+}

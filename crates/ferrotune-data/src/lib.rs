@@ -1,0 +1,35 @@
+//! ferrotune's data side: every dataset sample becomes exactly the token ids and loss
+//! mask the model trains on.
+//!
+//! The path reads in named stages, like the tokenizers pipeline:
+//!
+//! | stage | module | what it does |
+//! |---|---|---|
+//! | source | [`source`], [`registry`] | files, folders, globs and `dataset_info.json` entries to raw JSON records |
+//! | format | [`format`] | alpaca / sharegpt / openai / text records to a [`Sample`] |
+//! | template | [`template`] | a conversation to the exact text, with jinja chat templates |
+//! | tokenize + mask | [`encode`] | text to ids, labels (-100 on prompts), weights, truncation |
+//! | batch | [`collate`] | examples to padded batches with an attention mask |
+//!
+//! [`pipeline::prepare`] runs them all and reports what happened to every record.
+
+pub mod collate;
+pub mod config;
+pub mod conversation;
+pub mod encode;
+pub mod error;
+pub mod format;
+pub mod pipeline;
+pub mod placeholders;
+pub mod registry;
+pub mod source;
+pub mod template;
+pub mod tokenizer;
+
+pub use config::DataArgs;
+pub use conversation::{Conversation, Message, Role, Sample, ToolCall};
+pub use encode::{EncodeOptions, Encoded, Encoder, Overlong, IGNORE_INDEX};
+pub use error::{DataError, RecordRef, Result};
+pub use format::{Formatting, RecordFormat, Stage};
+pub use template::{ChatTemplate, TemplateChoice};
+pub use tokenizer::TokenizerBundle;

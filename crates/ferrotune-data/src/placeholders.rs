@@ -1,0 +1,84 @@
+//! `{{name}}`-style placeholders in identity data, replaced from the config
+//! (`placeholders: {name: Ferro}`) or `--placeholder name=Ferro`.
+
+use std::collections::BTreeMap;
+
+/// Replaces every `{{key}}` (spaces inside the braces allowed) whose key is in `values`.
+pub fn replace(text: &str, values: &BTreeMap<String, String>) -> String {
+    if values.is_empty() || !text.contains("{{") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => {
+                let key = after[..end].trim();
+                match values.get(key) {
+                    Some(value) if is_identifier(key) => out.push_str(value),
+                    _ => out.push_str(&rest[start..start + 2 + end + 2]),
+                }
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The placeholder names (`{{name}}`) still present in `text`.
+pub fn unreplaced(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let key = after[..end].trim();
+        if is_identifier(key) && !found.iter().any(|k| k == key) {
+            found.push(key.to_string());
+        }
+        rest = &after[end + 2..];
+    }
+    found
+}
+
+fn is_identifier(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// Parses `key=value` command-line pairs.
+pub fn parse_pair(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((k, v)) if is_identifier(k.trim()) => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {pair:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_known_keys_and_reports_the_rest() {
+        let values = BTreeMap::from([("name".to_string(), "Ferro".to_string())]);
+        let out = replace("I am {{name}}, made by {{author}}. {{ name }}!", &values);
+        assert_eq!(out, "I am Ferro, made by {{author}}. Ferro!");
+        assert_eq!(unreplaced(&out), vec!["author".to_string()]);
+        assert_eq!(
+            unreplaced("json {{\"a\": 1}} and {{}}"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn unterminated_braces_are_left_alone() {
+        let values = BTreeMap::from([("name".to_string(), "Ferro".to_string())]);
+        assert_eq!(replace("a {{name", &values), "a {{name");
+    }
+}

@@ -1,0 +1,211 @@
+//! A tokenizer folder as Hugging Face lays it out: `tokenizer.json` (the tokenizers
+//! pipeline), `tokenizer_config.json` (special tokens, `chat_template`) and optionally
+//! `chat_template.jinja` / `special_tokens_map.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::error::{DataError, Result};
+use crate::template::SpecialTokens;
+
+pub struct TokenizerBundle {
+    pub dir: PathBuf,
+    pub tokenizer: Tokenizer,
+    pub specials: SpecialTokens,
+    /// The folder's own chat template, if it has one.
+    pub chat_template: Option<String>,
+    /// `add_bos_token` from tokenizer_config.json (LLaMA-Factory prepends BOS to
+    /// pretraining documents when it is set).
+    pub add_bos_token: bool,
+}
+
+impl std::fmt::Debug for TokenizerBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenizerBundle")
+            .field("dir", &self.dir)
+            .field("specials", &self.specials)
+            .finish()
+    }
+}
+
+/// Which token pads batches, and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PadToken {
+    pub id: u32,
+    pub token: String,
+    /// Empty when the tokenizer names a pad token; otherwise says what was picked.
+    pub note: String,
+}
+
+impl TokenizerBundle {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let tokenizer_json = dir.join("tokenizer.json");
+        if !dir.is_dir() {
+            return Err(DataError::file(dir, "tokenizer folder does not exist"));
+        }
+        if !tokenizer_json.is_file() {
+            return Err(DataError::file(
+                dir,
+                "tokenizer folder has no tokenizer.json (ferrotune reads the fast-tokenizer file that \
+                 `tokenizer.save_pretrained` writes)",
+            ));
+        }
+        let tokenizer = Tokenizer::from_file(&tokenizer_json)
+            .map_err(|e| DataError::file(&tokenizer_json, format!("cannot load tokenizer: {e}")))?;
+        let config = read_json_object(&dir.join("tokenizer_config.json"))?;
+        let special_map = read_json_object(&dir.join("special_tokens_map.json"))?;
+        let token = |key: &str| {
+            config
+                .get(key)
+                .and_then(token_content)
+                .or_else(|| special_map.get(key).and_then(token_content))
+        };
+        let mut all: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        let specials_named = [
+            token("bos_token"),
+            token("eos_token"),
+            token("pad_token"),
+            token("unk_token"),
+        ];
+        for t in specials_named.iter().flatten() {
+            if !all.contains(t) {
+                all.push(t.clone());
+            }
+        }
+        all.sort();
+        let [bos, eos, pad, unk] = specials_named;
+        let chat_template = read_chat_template(dir, &config)?;
+        Ok(TokenizerBundle {
+            dir: dir.to_path_buf(),
+            tokenizer,
+            specials: SpecialTokens {
+                bos,
+                eos,
+                pad,
+                unk,
+                all,
+            },
+            chat_template,
+            add_bos_token: config
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// The pad token: the tokenizer's own, else EOS (padding is read from the attention
+    /// mask, never by comparing ids, so sharing an id with EOS is safe), else UNK, else
+    /// id 0.
+    pub fn pad_token(&self) -> PadToken {
+        let s = &self.specials;
+        if let Some((t, id)) = s.pad.as_ref().and_then(|t| Some((t, self.token_id(t)?))) {
+            return PadToken {
+                id,
+                token: t.clone(),
+                note: String::new(),
+            };
+        }
+        for (name, candidate) in [("eos", &s.eos), ("unk", &s.unk)] {
+            if let Some((t, id)) = candidate
+                .as_ref()
+                .and_then(|t| Some((t, self.token_id(t)?)))
+            {
+                return PadToken {
+                    id,
+                    token: t.clone(),
+                    note: format!("the tokenizer has no pad token; padding with its {name} token {t:?} (id {id})"),
+                };
+            }
+        }
+        let token = self.tokenizer.id_to_token(0).unwrap_or_default();
+        PadToken {
+            id: 0,
+            token: token.clone(),
+            note: format!(
+                "the tokenizer has no pad, eos or unk token; padding with id 0 ({token:?})"
+            ),
+        }
+    }
+
+    /// The token that ends a pretraining document: the vocabulary's document separator
+    /// (`<|endoftext|>` in Qwen / GPT vocabularies, `<|end_of_text|>` in Llama 3) where it
+    /// has one, else EOS. Chat models' EOS is often an end-of-turn token instead.
+    pub fn document_end(&self) -> Option<(u32, String)> {
+        ["<|endoftext|>", "<|end_of_text|>"]
+            .into_iter()
+            .map(String::from)
+            .chain(self.specials.eos.clone())
+            .find_map(|t| Some((self.token_id(&t)?, t)))
+    }
+
+    /// The BOS id when pretraining documents should start with it.
+    pub fn document_start(&self) -> Option<u32> {
+        if self.add_bos_token {
+            self.specials.bos.as_deref().and_then(|t| self.token_id(t))
+        } else {
+            None
+        }
+    }
+}
+
+fn read_json_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
+    if !path.is_file() {
+        return Ok(serde_json::Map::new());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(DataError::file(path, "expected a JSON object")),
+        Err(e) => Err(DataError::file(path, format!("malformed JSON: {e}"))),
+    }
+}
+
+/// A special token is written either as a string or as an AddedToken object.
+fn token_content(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+/// `chat_template.jinja` (newer transformers), else `chat_template` in the config: a
+/// string, or a list of named templates of which `default` is used.
+fn read_chat_template(
+    dir: &Path,
+    config: &serde_json::Map<String, Value>,
+) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| DataError::file(&jinja, format!("cannot read: {e}")));
+    }
+    match config.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(list)) => Ok(list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(String::from)),
+        Some(_) => Err(DataError::file(
+            &dir.join("tokenizer_config.json"),
+            "chat_template must be a string or a list of {name, template}",
+        )),
+    }
+}

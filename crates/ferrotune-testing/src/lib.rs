@@ -1,0 +1,81 @@
+//! Where tests find the shared reference material (fixtures, tokenizers, demo data).
+//!
+//! Every test goes through [`shared_dir`], so there is one place that knows the layout:
+//! `FERROTUNE_SHARED` when set, else `../shared` beside the repository. The product itself
+//! never reads from there.
+
+use std::path::{Path, PathBuf};
+
+/// The shared folder. Panics with a clear message when it is missing, because a test that
+/// silently skips its reference check proves nothing.
+pub fn shared_dir() -> PathBuf {
+    let dir = match std::env::var_os("FERROTUNE_SHARED") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("..").join("shared"),
+    };
+    assert!(
+        dir.is_dir(),
+        "the shared fixtures folder {} does not exist: set FERROTUNE_SHARED to its location",
+        dir.display()
+    );
+    dir
+}
+
+/// A path inside the shared folder, which must exist.
+pub fn shared(relative: &str) -> PathBuf {
+    let path = shared_dir().join(relative);
+    assert!(path.exists(), "missing shared file {}", path.display());
+    path
+}
+
+/// The repository root (the folder holding the workspace Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// Reads and parses a JSON file, panicking with the path on failure.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("cannot parse {}: {e}", path.display()))
+}
+
+/// A fresh, empty temporary folder for one test, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ferrotune-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` inside the folder and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
