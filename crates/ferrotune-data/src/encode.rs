@@ -163,30 +163,31 @@ pub fn locate_turns(
                 after_content = start + p + content.len();
             }
         }
-        let (end_of_turn, end) =
-            if eot.is_empty() {
-                (
-                    after_content,
-                    after_content.max(if i + 1 == messages.len() {
-                        text.len()
-                    } else {
-                        after_content
-                    }),
-                )
-            } else {
-                let trimmed = eot.trim_end();
-                match text[after_content..].find(eot.as_str()) {
-                    Some(p) => (after_content + p, after_content + p + eot.len()),
-                    None => match text[after_content..].find(trimmed) {
-                        Some(p) if !trimmed.is_empty() => {
-                            (after_content + p, after_content + p + trimmed.len())
-                        }
-                        _ => return Err(format!(
+        let (end_of_turn, end) = if eot.is_empty() {
+            (
+                after_content,
+                after_content.max(if i + 1 == messages.len() {
+                    text.len()
+                } else {
+                    after_content
+                }),
+            )
+        } else {
+            let trimmed = eot.trim_end();
+            match text[after_content..].find(eot.as_str()) {
+                Some(p) => (after_content + p, after_content + p + eot.len()),
+                None => match text[after_content..].find(trimmed) {
+                    Some(p) if !trimmed.is_empty() => {
+                        (after_content + p, after_content + p + trimmed.len())
+                    }
+                    _ => {
+                        return Err(format!(
                             "end of assistant turn {i} ({eot:?}) not found in the rendered text"
-                        )),
-                    },
-                }
-            };
+                        ))
+                    }
+                },
+            }
+        };
         spans.push(TurnSpan {
             start,
             end_of_turn,

@@ -73,7 +73,7 @@ pub fn resolve(
             specs.push(spec);
             continue;
         }
-        let candidates = [dataset_dir.join(name), PathBuf::from(name)];
+        let candidates = [PathBuf::from(name), dataset_dir.join(name)];
         if let Some(path) = candidates
             .iter()
             .find(|p| p.exists() || name.contains(['*', '?']))

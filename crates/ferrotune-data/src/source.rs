@@ -125,7 +125,11 @@ fn read_to_string(path: &Path) -> Result<String> {
 /// A JSON file holds an array of records (or, leniently, a single object). Parsing goes
 /// element by element so that an error names the record it is in, not just a line.
 fn read_json(path: &Path) -> Result<Vec<RawRecord>> {
-    let text = read_to_string(path)?;
+    parse_json(&read_to_string(path)?, path)
+}
+
+/// Parses the text of a `.json` file; `path` only labels errors.
+pub fn parse_json(text: &str, path: &Path) -> Result<Vec<RawRecord>> {
     let trimmed = text.trim_start_matches('\u{feff}');
     let index = Cell::new(0usize);
     let mut deserializer = serde_json::Deserializer::from_str(trimmed);
@@ -196,7 +200,11 @@ impl<'de> Visitor<'de> for RecordArray<'_> {
 use serde::Deserialize;
 
 fn read_jsonl(path: &Path) -> Result<FileRecords> {
-    let text = read_to_string(path)?;
+    Ok(parse_jsonl(&read_to_string(path)?, path))
+}
+
+/// Parses the text of a `.jsonl` file; `path` only labels errors.
+pub fn parse_jsonl(text: &str, path: &Path) -> FileRecords {
     let mut out = FileRecords::default();
     let mut index = 0;
     for (i, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
@@ -213,7 +221,7 @@ fn read_jsonl(path: &Path) -> Result<FileRecords> {
             )),
         }
     }
-    Ok(out)
+    out
 }
 
 fn read_text(path: &Path) -> Result<Vec<RawRecord>> {

@@ -1,0 +1,399 @@
+//! `ferrotune data preview` and `ferrotune data stats`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand, ValueEnum};
+use ferrotune_data::config::{DataArgs, DATA_KEYS};
+use ferrotune_data::encode::Overlong;
+use ferrotune_data::pipeline::{self, percentile, DatasetReport, Prepared};
+use ferrotune_data::{placeholders, Formatting, Stage};
+use serde_json::json;
+
+use crate::config::ConfigFile;
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Show samples as the model will train on them: the rendered text with the
+    /// supervised part marked (in colour on a terminal, [[like this]] otherwise).
+    Preview(PreviewArgs),
+    /// Count records, samples and tokens per dataset: length percentiles, the supervised
+    /// fraction, and how many samples were truncated, dropped or left without a
+    /// supervised token.
+    Stats(StatsArgs),
+}
+
+/// Which data to load: a config file, flags, or both (flags win).
+#[derive(Debug, Args)]
+pub struct DataSelection {
+    /// A YAML config (LLaMA-Factory key names: model_name_or_path, dataset, dataset_dir,
+    /// template, cutoff_len, train_on_prompt, mask_history, max_samples, stage, ...).
+    config: Option<PathBuf>,
+    /// A dataset file, folder or glob, or a name in DATASET_DIR/dataset_info.json. May be
+    /// repeated or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    dataset: Vec<String>,
+    /// Folder holding dataset_info.json and the data files.
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
+    /// Record format of files given with --dataset (detected when unambiguous).
+    #[arg(long, value_parser = ["alpaca", "sharegpt", "openai", "text"])]
+    format: Option<String>,
+    /// sft: conversations with the loss on replies; pt: plain text, every token trained.
+    #[arg(long, value_parser = ["sft", "pt"])]
+    stage: Option<String>,
+    /// Chat template: a built-in name (default, empty, alpaca, alpaca_zh, chatml, llama2,
+    /// llama3, mistral, qwen, qwen3, qwen3_nothink) or one defined in the config; the
+    /// tokenizer's own jinja template when not given.
+    #[arg(long)]
+    template: Option<String>,
+    /// Tokenizer (or model) folder with tokenizer.json and tokenizer_config.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Longest sample in tokens.
+    #[arg(long)]
+    cutoff_len: Option<usize>,
+    /// Drop samples longer than --cutoff-len instead of truncating them.
+    #[arg(long)]
+    drop_overlong: bool,
+    /// Train on prompt tokens too.
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// Train only the last assistant turn of each conversation.
+    #[arg(long)]
+    mask_history: bool,
+    /// Use at most N records of each dataset.
+    #[arg(long, value_name = "N")]
+    max_samples: Option<usize>,
+    /// Replace {{NAME}} in the data with VALUE (repeatable), e.g. --placeholder name=Ferro.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_placeholder)]
+    placeholder: Vec<(String, String)>,
+    /// Skip malformed records (counted and reported) instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+fn parse_placeholder(s: &str) -> Result<(String, String), String> {
+    placeholders::parse_pair(s)
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    data: DataSelection,
+    /// How many samples to show.
+    #[arg(short = 'n', long, default_value_t = 3)]
+    num: usize,
+    /// Print JSON Lines {"input_ids", "labels", "text"} (labels -100 where not trained).
+    #[arg(long)]
+    json: bool,
+    /// Colour the supervised tokens.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    data: DataSelection,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Preview(args) => preview(args),
+        DataCommand::Stats(args) => stats(args),
+    }
+}
+
+/// Merges the config file (if any) and the flags into [`DataArgs`].
+fn data_args(sel: &DataSelection) -> Result<DataArgs> {
+    let mut args = match &sel.config {
+        Some(path) => {
+            let config = ConfigFile::load(path)?;
+            let mut args: DataArgs = config.section(DATA_KEYS)?;
+            args.resolve_paths(&config.dir());
+            args
+        }
+        None => DataArgs::default(),
+    };
+    if !sel.dataset.is_empty() {
+        args.dataset = sel.dataset.clone();
+    }
+    if let Some(dir) = &sel.dataset_dir {
+        args.dataset_dir = dir.clone();
+    } else if sel.config.is_none() {
+        args.dataset_dir = PathBuf::from(".");
+    }
+    if let Some(format) = &sel.format {
+        args.formatting = Some(format.parse::<Formatting>()?);
+    }
+    if let Some(stage) = &sel.stage {
+        args.stage = stage.parse::<Stage>()?;
+    }
+    if sel.template.is_some() {
+        args.template = sel.template.clone();
+    }
+    if let Some(dir) = &sel.tokenizer {
+        args.tokenizer_name_or_path = Some(dir.clone());
+    }
+    if let Some(n) = sel.cutoff_len {
+        args.cutoff_len = n;
+    }
+    if sel.drop_overlong {
+        args.overlong = Overlong::Drop;
+    }
+    args.train_on_prompt |= sel.train_on_prompt;
+    args.mask_history |= sel.mask_history;
+    if sel.max_samples.is_some() {
+        args.max_samples = sel.max_samples;
+    }
+    for (k, v) in &sel.placeholder {
+        args.placeholders.insert(k.clone(), v.clone());
+    }
+    args.skip_invalid = sel.skip_invalid;
+    if args.dataset.is_empty() {
+        anyhow::bail!("no dataset: give --dataset FILE or a config file with `dataset:`");
+    }
+    Ok(args)
+}
+
+/// Warnings that apply to the whole run, on stderr.
+fn print_warnings(prepared: &Prepared) {
+    for w in &prepared.warnings {
+        eprintln!("warning: {w}");
+    }
+    for report in &prepared.reports {
+        for (key, count) in &report.unreplaced {
+            eprintln!(
+                "warning: {}: placeholder {{{{{key}}}}} left unreplaced in {count} record(s); set `placeholders: {{{key}: ...}}` in the config or --placeholder {key}=VALUE",
+                report.name
+            );
+        }
+        if report.invalid > 0 {
+            eprintln!(
+                "warning: {}: skipped {} malformed record(s)",
+                report.name, report.invalid
+            );
+        }
+        let lost = report.all_masked + report.unrenderable + report.dropped_too_long;
+        if lost > 0 {
+            eprintln!(
+                "warning: {}: {lost} record(s) gave no training example ({} without a supervised token, {} unrenderable, {} too long)",
+                report.name, report.all_masked, report.unrenderable, report.dropped_too_long
+            );
+        }
+        for example in &report.examples {
+            eprintln!("  {example}");
+        }
+    }
+}
+
+fn preview(args: PreviewArgs) -> Result<()> {
+    let data = data_args(&args.data)?;
+    let prepared = pipeline::prepare(&data, Some(args.num))?;
+    print_warnings(&prepared);
+    let tokenizer = &prepared.tokenizer.tokenizer;
+    let decode = |ids: &[u32]| {
+        tokenizer
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for sample in &prepared.samples {
+            let e = &sample.encoded;
+            let mut line = json!({
+                "input_ids": e.input_ids,
+                "labels": e.labels,
+                "text": decode(&e.input_ids)?,
+            });
+            if let Some(w) = &e.weights {
+                line["weights"] = json!(w);
+            }
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let colour = match args.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let template = match &prepared.template {
+        Some(t) => format!(
+            "template {} (end of turn {:?}, stops on {:?})",
+            t.name(),
+            t.markers.end_of_turn,
+            t.stop_strings()
+        ),
+        None => "stage pt, no template".to_string(),
+    };
+    writeln!(out, "{template}")?;
+    if !prepared.pad.note.is_empty() {
+        writeln!(out, "note: {}", prepared.pad.note)?;
+    }
+    for (n, sample) in prepared.samples.iter().enumerate() {
+        let e = &sample.encoded;
+        writeln!(
+            out,
+            "\n── sample {} · {} · {} tokens, {} supervised{} ──",
+            n + 1,
+            sample.at,
+            e.len(),
+            e.supervised_tokens(),
+            if e.truncated { ", truncated" } else { "" }
+        )?;
+        for (supervised, range) in e.runs() {
+            let text = decode(&e.input_ids[range])?;
+            match (supervised, colour) {
+                (true, true) => write!(out, "\x1b[1;32m{text}\x1b[0m")?,
+                (true, false) => write!(out, "[[{text}]]")?,
+                (false, true) => write!(out, "\x1b[2m{text}\x1b[0m")?,
+                (false, false) => write!(out, "{text}")?,
+            }
+        }
+        writeln!(out)?;
+    }
+    if prepared.samples.is_empty() {
+        writeln!(out, "\nno samples")?;
+    }
+    Ok(())
+}
+
+fn length_summary(lengths: &[usize]) -> serde_json::Value {
+    let mut sorted = lengths.to_vec();
+    sorted.sort_unstable();
+    let mean = if sorted.is_empty() {
+        0.0
+    } else {
+        sorted.iter().sum::<usize>() as f64 / sorted.len() as f64
+    };
+    json!({
+        "p50": percentile(&sorted, 50.0),
+        "p90": percentile(&sorted, 90.0),
+        "p99": percentile(&sorted, 99.0),
+        "max": sorted.last().copied().unwrap_or(0),
+        "mean": (mean * 10.0).round() / 10.0,
+    })
+}
+
+fn report_json(r: &DatasetReport) -> serde_json::Value {
+    let tokens = r.tokens();
+    json!({
+        "name": r.name,
+        "records": r.records,
+        "samples": r.samples,
+        "invalid": r.invalid,
+        "truncated": r.truncated,
+        "dropped_too_long": r.dropped_too_long,
+        "all_masked": r.all_masked,
+        "unrenderable": r.unrenderable,
+        "tokens": tokens,
+        "supervised_tokens": r.supervised_tokens,
+        "supervised_fraction": if tokens == 0 { 0.0 } else { r.supervised_tokens as f64 / tokens as f64 },
+        "length": length_summary(&r.lengths),
+        "unreplaced_placeholders": r.unreplaced,
+        "problems": r.examples,
+    })
+}
+
+fn total(reports: &[DatasetReport]) -> DatasetReport {
+    let mut t = DatasetReport {
+        name: "total".into(),
+        ..DatasetReport::default()
+    };
+    for r in reports {
+        t.records += r.records;
+        t.samples += r.samples;
+        t.invalid += r.invalid;
+        t.truncated += r.truncated;
+        t.dropped_too_long += r.dropped_too_long;
+        t.all_masked += r.all_masked;
+        t.unrenderable += r.unrenderable;
+        t.lengths.extend_from_slice(&r.lengths);
+        t.supervised_tokens += r.supervised_tokens;
+        for (k, v) in &r.unreplaced {
+            *t.unreplaced.entry(k.clone()).or_default() += v;
+        }
+    }
+    t
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let data = data_args(&args.data)?;
+    let prepared = pipeline::prepare(&data, None)?;
+    let total = total(&prepared.reports);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        let doc = json!({
+            "stage": match data.stage { Stage::Sft => "sft", Stage::Pt => "pt" },
+            "cutoff_len": data.cutoff_len,
+            "template": prepared.template.as_ref().map(|t| json!({
+                "name": t.name(),
+                "end_of_turn": t.markers.end_of_turn,
+                "stop_strings": t.stop_strings(),
+            })),
+            "pad_token": {"id": prepared.pad.id, "token": prepared.pad.token, "note": prepared.pad.note},
+            "datasets": prepared.reports.iter().map(report_json).collect::<Vec<_>>(),
+            "total": report_json(&total),
+            "warnings": prepared.warnings,
+        });
+        writeln!(out, "{doc}")?;
+        return Ok(());
+    }
+    print_warnings(&prepared);
+    if let Some(t) = &prepared.template {
+        writeln!(
+            out,
+            "template {} · end of turn {:?} · cutoff_len {}",
+            t.name(),
+            t.markers.end_of_turn,
+            data.cutoff_len
+        )?;
+    }
+    if !prepared.pad.note.is_empty() {
+        writeln!(out, "note: {}", prepared.pad.note)?;
+    }
+    let name_width = prepared
+        .reports
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(7);
+    writeln!(
+        out,
+        "{:<name_width$} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>10} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "dataset", "records", "samples", "invalid", "truncated", "dropped", "masked", "unrender", "tokens", "p50", "p90", "p99", "max", "sup%"
+    )?;
+    for r in prepared.reports.iter().chain(std::iter::once(&total)) {
+        let l = length_summary(&r.lengths);
+        let tokens = r.tokens();
+        let sup = if tokens == 0 {
+            0.0
+        } else {
+            100.0 * r.supervised_tokens as f64 / tokens as f64
+        };
+        writeln!(
+            out,
+            "{:<name_width$} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>10} {:>6} {:>6} {:>6} {:>6} {:>5.1}%",
+            r.name, r.records, r.samples, r.invalid, r.truncated, r.dropped_too_long, r.all_masked, r.unrenderable,
+            tokens, l["p50"].as_u64().unwrap_or(0), l["p90"].as_u64().unwrap_or(0),
+            l["p99"].as_u64().unwrap_or(0), l["max"].as_u64().unwrap_or(0), sup
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod data;
+
+use clap::{Parser, Subcommand};
+
+/// Supervised fine-tuning of large language models, in one Rust binary.
+///
+/// Point it at a Hugging Face model folder and a dataset (alpaca, sharegpt, OpenAI
+/// messages or plain text; LLaMA-Factory configs and dataset_info.json work as they are).
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrotune",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Look at datasets exactly as the model will see them.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Data(command) => data::run(command),
+    }
+}

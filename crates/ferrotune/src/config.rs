@@ -1,0 +1,172 @@
+//! Config files: YAML with LLaMA-Factory's key names. Every key is checked: ferrotune's
+//! own and LLaMA-Factory's are accepted, anything else is an error that suggests the
+//! nearest known key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ferrotune_data::config::DATA_KEYS;
+use serde_json::{Map, Value};
+
+/// Keys the trainer, evaluation and export act on (LLaMA-Factory's names).
+pub const TRAIN_KEYS: &[&str] = &[
+    "adapter_name_or_path",
+    "finetuning_type",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "use_rslora",
+    "freeze_trainable_layers",
+    "packing",
+    "neat_packing",
+    "mix_strategy",
+    "interleave_probs",
+    "val_size",
+    "eval_dataset",
+    "output_dir",
+    "overwrite_output_dir",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "logging_steps",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "eval_steps",
+    "eval_strategy",
+    "bf16",
+    "fp16",
+    "resume_from_checkpoint",
+    "ewc_lambda",
+    "plot_loss",
+    "do_train",
+    "do_eval",
+    "do_predict",
+    "predict_with_generate",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "export_dir",
+];
+
+/// LLaMA-Factory keys that ferrotune accepts and does not act on, with the reason.
+pub const IGNORED_KEYS: &[(&str, &str)] = &[
+    (
+        "trust_remote_code",
+        "ferrotune runs no model code from the model folder",
+    ),
+    ("deepspeed", "single-process trainer"),
+    ("ddp_timeout", "single-process trainer"),
+    ("report_to", "metrics go to metrics.jsonl in output_dir"),
+    ("preprocessing_num_workers", "preprocessing uses every core"),
+    ("dataloader_num_workers", "batches are built in-process"),
+    (
+        "save_only_model",
+        "checkpoints always hold what exact resume needs",
+    ),
+    ("overwrite_cache", "the tokenized cache is keyed by content"),
+    ("flash_attn", "attention is ferrotune's own"),
+    ("run_name", "not used"),
+    ("logging_dir", "logs go to output_dir"),
+    ("gradient_checkpointing", "not yet supported"),
+    ("ddp_find_unused_parameters", "single-process trainer"),
+    ("streaming", "datasets are read from local files"),
+    ("buffer_size", "datasets are read from local files"),
+    ("tokenized_path", "ferrotune has its own tokenized cache"),
+    ("cache_dir", "models are read from local folders"),
+];
+
+/// A parsed config file.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub values: Map<String, Value>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let value: Value = if text.trim().is_empty() {
+            Value::Object(Map::new())
+        } else {
+            serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", path.display()))?
+        };
+        let Value::Object(values) = value else {
+            bail!("{}: expected a mapping of keys to values", path.display());
+        };
+        for key in values.keys() {
+            check_key(key).with_context(|| format!("in config file {}", path.display()))?;
+        }
+        Ok(ConfigFile {
+            path: path.to_path_buf(),
+            values,
+        })
+    }
+
+    /// The folder relative paths may also be resolved against.
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Deserializes the subset of keys in `keys` into `T`.
+    pub fn section<T: serde::de::DeserializeOwned>(&self, keys: &[&str]) -> Result<T> {
+        let subset: Map<String, Value> = self
+            .values
+            .iter()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_json::from_value(Value::Object(subset))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+    }
+}
+
+fn known_keys() -> impl Iterator<Item = &'static str> {
+    DATA_KEYS
+        .iter()
+        .copied()
+        .chain(TRAIN_KEYS.iter().copied())
+        .chain(IGNORED_KEYS.iter().map(|(k, _)| *k))
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if known_keys().any(|k| k == key) {
+        return Ok(());
+    }
+    let nearest = known_keys()
+        .map(|k| (strsim::jaro_winkler(key, k), k))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score > 0.75)
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    bail!("unknown key `{key}`{nearest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        let err = check_key("cutof_len").unwrap_err().to_string();
+        assert_eq!(err, "unknown key `cutof_len` (did you mean `cutoff_len`?)");
+        assert!(check_key("deepspeed").is_ok());
+        assert!(check_key("lora_rank").is_ok());
+    }
+}
