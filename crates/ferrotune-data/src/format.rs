@@ -234,11 +234,7 @@ impl RecordFormat {
         let output = required_str(record, response_col, at)?;
 
         let mut messages = Vec::new();
-        if let Some(system) = optional_column_str(record, c.system.as_deref(), at)? {
-            if !system.is_empty() {
-                messages.push(Message::new(Role::System, system));
-            }
-        }
+        messages.extend(self.system_message(record, at)?);
         if let Some(col) = c.history.as_deref() {
             if let Some(history) = record.get(col).filter(|v| !v.is_null()) {
                 let pairs = history.as_array().ok_or_else(|| {
@@ -279,19 +275,9 @@ impl RecordFormat {
     fn sharegpt(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<Conversation> {
         let t = &self.tags;
         let col = self.columns.messages.as_deref().unwrap_or("conversations");
-        let list = record
-            .get(col)
-            .ok_or_else(|| missing_column(record, col, at))?
-            .as_array()
-            .ok_or_else(|| {
-                DataError::record(at, format!("column {col:?} must be a list of messages"))
-            })?;
+        let list = message_list(record, col, at)?;
         let mut messages = Vec::new();
-        if let Some(system) = optional_column_str(record, self.columns.system.as_deref(), at)? {
-            if !system.is_empty() {
-                messages.push(Message::new(Role::System, system));
-            }
-        }
+        messages.extend(self.system_message(record, at)?);
         let known_roles: Vec<&str> = [
             &t.user,
             &t.assistant,
@@ -352,13 +338,7 @@ impl RecordFormat {
 
     fn openai(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<Conversation> {
         let col = self.columns.messages.as_deref().unwrap_or("messages");
-        let list = record
-            .get(col)
-            .ok_or_else(|| missing_column(record, col, at))?
-            .as_array()
-            .ok_or_else(|| {
-                DataError::record(at, format!("column {col:?} must be a list of messages"))
-            })?;
+        let list = message_list(record, col, at)?;
         let mut messages = Vec::with_capacity(list.len());
         for (i, m) in list.iter().enumerate() {
             let message = openai_message(m)
@@ -369,6 +349,18 @@ impl RecordFormat {
             messages,
             tools: self.tools(record, at)?,
         })
+    }
+
+    /// The record's system column, as a leading system message when it is not empty.
+    fn system_message(
+        &self,
+        record: &Map<String, Value>,
+        at: &RecordRef,
+    ) -> Result<Option<Message>> {
+        let system = optional_column_str(record, self.columns.system.as_deref(), at)?;
+        Ok(system
+            .filter(|s| !s.is_empty())
+            .map(|s| Message::new(Role::System, s)))
     }
 
     fn tools(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<Vec<Value>> {
@@ -556,6 +548,18 @@ fn parse_function_call(content: &str) -> Result<Vec<ToolCall>, String> {
         return Err("tool call list is empty".into());
     }
     items.iter().map(openai_tool_call).collect()
+}
+
+fn message_list<'a>(
+    record: &'a Map<String, Value>,
+    col: &str,
+    at: &RecordRef,
+) -> Result<&'a Vec<Value>> {
+    record
+        .get(col)
+        .ok_or_else(|| missing_column(record, col, at))?
+        .as_array()
+        .ok_or_else(|| DataError::record(at, format!("column {col:?} must be a list of messages")))
 }
 
 fn required_str<'a>(record: &'a Map<String, Value>, col: &str, at: &RecordRef) -> Result<&'a str> {

@@ -18,14 +18,10 @@ struct Case {
     input_ids: Vec<u32>,
 }
 
-fn load(
-    name: &str,
-) -> (
-    TokenizerBundle,
-    ChatTemplate,
-    Vec<Case>,
-    Vec<(String, Vec<u32>)>,
-) {
+/// A plain string and its reference ids.
+type PlainCase = (String, Vec<u32>);
+
+fn load(name: &str) -> (TokenizerBundle, ChatTemplate, Vec<Case>, Vec<PlainCase>) {
     let tokenizer = TokenizerBundle::load(&shared(&format!("tokenizers/{name}"))).unwrap();
     let template = ChatTemplate::choose(
         &TemplateChoice::Tokenizer,

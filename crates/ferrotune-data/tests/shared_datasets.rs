@@ -51,12 +51,7 @@ fn check_all_records_become_examples(p: &Prepared, records: usize, what: &str) {
         assert!(e.supervised_tokens() > 0, "{what}: {}", s.at);
         assert_eq!(e.input_ids.len(), e.labels.len());
         // The last supervised run ends with the end-of-turn marker: the model learns to stop.
-        let (_, last_run) = e
-            .runs()
-            .into_iter()
-            .filter(|(sup, _)| *sup)
-            .next_back()
-            .unwrap();
+        let (_, last_run) = e.runs().into_iter().rfind(|(sup, _)| *sup).unwrap();
         let text = p
             .tokenizer
             .tokenizer

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_data::config::{DataArgs, DATA_KEYS};
 use ferrotune_data::encode::Overlong;
 use ferrotune_data::pipeline::{self, percentile, DatasetReport, Prepared};
-use ferrotune_data::{placeholders, Formatting, Stage};
+use ferrotune_data::{placeholders, ChatTemplate, Formatting, Stage};
 use serde_json::json;
 
 use crate::config::ConfigFile;
@@ -234,7 +234,7 @@ fn preview(args: PreviewArgs) -> Result<()> {
     let template = match &prepared.template {
         Some(t) => format!(
             "template {} (end of turn {:?}, stops on {:?})",
-            t.name(),
+            template_label(t),
             t.markers.end_of_turn,
             t.stop_strings()
         ),
@@ -270,6 +270,13 @@ fn preview(args: PreviewArgs) -> Result<()> {
         writeln!(out, "\nno samples")?;
     }
     Ok(())
+}
+
+fn template_label(t: &ChatTemplate) -> String {
+    match t.name() {
+        "tokenizer" => "from the tokenizer".to_string(),
+        name => name.to_string(),
+    }
 }
 
 fn length_summary(lengths: &[usize]) -> serde_json::Value {
@@ -359,7 +366,7 @@ fn stats(args: StatsArgs) -> Result<()> {
         writeln!(
             out,
             "template {} · end of turn {:?} · cutoff_len {}",
-            t.name(),
+            template_label(t),
             t.markers.end_of_turn,
             data.cutoff_len
         )?;
