@@ -1,0 +1,185 @@
+//! The batch the data side fills and the model consumes: token ids, labels, optional
+//! per-token loss weights, position ids and, per row, which sample each token belongs to.
+//!
+//! Rows are either right-padded single samples or neat-packed rows holding several
+//! samples end to end (positions restart at 0 for each; attention stays inside each).
+
+use candle_core::{Device, Result, Tensor};
+
+pub const IGNORE_INDEX: i64 = -100;
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq_len: usize,
+    /// (batch, seq) u32.
+    pub input_ids: Tensor,
+    /// (batch, seq) i64: the target predicted at each position, i.e. the label of the next
+    /// token of the same sample, or [`IGNORE_INDEX`]. The shift is done here, on the host,
+    /// so that no target ever crosses from one packed sample into the next.
+    pub targets: Option<Tensor>,
+    /// (batch, seq) f32 weights of those targets.
+    pub target_weights: Option<Tensor>,
+    /// Row-major (batch * seq) position ids.
+    pub position_ids: Vec<u32>,
+    /// Row-major (batch * seq): 0 on padding, k >= 1 for the k-th sample of the row.
+    pub segment_ids: Vec<u32>,
+    /// Number of targets that are not [`IGNORE_INDEX`].
+    pub supervised_tokens: usize,
+}
+
+/// One sample: ids, labels and optional weights of equal length.
+#[derive(Debug, Clone, Default)]
+pub struct Example {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub weights: Option<Vec<f32>>,
+}
+
+impl Batch {
+    /// Right-padded rows, one sample each. Positions run 0..seq_len in every row, as
+    /// transformers numbers them without explicit position ids.
+    pub fn padded(
+        examples: &[Example],
+        pad_id: u32,
+        multiple_of: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let rows: Vec<Vec<&Example>> = examples.iter().map(|e| vec![e]).collect();
+        Self::build(&rows, pad_id, multiple_of, false, device)
+    }
+
+    /// Rows holding several samples each (neat packing): positions restart per sample and
+    /// attention stays inside each sample.
+    pub fn packed(
+        rows: &[Vec<&Example>],
+        pad_id: u32,
+        multiple_of: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(rows, pad_id, multiple_of, true, device)
+    }
+
+    fn build(
+        rows: &[Vec<&Example>],
+        pad_id: u32,
+        multiple_of: usize,
+        restart_positions: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let longest = rows
+            .iter()
+            .map(|r| r.iter().map(|e| e.input_ids.len()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let m = multiple_of.max(1);
+        let seq = longest.div_ceil(m) * m;
+        let b = rows.len();
+        let mut ids = vec![pad_id; b * seq];
+        let mut labels = vec![IGNORE_INDEX; b * seq];
+        let mut weights = vec![0f32; b * seq];
+        let any_weights = rows.iter().flatten().any(|e| e.weights.is_some());
+        let mut segments = vec![0u32; b * seq];
+        let mut positions: Vec<u32> = (0..b).flat_map(|_| 0..seq as u32).collect();
+        for (r, row) in rows.iter().enumerate() {
+            let mut at = r * seq;
+            for (k, e) in row.iter().enumerate() {
+                let n = e.input_ids.len();
+                ids[at..at + n].copy_from_slice(&e.input_ids);
+                labels[at..at + n].copy_from_slice(&e.labels);
+                for i in 0..n {
+                    weights[at + i] = match &e.weights {
+                        Some(w) => w[i],
+                        None => 1.0,
+                    };
+                    segments[at + i] = k as u32 + 1;
+                    if restart_positions {
+                        positions[at + i] = i as u32;
+                    }
+                }
+                at += n;
+            }
+        }
+        Self::from_parts(
+            ids,
+            labels,
+            any_weights.then_some(weights),
+            positions,
+            segments,
+            b,
+            seq,
+            device,
+        )
+    }
+
+    /// From row-major vectors; `segment_ids` 0 marks padding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        ids: Vec<u32>,
+        labels: Vec<i64>,
+        weights: Option<Vec<f32>>,
+        position_ids: Vec<u32>,
+        segment_ids: Vec<u32>,
+        batch: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = batch * seq_len;
+        let mut targets = vec![IGNORE_INDEX; n];
+        let mut target_weights = weights.as_ref().map(|_| vec![0f32; n]);
+        for i in 0..n {
+            let next = i + 1;
+            let same_sample =
+                next % seq_len != 0 && segment_ids[i] != 0 && segment_ids[next] == segment_ids[i];
+            if same_sample && labels[next] != IGNORE_INDEX {
+                targets[i] = labels[next];
+                if let (Some(tw), Some(w)) = (target_weights.as_mut(), weights.as_ref()) {
+                    tw[i] = w[next];
+                }
+            }
+        }
+        let supervised_tokens = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        Ok(Batch {
+            batch,
+            seq_len,
+            input_ids: Tensor::from_vec(ids, (batch, seq_len), device)?,
+            targets: Some(Tensor::from_vec(targets, (batch, seq_len), device)?),
+            target_weights: target_weights
+                .map(|w| Tensor::from_vec(w, (batch, seq_len), device))
+                .transpose()?,
+            position_ids,
+            segment_ids,
+            supervised_tokens,
+        })
+    }
+
+    /// Segment ids of one packed row from its position ids: a new sample starts wherever
+    /// the position restarts at 0.
+    pub fn segments_from_positions(position_ids: &[u32]) -> Vec<u32> {
+        let mut segment = 0;
+        position_ids
+            .iter()
+            .map(|&p| {
+                if p == 0 {
+                    segment += 1;
+                }
+                segment.max(1)
+            })
+            .collect()
+    }
+
+    /// Ids only, for inference: one unpadded row.
+    pub fn prompt(ids: &[u32], device: &Device) -> Result<Self> {
+        let n = ids.len();
+        Ok(Batch {
+            batch: 1,
+            seq_len: n,
+            input_ids: Tensor::from_vec(ids.to_vec(), (1, n), device)?,
+            targets: None,
+            target_weights: None,
+            position_ids: (0..n as u32).collect(),
+            segment_ids: vec![1; n],
+            supervised_tokens: 0,
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! A linear projection with an optional bias and an optional LoRA adapter.
+
+use candle_core::{Result, Tensor};
+
+use crate::ops::frozen_linear;
+use crate::param::Param;
+
+/// LoRA: `y = x W^T + b + scale * (dropout(x) A^T) B^T` with A (r, in) and B (out, r).
+#[derive(Debug, Clone)]
+pub struct LoraWeights {
+    pub a: Param,
+    pub b: Param,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub lora: Option<LoraWeights>,
+}
+
+impl Linear {
+    pub fn new(weight: Param, bias: Option<Param>) -> Self {
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.tensor().dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.tensor().dims()[0]
+    }
+
+    /// `x` (..., in) -> (..., out). `train` enables LoRA dropout.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_f = *dims.last().expect("input has dimensions");
+        let rows = x.elem_count() / in_f;
+        let x2 = x.reshape((rows, in_f))?;
+        let w = self.weight.tensor();
+        let mut y = if self.weight.is_trainable() {
+            x2.matmul(&w.t()?)?
+        } else {
+            frozen_linear(&x2, w)?
+        };
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias.tensor())?;
+        }
+        if let Some(lora) = &self.lora {
+            let xd = if train && lora.dropout > 0.0 {
+                candle_nn::ops::dropout(&x2, lora.dropout)?
+            } else {
+                x2
+            };
+            let delta = xd
+                .matmul(&lora.a.tensor().t()?)?
+                .matmul(&lora.b.tensor().t()?)?;
+            y = (y + delta.affine(lora.scale, 0.0)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("dims") = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+
+    /// The weights, for visiting every parameter.
+    pub fn params(&self) -> impl Iterator<Item = &Param> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.iter())
+            .chain(self.lora.iter().flat_map(|l| [&l.a, &l.b]))
+    }
+
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        std::iter::once(&mut self.weight)
+            .chain(self.bias.iter_mut())
+            .chain(self.lora.iter_mut().flat_map(|l| [&mut l.a, &mut l.b]))
+    }
+
+    /// `W + scale * B A`: the LoRA update folded into the weight.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.weight.tensor();
+        match &self.lora {
+            Some(l) => {
+                let delta = l.b.tensor().matmul(l.a.tensor())?.affine(l.scale, 0.0)?;
+                (w + delta.to_dtype(w.dtype())?)?.detach().copy()
+            }
+            None => Ok(w.clone()),
+        }
+    }
+}

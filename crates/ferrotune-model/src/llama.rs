@@ -1,0 +1,476 @@
+//! The Llama family of decoders (Llama 2/3, Mistral, Qwen2, Qwen3) with a forward pass
+//! that candle can differentiate, written to match transformers' eager implementation.
+//!
+//! embed -> [ RMSNorm -> attention (q/k/v, optional q/k norm, rope, GQA, causal mask)
+//!            -> residual -> RMSNorm -> SwiGLU MLP -> residual ] x N -> RMSNorm -> lm_head
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::batch::Batch;
+use crate::config::ModelConfig;
+use crate::linear::Linear;
+use crate::loss::{causal_lm_loss, LossSum};
+use crate::ops::{apply_rope, frozen_linear, repeat_kv, rms_norm, softmax_last_dim};
+use crate::param::Param;
+
+/// Weights by Hugging Face name, consumed while the model is built.
+pub type WeightMap = HashMap<String, Tensor>;
+
+fn take(weights: &mut WeightMap, name: &str, dtype: DType) -> Result<Param> {
+    let t = weights
+        .remove(name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("missing weight {name}")))?;
+    Ok(Param::frozen(name, t.to_dtype(dtype)?))
+}
+
+fn linear(weights: &mut WeightMap, prefix: &str, bias: bool, dtype: DType) -> Result<Linear> {
+    let weight = take(weights, &format!("{prefix}.weight"), dtype)?;
+    let bias = if bias {
+        Some(take(weights, &format!("{prefix}.bias"), dtype)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Option<Param>,
+    pub k_norm: Option<Param>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+/// Keys and values of the tokens seen so far, per layer, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Row-major (batch * len) segment ids of the cached keys (0 = padding).
+    key_segments: Vec<u32>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            key_segments: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Attention {
+    fn load(w: &mut WeightMap, p: &str, c: &ModelConfig, dtype: DType) -> Result<Self> {
+        let norm = |w: &mut WeightMap, n: &str| -> Result<Option<Param>> {
+            if c.qk_norm {
+                Ok(Some(take(w, &format!("{p}.{n}.weight"), dtype)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Attention {
+            q_proj: linear(w, &format!("{p}.q_proj"), c.qkv_bias, dtype)?,
+            k_proj: linear(w, &format!("{p}.k_proj"), c.qkv_bias, dtype)?,
+            v_proj: linear(w, &format!("{p}.v_proj"), c.qkv_bias, dtype)?,
+            o_proj: linear(w, &format!("{p}.o_proj"), c.o_bias, dtype)?,
+            q_norm: norm(w, "q_norm")?,
+            k_norm: norm(w, "k_norm")?,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let mut q = self.q_proj.forward(x, train)?.reshape((b, s, nh, hd))?;
+        let mut k = self.k_proj.forward(x, train)?.reshape((b, s, nkv, hd))?;
+        let v = self.v_proj.forward(x, train)?.reshape((b, s, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm(&q, qn.tensor(), self.eps)?;
+            k = rms_norm(&k, kn.tensor(), self.eps)?;
+        }
+        let q = apply_rope(&q.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
+        let mut k = apply_rope(&k.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
+        let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
+        let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
+        self.o_proj.forward(&out, train)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, train)?.silu()?;
+        let up = self.up_proj.forward(x, train)?;
+        self.down_proj.forward(&(gate * up)?, train)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: Param,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Param,
+    pub mlp: Mlp,
+}
+
+/// A decoder-only causal language model.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    pub config: ModelConfig,
+    pub embed_tokens: Param,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Param,
+    /// `None` when the output projection is tied to the embeddings.
+    pub lm_head: Option<Linear>,
+    inv_freq: Vec<f32>,
+    device: Device,
+    dtype: DType,
+}
+
+impl CausalLm {
+    /// Builds the model from weights by Hugging Face name (all frozen; see
+    /// `crate::tuning` to choose what trains). Unused weights are returned.
+    pub fn from_weights(
+        config: ModelConfig,
+        mut w: WeightMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, Vec<String>)> {
+        let c = &config;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: take(&mut w, &format!("{p}.input_layernorm.weight"), dtype)?,
+                self_attn: Attention::load(&mut w, &format!("{p}.self_attn"), c, dtype)?,
+                post_attention_layernorm: take(
+                    &mut w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    dtype,
+                )?,
+                mlp: Mlp {
+                    gate_proj: linear(&mut w, &format!("{p}.mlp.gate_proj"), c.mlp_bias, dtype)?,
+                    up_proj: linear(&mut w, &format!("{p}.mlp.up_proj"), c.mlp_bias, dtype)?,
+                    down_proj: linear(&mut w, &format!("{p}.mlp.down_proj"), c.mlp_bias, dtype)?,
+                },
+            });
+        }
+        let embed_tokens = take(&mut w, "model.embed_tokens.weight", dtype)?;
+        let norm = take(&mut w, "model.norm.weight", dtype)?;
+        let lm_head = if c.tie_word_embeddings {
+            w.remove("lm_head.weight");
+            None
+        } else {
+            Some(linear(&mut w, "lm_head", false, dtype)?)
+        };
+        let mut unused: Vec<String> = w
+            .into_keys()
+            .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        unused.sort();
+        let inv_freq = config.inv_freq();
+        Ok((
+            CausalLm {
+                config,
+                embed_tokens,
+                layers,
+                norm,
+                lm_head,
+                inv_freq,
+                device: device.clone(),
+                dtype,
+            },
+            unused,
+        ))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every parameter, in a stable order (Hugging Face names).
+    pub fn params(&self) -> Vec<&Param> {
+        let mut out = vec![&self.embed_tokens];
+        for l in &self.layers {
+            out.push(&l.input_layernorm);
+            let a = &l.self_attn;
+            for lin in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                out.extend(lin.params());
+            }
+            out.extend(a.q_norm.iter().chain(a.k_norm.iter()));
+            out.push(&l.post_attention_layernorm);
+            for lin in [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj] {
+                out.extend(lin.params());
+            }
+        }
+        out.push(&self.norm);
+        if let Some(head) = &self.lm_head {
+            out.extend(head.params());
+        }
+        out
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = vec![&mut self.embed_tokens];
+        for l in &mut self.layers {
+            out.push(&mut l.input_layernorm);
+            let a = &mut l.self_attn;
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                out.extend(lin.params_mut());
+            }
+            out.extend(a.q_norm.iter_mut().chain(a.k_norm.iter_mut()));
+            out.push(&mut l.post_attention_layernorm);
+            for lin in [
+                &mut l.mlp.gate_proj,
+                &mut l.mlp.up_proj,
+                &mut l.mlp.down_proj,
+            ] {
+                out.extend(lin.params_mut());
+            }
+        }
+        out.push(&mut self.norm);
+        if let Some(head) = &mut self.lm_head {
+            out.extend(head.params_mut());
+        }
+        out
+    }
+
+    /// Every linear projection with its module path (`model.layers.0.self_attn.q_proj`),
+    /// for LoRA.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            for (name, lin) in [
+                ("q_proj", &mut a.q_proj),
+                ("k_proj", &mut a.k_proj),
+                ("v_proj", &mut a.v_proj),
+                ("o_proj", &mut a.o_proj),
+            ] {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), lin));
+            }
+            let m = &mut l.mlp;
+            for (name, lin) in [
+                ("gate_proj", &mut m.gate_proj),
+                ("up_proj", &mut m.up_proj),
+                ("down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.mlp.{name}"), lin));
+            }
+        }
+        out
+    }
+
+    /// Rotary cos/sin (batch, 1, seq, head_dim) for the given row-major position ids.
+    fn rope(&self, positions: &[u32], batch: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let d = 2 * half;
+        let mut cos = Vec::with_capacity(positions.len() * d);
+        let mut sin = Vec::with_capacity(positions.len() * d);
+        for &p in positions {
+            let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(freqs.iter().map(|x| x.cos()));
+                sin.extend(freqs.iter().map(|x| x.sin()));
+            }
+        }
+        let shape = (batch, 1, seq, d);
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Additive attention bias (batch, 1, q_len, k_len): a query sees keys at or before
+    /// its position that are not padding and belong to its own sample; a padding query
+    /// sees every real key before it, as transformers does.
+    fn attention_bias(
+        &self,
+        q_segments: &[u32],
+        k_segments: &[u32],
+        batch: usize,
+        past: usize,
+    ) -> Result<Tensor> {
+        let q_len = q_segments.len() / batch;
+        let k_len = k_segments.len() / batch;
+        let mut bias = vec![f32::MIN; batch * q_len * k_len];
+        for b in 0..batch {
+            for q in 0..q_len {
+                let qs = q_segments[b * q_len + q];
+                let row = &mut bias[(b * q_len + q) * k_len..(b * q_len + q + 1) * k_len];
+                for (k, slot) in row.iter_mut().enumerate().take(past + q + 1) {
+                    let ks = k_segments[b * k_len + k];
+                    if ks != 0 && (qs == 0 || qs == ks) {
+                        *slot = 0.0;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(bias, (batch, 1, q_len, k_len), &self.device)?.to_dtype(self.dtype)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        self.embed_tokens
+            .tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, s, h))
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden, false),
+            None => {
+                let (b, s, h) = hidden.dims3()?;
+                let x = hidden.reshape((b * s, h))?;
+                let w = self.embed_tokens.tensor();
+                let logits = if self.embed_tokens.is_trainable() {
+                    x.matmul(&w.t()?)?
+                } else {
+                    frozen_linear(&x, w)?
+                };
+                logits.reshape((b, s, ()))
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        q_segments: &[u32],
+        k_segments: &[u32],
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        let rope = self.rope(positions, b, s)?;
+        let mask = self.attention_bias(q_segments, k_segments, b, past)?;
+        let mut x = self.embed(ids)?;
+        let mut slots = cache.map(|c| &mut c.layers);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = rms_norm(&x, layer.input_layernorm.tensor(), self.config.rms_norm_eps)?;
+            let slot = slots.as_mut().map(|s| &mut s[i]);
+            let h = layer.self_attn.forward(&h, &rope, &mask, slot, train)?;
+            x = (residual + h)?;
+            let residual = x.clone();
+            let h = rms_norm(
+                &x,
+                layer.post_attention_layernorm.tensor(),
+                self.config.rms_norm_eps,
+            )?;
+            x = (residual + layer.mlp.forward(&h, train)?)?;
+        }
+        let x = rms_norm(&x, self.norm.tensor(), self.config.rms_norm_eps)?;
+        self.head(&x)?.to_dtype(DType::F32)
+    }
+
+    /// Logits (batch, seq, vocab) in f32. `train` enables LoRA dropout.
+    pub fn forward(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        self.run(
+            &batch.input_ids,
+            &batch.position_ids,
+            &batch.segment_ids,
+            &batch.segment_ids,
+            None,
+            train,
+        )
+    }
+
+    /// Logits and the summed loss of a batch with targets.
+    pub fn forward_loss(&self, batch: &Batch, train: bool) -> Result<(Tensor, LossSum)> {
+        let logits = self.forward(batch, train)?;
+        let targets = batch
+            .targets
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
+        let loss = causal_lm_loss(
+            &logits,
+            targets,
+            batch.target_weights.as_ref(),
+            batch.supervised_tokens,
+        )?;
+        Ok((logits, loss))
+    }
+
+    /// Runs new tokens (batch, n) through the model, appending to `cache`. `positions` and
+    /// `segments` are row-major (batch * n); segment 0 marks (left) padding.
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        segments: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, n) = ids.dims2()?;
+        if cache.layers.len() != self.layers.len() {
+            *cache = KvCache::new(self.layers.len());
+        }
+        let old = cache.len;
+        let mut keys = Vec::with_capacity(b * (old + n));
+        for row in 0..b {
+            keys.extend_from_slice(&cache.key_segments[row * old..(row + 1) * old]);
+            keys.extend_from_slice(&segments[row * n..(row + 1) * n]);
+        }
+        let logits = self.run(ids, positions, segments, &keys, Some(cache), false)?;
+        cache.key_segments = keys;
+        cache.len = old + n;
+        Ok(logits)
+    }
+}

@@ -1,0 +1,76 @@
+//! Model folders in Hugging Face layout: config.json plus model.safetensors or shards
+//! listed in model.safetensors.index.json, memory-mapped; f32 / bf16 / f16 on disk.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::llama::{CausalLm, WeightMap};
+
+/// The safetensors files of a model folder.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| ModelError::file(&index, format!("cannot read: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::file(&index, format!("malformed JSON: {e}")))?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::file(&index, "has no weight_map"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.is_file() {
+                return Err(ModelError::file(
+                    f,
+                    "shard listed in model.safetensors.index.json is missing",
+                ));
+            }
+        }
+        return Ok(files);
+    }
+    Err(ModelError::file(
+        dir,
+        "no model.safetensors or model.safetensors.index.json (is this a Hugging Face model folder?)",
+    ))
+}
+
+/// Reads every tensor of the given safetensors files onto `device`.
+pub fn read_safetensors(files: &[PathBuf], device: &Device) -> Result<WeightMap> {
+    // SAFETY: the files are only read; mutating them while mapped is the user's problem,
+    // as with every memory-mapped loader.
+    let mmaped = unsafe { MmapedSafetensors::multi(files) }
+        .map_err(|e| ModelError::file(&files[0], format!("cannot map safetensors: {e}")))?;
+    let mut map = WeightMap::new();
+    for (name, _) in mmaped.tensors() {
+        let t = mmaped
+            .load(&name, device)
+            .map_err(|e| ModelError::invalid(format!("cannot load tensor {name}: {e}")))?;
+        map.insert(name, t);
+    }
+    Ok(map)
+}
+
+/// Loads a model folder. `dtype` is the compute dtype (f32 for training: master weights
+/// stay f32 whatever the file holds).
+pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<CausalLm> {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = read_safetensors(&weight_files(dir)?, device)?;
+    let (model, _unused) = CausalLm::from_weights(config, weights, dtype, device)
+        .map_err(|e| ModelError::file(dir, e.to_string()))?;
+    Ok(model)
+}
