@@ -9,6 +9,7 @@ pub mod llama;
 pub mod loss;
 pub mod ops;
 pub mod param;
+pub mod tuning;
 pub mod weights;
 
 pub use batch::{Batch, Example, IGNORE_INDEX};
