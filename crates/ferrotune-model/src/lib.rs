@@ -4,11 +4,13 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod linear;
 pub mod llama;
 pub mod loss;
 pub mod ops;
 pub mod param;
+pub mod save;
 pub mod tuning;
 pub mod weights;
 
