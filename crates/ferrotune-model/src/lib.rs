@@ -2,9 +2,12 @@
 //! forward pass candle can differentiate, matching transformers in f32.
 
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
+pub mod init;
 pub mod linear;
 pub mod llama;
 pub mod loss;
