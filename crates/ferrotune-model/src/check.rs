@@ -16,6 +16,9 @@ use crate::tuning::merge_lora;
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CheckReport {
     pub logits_max_abs_diff: f32,
+    /// Unpadded positions where the most likely next token differs from the reference's.
+    pub argmax_mismatches: usize,
+    pub positions: usize,
     pub loss: f32,
     pub reference_loss: f32,
     pub loss_rel_diff: f32,
@@ -45,31 +48,45 @@ impl Default for Tolerances {
     }
 }
 
+/// `value <= tolerance`, false for NaN (a NaN difference is a failure).
+fn within(value: f32, tolerance: f32) -> bool {
+    value <= tolerance
+}
+
 impl CheckReport {
     /// The checks that fail the tolerances, described.
     pub fn failures(&self, t: &Tolerances) -> Vec<String> {
         let mut out = Vec::new();
-        if !(self.logits_max_abs_diff <= t.logits_atol) {
+        if !within(self.logits_max_abs_diff, t.logits_atol) {
             out.push(format!(
                 "logits differ by {:.3e} > {:.1e}",
                 self.logits_max_abs_diff, t.logits_atol
             ));
         }
-        if !(self.loss_rel_diff <= t.loss_rtol) {
+        if self.argmax_mismatches > 0 {
+            out.push(format!(
+                "the most likely next token differs at {} of {} positions",
+                self.argmax_mismatches, self.positions
+            ));
+        }
+        if !within(self.loss_rel_diff, t.loss_rtol) {
             out.push(format!(
                 "loss differs by {:.3e} (relative) > {:.1e}",
                 self.loss_rel_diff, t.loss_rtol
             ));
         }
         if let Some((d, name)) = &self.grad_max_rel_diff {
-            if !(*d <= t.grad_rtol) {
+            if !within(*d, t.grad_rtol) {
                 out.push(format!(
                     "gradient of {name} differs by {d:.3e} (relative norm) > {:.1e}",
                     t.grad_rtol
                 ));
             }
         }
-        if let Some(d) = self.packed_loss_rel_diff.filter(|d| !(*d <= t.loss_rtol)) {
+        if let Some(d) = self
+            .packed_loss_rel_diff
+            .filter(|d| !within(*d, t.loss_rtol))
+        {
             out.push(format!(
                 "packed loss differs by {d:.3e} (relative) > {:.1e}",
                 t.loss_rtol
@@ -77,14 +94,17 @@ impl CheckReport {
         }
         if let Some(d) = self
             .packed_logits_max_abs_diff
-            .filter(|d| !(*d <= t.logits_atol))
+            .filter(|d| !within(*d, t.logits_atol))
         {
             out.push(format!(
                 "packed logits differ by {d:.3e} > {:.1e}",
                 t.logits_atol
             ));
         }
-        if let Some(d) = self.merged_max_abs_diff.filter(|d| !(*d <= t.logits_atol)) {
+        if let Some(d) = self
+            .merged_max_abs_diff
+            .filter(|d| !within(*d, t.logits_atol))
+        {
             out.push(format!(
                 "merged weights differ by {d:.3e} > {:.1e}",
                 t.logits_atol
@@ -179,6 +199,19 @@ pub fn check(
     let mut report = CheckReport::default();
     let (logits, loss) = model.forward_loss(&batch, true)?;
     report.logits_max_abs_diff = max_abs_diff(&logits, get(r, "logits")?)?;
+    let mask = ints(get(r, "attention_mask")?)?;
+    let ours = logits
+        .argmax(candle_core::D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    let theirs = get(r, "logits")?
+        .argmax(candle_core::D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    report.positions = mask.iter().filter(|&&m| m == 1).count();
+    report.argmax_mismatches = (0..mask.len())
+        .filter(|&i| mask[i] == 1 && ours[i] != theirs[i])
+        .count();
     let mean = loss.mean()?;
     report.loss = mean.to_scalar::<f32>()?;
     report.reference_loss = get(r, "loss")?.flatten_all()?.to_vec1::<f32>()?[0];

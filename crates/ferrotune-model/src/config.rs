@@ -165,7 +165,7 @@ impl ModelConfig {
             }
         }
         if raw.num_attention_heads == 0
-            || raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none()
+            || !raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none()
         {
             return Err(
                 "hidden_size must divide into num_attention_heads, or head_dim must be given"
@@ -173,7 +173,8 @@ impl ModelConfig {
             );
         }
         let num_key_value_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if num_key_value_heads == 0 || raw.num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 || !raw.num_attention_heads.is_multiple_of(num_key_value_heads)
+        {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
         // transformers 5 nests rope settings in `rope_parameters`; older files keep
@@ -261,8 +262,7 @@ impl ModelConfig {
                         };
                         let smooth = (old / wavelen - low) / (high - low);
                         let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                        let medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        let medium = (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen);
                         if medium {
                             smoothed
                         } else {

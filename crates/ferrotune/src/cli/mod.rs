@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod data;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -25,10 +26,14 @@ enum Command {
     /// Look at datasets exactly as the model will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Inspect, create, import and verify models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command),
+        Command::Model(command) => model::run(command),
     }
 }

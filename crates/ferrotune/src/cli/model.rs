@@ -1,0 +1,406 @@
+//! `ferrotune model info | init | import-gguf | check`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Subcommand};
+use ferrotune_data::TokenizerBundle;
+use ferrotune_model::check::{check, CheckReport, Tolerances};
+use ferrotune_model::hub::resolve_model;
+use ferrotune_model::memory::{estimate, Tuning};
+use ferrotune_model::save::{save_model, SaveOptions};
+use ferrotune_model::tuning::{load_peft_adapter, train_everything};
+use ferrotune_model::weights::load_model;
+use ferrotune_model::ModelConfig;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Architecture, parameter count and the memory full, LoRA and freeze training need.
+    Info(InfoArgs),
+    /// Write a randomly initialised model (HF layout) sized to a tokenizer, for
+    /// pretraining from scratch, tests and benchmarks.
+    Init(InitArgs),
+    /// Convert a llama.cpp GGUF file into a Hugging Face model folder (weights
+    /// dequantized, config, tokenizer and chat template).
+    ImportGguf(ImportArgs),
+    /// Answer one prompt with the model's chat template (greedy unless --temperature).
+    Generate(GenerateArgs),
+    /// Compare logits, loss and gradients with a reference computed by transformers
+    /// (the parity.safetensors layout; scripts/make_reference.py writes one for any model).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Model folder or Hub id (resolved from the local Hugging Face cache).
+    model: String,
+    /// Rows per batch for the memory estimate.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Tokens per row for the memory estimate.
+    #[arg(long, default_value_t = 1024)]
+    seq_len: usize,
+    /// LoRA rank for the LoRA estimate.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// Trainable layers for the freeze estimate.
+    #[arg(long, default_value_t = 2)]
+    freeze_layers: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// A config.json with the model's sizes (vocab_size and special-token ids are taken
+    /// from the tokenizer).
+    #[arg(long)]
+    config: PathBuf,
+    /// Tokenizer folder (tokenizer.json, tokenizer_config.json); copied into the model.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The .gguf file.
+    file: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model folder or Hub id.
+    model: String,
+    /// The user message.
+    #[arg(long)]
+    prompt: String,
+    /// A system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as raw text instead of through the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Model folder or Hub id.
+    model: String,
+    /// Reference file (parity.safetensors layout: input_ids, attention_mask, labels,
+    /// logits, loss, and optionally grad.*, packed_*, merged.*).
+    #[arg(long)]
+    reference: PathBuf,
+    /// A PEFT LoRA adapter to apply (gradients are then compared for its weights, and
+    /// merged.* after merging).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 1e-4)]
+    logits_atol: f32,
+    #[arg(long, default_value_t = 1e-5)]
+    loss_rtol: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    grad_rtol: f32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Info(a) => info(a),
+        ModelCommand::Init(a) => init(a),
+        ModelCommand::ImportGguf(a) => import(a),
+        ModelCommand::Generate(a) => generate(a),
+        ModelCommand::Check(a) => check_cmd(a),
+    }
+}
+
+fn gib(bytes: usize) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    }
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let dir = resolve_model(&a.model)?;
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let tunings = [
+        ("full", Tuning::Full),
+        ("lora", Tuning::Lora { rank: a.lora_rank }),
+        (
+            "freeze",
+            Tuning::Freeze {
+                layers: a.freeze_layers,
+            },
+        ),
+    ];
+    let estimates: Vec<_> = tunings
+        .iter()
+        .map(|(name, t)| (*name, estimate(&config, *t, a.batch_size, a.seq_len)))
+        .collect();
+    if a.json {
+        let doc = json!({
+            "architecture": config.architecture.hf_class(),
+            "parameters": config.num_parameters(),
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "vocab_size": config.vocab_size,
+            "batch_size": a.batch_size,
+            "seq_len": a.seq_len,
+            "memory": estimates.iter().map(|(n, e)| (n.to_string(), json!(e))).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{doc}");
+        return Ok(());
+    }
+    let c = &config;
+    println!("{} ({})", dir.display(), c.architecture.hf_class());
+    println!(
+        "  {:.1}M parameters · {} layers · hidden {} · {} heads ({} kv) · head_dim {} · vocab {} · {} embeddings",
+        c.num_parameters() as f64 / 1e6,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size,
+        if c.tie_word_embeddings { "tied" } else { "untied" }
+    );
+    println!(
+        "\nestimated training memory at batch {} x {} tokens (f32 weights, AdamW):",
+        a.batch_size, a.seq_len
+    );
+    println!(
+        "  {:<8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "", "trainable", "weights", "gradients", "AdamW", "activations", "total"
+    );
+    for (name, e) in &estimates {
+        println!(
+            "  {:<8} {:>11.2}M {:>12} {:>12} {:>12} {:>12} {:>12}",
+            name,
+            e.trainable_parameters as f64 / 1e6,
+            gib(e.weights_bytes),
+            gib(e.gradients_bytes),
+            gib(e.optimizer_bytes),
+            gib(e.activations_bytes),
+            gib(e.total_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("cannot read {}", a.config.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed JSON", a.config.display()))?;
+    let tok = TokenizerBundle::load(&a.tokenizer)?;
+    let vocab = tok.tokenizer.get_vocab_size(true);
+    value["vocab_size"] = json!(vocab);
+    let id = |t: &Option<String>| t.as_deref().and_then(|t| tok.token_id(t));
+    if let Some(bos) = id(&tok.specials.bos) {
+        value["bos_token_id"] = json!(bos);
+    }
+    if let Some(eos) = id(&tok.specials.eos) {
+        value["eos_token_id"] = json!(eos);
+    }
+    value["pad_token_id"] = json!(tok.pad_token().id);
+    let config = ModelConfig::from_value(value)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let params = config.num_parameters();
+    let model = ferrotune_model::init::init_model(config, a.seed, &Device::Cpu)?;
+    let options = SaveOptions {
+        dtype: Some(DType::F32),
+        tokenizer_dir: Some(&a.tokenizer),
+        ..SaveOptions::default()
+    };
+    save_model(&model, &a.out, &options)?;
+    println!(
+        "wrote {} ({:.2}M parameters, vocabulary {vocab}, seed {})",
+        a.out.display(),
+        params as f64 / 1e6,
+        a.seed
+    );
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    eprintln!("reading {} ...", a.file.display());
+    let imported = ferrotune_model::gguf::import_gguf(&a.file, &a.out)?;
+    println!(
+        "wrote {} ({}, {} tensors dequantized from {}, vocabulary {}, {})",
+        a.out.display(),
+        imported.architecture,
+        imported.tensors,
+        imported.quantization.join("/"),
+        imported.vocab_size,
+        if imported.chat_template {
+            "with its chat template"
+        } else {
+            "no chat template"
+        }
+    );
+    Ok(())
+}
+
+fn check_cmd(a: CheckArgs) -> Result<()> {
+    let dir = resolve_model(&a.model)?;
+    let mut model = load_model(&dir, DType::F32, &Device::Cpu)?;
+    match &a.adapter {
+        Some(adapter) => {
+            load_peft_adapter(&mut model, adapter)?;
+        }
+        None => train_everything(&mut model)?,
+    }
+    let reference = candle_core::safetensors::load(&a.reference, &Device::Cpu)
+        .with_context(|| format!("cannot read reference {}", a.reference.display()))?;
+    let report: CheckReport = check(&mut model, &reference, a.adapter.is_some())?;
+    let tolerances = Tolerances {
+        logits_atol: a.logits_atol,
+        loss_rtol: a.loss_rtol,
+        grad_rtol: a.grad_rtol,
+    };
+    let failures = report.failures(&tolerances);
+    if a.json {
+        println!(
+            "{}",
+            json!({"report": report, "failures": failures, "ok": failures.is_empty()})
+        );
+    } else {
+        println!(
+            "logits max |diff|        {:.3e} (atol {:.1e})",
+            report.logits_max_abs_diff, a.logits_atol
+        );
+        println!(
+            "argmax                  same next token at {} of {} positions",
+            report.positions - report.argmax_mismatches,
+            report.positions
+        );
+        println!(
+            "loss                    {:.6} vs {:.6}: relative diff {:.3e} (rtol {:.1e})",
+            report.loss, report.reference_loss, report.loss_rel_diff, a.loss_rtol
+        );
+        if let Some((d, name)) = &report.grad_max_rel_diff {
+            println!(
+                "gradients ({:>3})         worst relative diff {d:.3e} at {name} (rtol {:.1e})",
+                report.grads_checked, a.grad_rtol
+            );
+        }
+        if let (Some(l), Some(g)) = (
+            report.packed_loss_rel_diff,
+            report.packed_logits_max_abs_diff,
+        ) {
+            println!(
+                "packed row              loss relative diff {l:.3e}, logits max |diff| {g:.3e}"
+            );
+        }
+        if let Some(d) = report.merged_max_abs_diff {
+            println!("merged weights          max |diff| {d:.3e}");
+        }
+        for f in &failures {
+            println!("FAIL: {f}");
+        }
+        if failures.is_empty() {
+            println!("ok: within tolerances");
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} check(s) beyond tolerance", failures.len());
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    use ferrotune_data::conversation::{Message, Role};
+    use ferrotune_data::template::{ChatTemplate, TemplateChoice};
+    use ferrotune_model::generate::{generate, Flow, GenerationConfig};
+    use std::io::Write;
+
+    let dir = resolve_model(&a.model)?;
+    let tok = TokenizerBundle::load(&dir)?;
+    let model = load_model(&dir, DType::F32, &Device::Cpu)?;
+    let mut stop_ids: Vec<u32> = model.config.eos_token_ids.clone();
+    let text = if a.raw {
+        a.prompt.clone()
+    } else {
+        let template = ChatTemplate::choose(
+            &TemplateChoice::Tokenizer,
+            tok.chat_template.as_deref(),
+            &Default::default(),
+            &tok.specials,
+            &Default::default(),
+        )?;
+        for stop in template.stop_strings() {
+            if let Some(id) = tok.token_id(&stop) {
+                stop_ids.push(id);
+            }
+        }
+        let mut messages = Vec::new();
+        if let Some(system) = &a.system {
+            messages.push(Message::new(Role::System, system.as_str()));
+        }
+        messages.push(Message::new(Role::User, a.prompt.as_str()));
+        template
+            .render(&messages, &[], true)
+            .map_err(|e| anyhow::anyhow!("chat template: {e}"))?
+    };
+    let ids = tok
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+        .get_ids()
+        .to_vec();
+    let config = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        stop_token_ids: stop_ids.clone(),
+        seed: a.seed,
+    };
+    let mut out = Vec::new();
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    generate(&model, &ids, &config, |id| {
+        if !stop_ids.contains(&id) {
+            out.push(id);
+            if let Ok(text) = tok.tokenizer.decode(&out, false) {
+                // Print whole characters only: a token can end inside a UTF-8 sequence.
+                if !text.ends_with('\u{fffd}') && text.len() > printed {
+                    let _ = write!(stdout, "{}", &text[printed..]);
+                    let _ = stdout.flush();
+                    printed = text.len();
+                }
+            }
+        }
+        Flow::Continue
+    })?;
+    println!();
+    Ok(())
+}
