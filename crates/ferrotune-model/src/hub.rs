@@ -70,8 +70,38 @@ fn snapshot_in(cache: &Path, repo: &str) -> Option<PathBuf> {
     snapshots.pop().map(|(_, p)| p)
 }
 
-/// Resolves a folder or Hub id to a model folder.
+/// Where and whether to look for Hub models; [`HubOptions::from_env`] reads the
+/// variables huggingface_hub uses.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub caches: Vec<PathBuf>,
+    /// `HF_ENDPOINT`, else the public Hub.
+    pub endpoint: String,
+    /// `HF_HUB_OFFLINE=1`: never download.
+    pub offline: bool,
+    /// `HF_TOKEN`, for gated or private models.
+    pub token: Option<String>,
+}
+
+impl HubOptions {
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        HubOptions {
+            caches: cache_dirs(),
+            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
+            offline: var("HF_HUB_OFFLINE").is_some_and(|v| v != "0" && v.to_lowercase() != "false"),
+            token: var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")),
+        }
+    }
+}
+
+/// Resolves a folder or Hub id to a model folder, downloading into the cache when the
+/// model is not there yet and the Hub is reachable.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    resolve_model_with(spec, &HubOptions::from_env())
+}
+
+pub fn resolve_model_with(spec: &str, options: &HubOptions) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -79,19 +109,105 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if !looks_like_hub_id(spec) {
         return Err(ModelError::file(path, "no such model folder"));
     }
-    let caches = cache_dirs();
-    for cache in &caches {
+    for cache in &options.caches {
         if let Some(dir) = snapshot_in(cache, spec) {
             return Ok(dir);
         }
     }
-    let looked: Vec<String> = caches.iter().map(|c| c.display().to_string()).collect();
+    let looked: Vec<String> = options.caches.iter().map(|c| c.display().to_string()).collect();
+    let looked = if looked.is_empty() { "no cache folder: HOME is unset".to_string() } else { looked.join(", ") };
+    let why = match (options.offline, options.caches.first()) {
+        (true, _) => "HF_HUB_OFFLINE is set".to_string(),
+        (false, None) => "there is no cache folder to download into".to_string(),
+        (false, Some(cache)) => match download(spec, cache, options) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => format!("downloading from {} failed: {e}", options.endpoint),
+        },
+    };
     Err(ModelError::invalid(format!(
-        "model {spec:?} is not a folder and is not in the Hugging Face cache (looked in {}); \
-         ferrotune does not download: fetch it with `huggingface-cli download {spec}` where the Hub \
-         is reachable, or set model_name_or_path to a model folder",
-        if looked.is_empty() { "no cache folder: HOME is unset".to_string() } else { looked.join(", ") }
+        "model {spec:?} is not a folder and not in the Hugging Face cache (looked in {looked}), and {why}; \
+         download it where the Hub is reachable (`huggingface-cli download {spec}`) or set \
+         model_name_or_path to a model folder"
     )))
+}
+
+/// The files of a model repository ferrotune needs.
+fn wanted(file: &str) -> bool {
+    const FILES: [&str; 8] = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ];
+    FILES.contains(&file) || (file.starts_with("model-") && file.ends_with(".safetensors") && !file.contains('/'))
+}
+
+/// Downloads `repo` at its `main` revision into `cache` in huggingface_hub's layout
+/// (`models--org--name/snapshots/<commit>/`, `refs/main`).
+fn download(repo: &str, cache: &Path, options: &HubOptions) -> Result<PathBuf, String> {
+    use std::io::Read;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let get = |url: &str| {
+        let mut request = agent.get(url);
+        if let Some(token) = &options.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        request.call().map_err(|e| format!("{url}: {e}"))
+    };
+    let endpoint = options.endpoint.trim_end_matches('/');
+    let info_url = format!("{endpoint}/api/models/{repo}/revision/main");
+    let info: serde_json::Value = {
+        let mut response = get(&info_url)?;
+        let text = response.body_mut().read_to_string().map_err(|e| format!("{info_url}: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("{info_url}: not JSON: {e}"))?
+    };
+    let sha = info["sha"].as_str().ok_or_else(|| format!("{info_url}: no commit sha"))?.to_string();
+    let files: Vec<String> = info["siblings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["rfilename"].as_str())
+        .filter(|f| wanted(f))
+        .map(String::from)
+        .collect();
+    if !files.iter().any(|f| f == "config.json") {
+        return Err(format!("{repo} has no config.json (is it a transformers model?)"));
+    }
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let snapshot = root.join("snapshots").join(&sha);
+    std::fs::create_dir_all(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
+    for file in &files {
+        let target = snapshot.join(file);
+        if target.is_file() {
+            continue;
+        }
+        let url = format!("{endpoint}/{repo}/resolve/{sha}/{file}");
+        let mut response = get(&url)?;
+        let size = response.headers().get("content-length").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+        eprintln!("downloading {repo}/{file} ({size} bytes) into {}", snapshot.display());
+        let partial = snapshot.join(format!("{file}.incomplete"));
+        let mut out = std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| format!("{url}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| format!("{}: {e}", partial.display()))?;
+        }
+        std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    std::fs::create_dir_all(root.join("refs")).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("refs").join("main"), &sha).map_err(|e| e.to_string())?;
+    Ok(snapshot)
 }
 
 #[cfg(test)]
