@@ -15,11 +15,19 @@ use ferrotune_model::weights::load_model;
 use ferrotune_model::{Batch, Example};
 
 fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -40,26 +48,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match mode {
         "full" => train_everything(&mut model)?,
         "lora" => {
-            add_lora(&mut model, &LoraConfig { rank: 8, alpha: 16.0, ..LoraConfig::default() }, 0)?;
+            add_lora(
+                &mut model,
+                &LoraConfig {
+                    rank: 8,
+                    alpha: 16.0,
+                    ..LoraConfig::default()
+                },
+                0,
+            )?;
         }
         other => return Err(format!("unknown mode {other}; {usage}").into()),
     }
     let vocab = model.config.vocab_size as u32;
     let examples: Vec<Example> = (0..batch)
         .map(|b| {
-            let ids: Vec<u32> = (0..seq).map(|i| ((i * 31 + b * 17) as u32 * 7919) % vocab).collect();
-            let labels = ids.iter().enumerate().map(|(i, &t)| if i < seq / 4 { -100 } else { t as i64 }).collect();
-            Example { input_ids: ids, labels, weights: None }
+            let ids: Vec<u32> = (0..seq)
+                .map(|i| ((i * 31 + b * 17) as u32 * 7919) % vocab)
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i < seq / 4 { -100 } else { t as i64 })
+                .collect();
+            Example {
+                input_ids: ids,
+                labels,
+                weights: None,
+            }
         })
         .collect();
     let batch_t = Batch::padded(&examples, 0, 8, &device)?;
+    let loaded = rss_mib();
     let mut times = Vec::new();
     for step in 0..steps + 1 {
         let start = Instant::now();
         let (_, loss) = model.forward_loss(&batch_t, true)?;
+        let after_forward = rss_mib();
         let grads = loss.mean()?.backward()?;
+        if step == steps {
+            eprintln!("{mode}: rss after load {loaded:.0} MiB, after forward {after_forward:.0} MiB, after backward {:.0} MiB", rss_mib());
+        }
         let trainable = model.params().iter().filter(|p| p.is_trainable()).count();
-        let with_grad = model.params().iter().filter(|p| grads.get(p.tensor()).is_some()).count();
+        let with_grad = model
+            .params()
+            .iter()
+            .filter(|p| grads.get(p.tensor()).is_some())
+            .count();
         assert_eq!(trainable, with_grad);
         if step > 0 {
             // The first step warms up allocations.

@@ -114,8 +114,16 @@ pub fn resolve_model_with(spec: &str, options: &HubOptions) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    let looked: Vec<String> = options.caches.iter().map(|c| c.display().to_string()).collect();
-    let looked = if looked.is_empty() { "no cache folder: HOME is unset".to_string() } else { looked.join(", ") };
+    let looked: Vec<String> = options
+        .caches
+        .iter()
+        .map(|c| c.display().to_string())
+        .collect();
+    let looked = if looked.is_empty() {
+        "no cache folder: HOME is unset".to_string()
+    } else {
+        looked.join(", ")
+    };
     let why = match (options.offline, options.caches.first()) {
         (true, _) => "HF_HUB_OFFLINE is set".to_string(),
         (false, None) => "there is no cache folder to download into".to_string(),
@@ -143,7 +151,8 @@ fn wanted(file: &str) -> bool {
         "model.safetensors",
         "model.safetensors.index.json",
     ];
-    FILES.contains(&file) || (file.starts_with("model-") && file.ends_with(".safetensors") && !file.contains('/'))
+    FILES.contains(&file)
+        || (file.starts_with("model-") && file.ends_with(".safetensors") && !file.contains('/'))
 }
 
 /// Downloads `repo` at its `main` revision into `cache` in huggingface_hub's layout
@@ -165,10 +174,16 @@ fn download(repo: &str, cache: &Path, options: &HubOptions) -> Result<PathBuf, S
     let info_url = format!("{endpoint}/api/models/{repo}/revision/main");
     let info: serde_json::Value = {
         let mut response = get(&info_url)?;
-        let text = response.body_mut().read_to_string().map_err(|e| format!("{info_url}: {e}"))?;
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{info_url}: {e}"))?;
         serde_json::from_str(&text).map_err(|e| format!("{info_url}: not JSON: {e}"))?
     };
-    let sha = info["sha"].as_str().ok_or_else(|| format!("{info_url}: no commit sha"))?.to_string();
+    let sha = info["sha"]
+        .as_str()
+        .ok_or_else(|| format!("{info_url}: no commit sha"))?
+        .to_string();
     let files: Vec<String> = info["siblings"]
         .as_array()
         .into_iter()
@@ -178,7 +193,9 @@ fn download(repo: &str, cache: &Path, options: &HubOptions) -> Result<PathBuf, S
         .map(String::from)
         .collect();
     if !files.iter().any(|f| f == "config.json") {
-        return Err(format!("{repo} has no config.json (is it a transformers model?)"));
+        return Err(format!(
+            "{repo} has no config.json (is it a transformers model?)"
+        ));
     }
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     let snapshot = root.join("snapshots").join(&sha);
@@ -190,10 +207,19 @@ fn download(repo: &str, cache: &Path, options: &HubOptions) -> Result<PathBuf, S
         }
         let url = format!("{endpoint}/{repo}/resolve/{sha}/{file}");
         let mut response = get(&url)?;
-        let size = response.headers().get("content-length").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
-        eprintln!("downloading {repo}/{file} ({size} bytes) into {}", snapshot.display());
+        let size = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        eprintln!(
+            "downloading {repo}/{file} ({size} bytes) into {}",
+            snapshot.display()
+        );
         let partial = snapshot.join(format!("{file}.incomplete"));
-        let mut out = std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        let mut out =
+            std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -201,7 +227,8 @@ fn download(repo: &str, cache: &Path, options: &HubOptions) -> Result<PathBuf, S
             if n == 0 {
                 break;
             }
-            std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| format!("{}: {e}", partial.display()))?;
+            std::io::Write::write_all(&mut out, &buf[..n])
+                .map_err(|e| format!("{}: {e}", partial.display()))?;
         }
         std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
     }

@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::ops::frozen_linear;
+use crate::ops::{frozen_linear, lora_linear};
 use crate::param::Param;
 
 /// LoRA: `y = x W^T + b + scale * (dropout(x) A^T) B^T` with A (r, in) and B (out, r).
@@ -45,25 +45,46 @@ impl Linear {
         let rows = x.elem_count() / in_f;
         let x2 = x.reshape((rows, in_f))?;
         let w = self.weight.tensor();
-        let mut y = if self.weight.is_trainable() {
-            x2.matmul(&w.t()?)?
-        } else {
-            frozen_linear(&x2, w)?
+        let bias = self.bias.as_ref().map(Param::tensor);
+        let y = match &self.lora {
+            // The common case, frozen base and no dropout: one fused op.
+            Some(lora)
+                if !self.weight.is_trainable()
+                    && !(train && lora.dropout > 0.0)
+                    && !self.bias.as_ref().is_some_and(Param::is_trainable) =>
+            {
+                // Adapters keep f32 master weights; compute in the input's dtype.
+                let (a, b) = (
+                    lora.a.tensor().to_dtype(x2.dtype())?,
+                    lora.b.tensor().to_dtype(x2.dtype())?,
+                );
+                lora_linear(&x2, w, bias, &a, &b, lora.scale)?
+            }
+            _ => {
+                let mut y = if self.weight.is_trainable() {
+                    x2.matmul(&w.t()?)?
+                } else {
+                    frozen_linear(&x2, w)?
+                };
+                if let Some(bias) = bias {
+                    y = y.broadcast_add(bias)?;
+                }
+                if let Some(lora) = &self.lora {
+                    let xd = if train && lora.dropout > 0.0 {
+                        candle_nn::ops::dropout(&x2, lora.dropout)?
+                    } else {
+                        x2
+                    };
+                    let (a, b) = (
+                        lora.a.tensor().to_dtype(xd.dtype())?,
+                        lora.b.tensor().to_dtype(xd.dtype())?,
+                    );
+                    let u = xd.matmul(&a.t()?)?.affine(lora.scale, 0.0)?;
+                    y = (y + u.matmul(&b.t()?)?)?;
+                }
+                y
+            }
         };
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias.tensor())?;
-        }
-        if let Some(lora) = &self.lora {
-            let xd = if train && lora.dropout > 0.0 {
-                candle_nn::ops::dropout(&x2, lora.dropout)?
-            } else {
-                x2
-            };
-            let delta = xd
-                .matmul(&lora.a.tensor().t()?)?
-                .matmul(&lora.b.tensor().t()?)?;
-            y = (y + delta.affine(lora.scale, 0.0)?)?;
-        }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("dims") = y.dim(1)?;
         y.reshape(out_dims)

@@ -3,7 +3,11 @@
 //! silently drop gradients, so none of them is used here.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D,
+};
 
 /// `x * rsqrt(mean(x^2) + eps) * weight`, in f32 as transformers computes it.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -103,11 +107,126 @@ impl CustomOp2 for FrozenMatmul {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None))
+        // The input of the first layer is not tracked when the embeddings are frozen.
+        let dx = if x.track_op() {
+            Some(grad.matmul(w)?)
+        } else {
+            None
+        };
+        Ok((dx, None))
+    }
+}
+
+/// A frozen linear layer with a LoRA adapter, `x W^T + b + scale (x A^T) B^T`, as one op.
+///
+/// Composed from candle ops, the graph would keep three (rows, out) tensors per layer (the
+/// base output, the adapter output and their sum) and candle would compute a gradient for
+/// the frozen weight. This op keeps only its output and computes gradients for `x`, `A`
+/// and `B` alone, recomputing the small (rows, rank) product `x A^T` in the backward pass.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    // The value, computed outside the graph.
+    let (xd, ad, bd) = (x.detach(), a.detach(), b.detach());
+    let mut y = xd.matmul(&w.t()?)?;
+    if let Some(bias) = bias {
+        y = y.broadcast_add(bias)?;
+    }
+    let u = xd.matmul(&ad.t()?)?.affine(scale, 0.0)?;
+    let y = (y + u.matmul(&bd.t()?)?)?.contiguous()?;
+    let op = LoraOp {
+        w: w.clone(),
+        scale,
+        value: Mutex::new(Some(y)),
+    };
+    x.apply_op3(a, b, op)
+}
+
+struct LoraOp {
+    w: Tensor,
+    scale: f64,
+    /// The forward result, handed over (and released) by the forward call.
+    value: Mutex<Option<Tensor>>,
+}
+
+impl LoraOp {
+    fn take_value(&self) -> Result<Tensor> {
+        self.value
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lora value lock poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("lora op applied twice".into()))
+    }
+}
+
+impl CustomOp3 for LoraOp {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("lora-linear: value is not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("lora-linear: value is not on the GPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x_in, a, b, g) = (x.detach(), a.detach(), b.detach(), grad.detach());
+        let u = x_in.matmul(&a.t()?)?;
+        let db = g.t()?.matmul(&u)?.affine(self.scale, 0.0)?;
+        let gu = g.matmul(&b)?.affine(self.scale, 0.0)?;
+        let da = gu.t()?.matmul(&x_in)?;
+        let dx = if x.track_op() {
+            Some((g.matmul(&self.w)? + gu.matmul(&a)?)?)
+        } else {
+            None
+        };
+        Ok((dx, Some(da), Some(db)))
     }
 }

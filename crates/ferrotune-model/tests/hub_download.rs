@@ -43,7 +43,10 @@ fn fake_hub(files: PathBuf, requests: usize) -> (String, std::thread::JoinHandle
             } else {
                 ("404 Not Found", b"no".to_vec())
             };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             stream.write_all(head.as_bytes()).unwrap();
             stream.write_all(&body).unwrap();
         }
@@ -63,9 +66,16 @@ fn downloads_into_the_cache_then_reuses_it() {
         token: None,
     };
     let dir = resolve_model_with("Org/Tiny", &options).unwrap();
-    assert_eq!(dir, cache.path().join("models--Org--Tiny/snapshots/0123abcd"));
+    assert_eq!(
+        dir,
+        cache.path().join("models--Org--Tiny/snapshots/0123abcd")
+    );
     let seen = server.join().unwrap();
-    assert_eq!(seen.len(), 4, "revision info + 3 wanted files, not README.md: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "revision info + 3 wanted files, not README.md: {seen:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(cache.path().join("models--Org--Tiny/refs/main")).unwrap(),
         "0123abcd"
@@ -73,7 +83,10 @@ fn downloads_into_the_cache_then_reuses_it() {
     let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config.num_hidden_layers, 2);
     // Second time: found in the cache, no server needed.
-    let offline = HubOptions { offline: true, ..options };
+    let offline = HubOptions {
+        offline: true,
+        ..options
+    };
     assert_eq!(resolve_model_with("Org/Tiny", &offline).unwrap(), dir);
 }
 
@@ -84,7 +97,17 @@ fn an_unreachable_hub_is_a_clear_error() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let options = HubOptions { caches: vec![cache.path().to_path_buf()], endpoint, offline: false, token: None };
-    let e = resolve_model_with("Org/Missing", &options).unwrap_err().to_string();
-    assert!(e.contains("downloading from http://127.0.0.1:") && e.contains("model_name_or_path"), "{e}");
+    let options = HubOptions {
+        caches: vec![cache.path().to_path_buf()],
+        endpoint,
+        offline: false,
+        token: None,
+    };
+    let e = resolve_model_with("Org/Missing", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("downloading from http://127.0.0.1:") && e.contains("model_name_or_path"),
+        "{e}"
+    );
 }
