@@ -12,7 +12,7 @@ use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::loss::{causal_lm_loss, LossSum};
-use crate::ops::{apply_rope, frozen_linear, repeat_kv, rms_norm, softmax_last_dim};
+use crate::ops::{apply_rope, attention, frozen_linear, repeat_kv, rms_norm};
 use crate::param::Param;
 
 /// Weights by Hugging Face name, consumed while the model is built.
@@ -129,12 +129,8 @@ impl Attention {
         }
         let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?;
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, s, nh * hd))?;
+        let out = attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
+        let out = out.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         self.o_proj.forward(&out, train)
     }
 }

@@ -3,11 +3,18 @@
 //! Returns the *summed* loss and the number of supervised targets, so the trainer can
 //! normalise over a whole gradient-accumulation window (the loss then does not change
 //! with the accumulation setting).
+//!
+//! The cross-entropy is one op with its own backward pass: composed from candle ops, the
+//! log-softmax would keep several (tokens x vocabulary) tensors alive for the backward
+//! pass; this op keeps only a log-sum-exp per token and computes
+//! `(softmax - one_hot) * weight` when the gradient is asked for.
 
-use candle_core::{DType, Result, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 
 use crate::batch::IGNORE_INDEX;
-use crate::ops::log_softmax_last_dim;
+use crate::ops::{cpu_storage, take};
 
 #[derive(Debug, Clone)]
 pub struct LossSum {
@@ -37,12 +44,72 @@ pub fn causal_lm_loss(
     let targets = targets.reshape(b * s)?;
     let keep = targets.ne(IGNORE_INDEX)?;
     let safe = keep.where_cond(&targets, &targets.zeros_like()?)?;
-    let logp = log_softmax_last_dim(&logits)?;
-    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let mut mask = keep.to_dtype(DType::F32)?;
+    let mut coef = keep.to_dtype(DType::F32)?;
     if let Some(w) = weights {
-        mask = (mask * w.reshape(b * s)?.to_dtype(DType::F32)?)?;
+        coef = (coef * w.reshape(b * s)?.to_dtype(DType::F32)?)?;
     }
-    let sum = (picked * mask)?.sum_all()?.neg()?;
-    Ok(LossSum { sum, tokens })
+    let per_token = cross_entropy(&logits, &safe, &coef)?;
+    Ok(LossSum {
+        sum: per_token.sum_all()?,
+        tokens,
+    })
+}
+
+/// Per-row `coef * (logsumexp(logits) - logits[target])`, (rows,).
+fn cross_entropy(logits: &Tensor, targets: &Tensor, coef: &Tensor) -> Result<Tensor> {
+    let x = logits.detach();
+    let max = x.max_keepdim(D::Minus1)?;
+    let lse = (x
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?;
+    let picked = x.gather(&targets.unsqueeze(1)?, 1)?;
+    let value = ((lse.clone() - picked)?.squeeze(1)? * coef)?.contiguous()?;
+    logits.apply_op1(CrossEntropyOp {
+        targets: targets.clone(),
+        coef: coef.clone(),
+        lse,
+        value: Mutex::new(Some(value)),
+    })
+}
+
+struct CrossEntropyOp {
+    targets: Tensor,
+    coef: Tensor,
+    /// (rows, 1)
+    lse: Tensor,
+    value: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_storage(&take(&self.value)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::ops::cuda_storage(&take(&self.value)?)
+    }
+
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = logits.detach();
+        let (rows, _) = x.dims2()?;
+        let softmax = x.broadcast_sub(&self.lse)?.exp()?;
+        let one = Tensor::ones((rows, 1), DType::F32, x.device())?;
+        let one_hot = softmax
+            .zeros_like()?
+            .scatter_add(&self.targets.unsqueeze(1)?, &one, 1)?;
+        let scale = (grad.detach() * &self.coef)?.unsqueeze(1)?;
+        Ok(Some((softmax - one_hot)?.broadcast_mul(&scale)?))
+    }
 }

@@ -18,22 +18,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     normed.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
-/// Softmax over the last dimension. The max is detached: softmax does not depend on the
-/// shift, so it needs no gradient.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
-}
-
-/// `log_softmax` over the last dimension.
-pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
-}
-
 /// `[-x2, x1]` for `x = [x1, x2]` split in halves on the last dimension (HF's rotate_half).
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
@@ -159,16 +143,6 @@ struct LoraOp {
     value: Mutex<Option<Tensor>>,
 }
 
-impl LoraOp {
-    fn take_value(&self) -> Result<Tensor> {
-        self.value
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lora value lock poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("lora op applied twice".into()))
-    }
-}
-
 impl CustomOp3 for LoraOp {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -183,12 +157,7 @@ impl CustomOp3 for LoraOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let value = self.take_value()?;
-        let (storage, layout) = value.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("lora-linear: value is not on the CPU"),
-        }
+        cpu_storage(&take(&self.value)?)
     }
 
     #[cfg(feature = "cuda")]
@@ -201,12 +170,7 @@ impl CustomOp3 for LoraOp {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let value = self.take_value()?;
-        let (storage, layout) = value.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("lora-linear: value is not on the GPU"),
-        }
+        cuda_storage(&take(&self.value)?)
     }
 
     fn bwd(
@@ -228,5 +192,128 @@ impl CustomOp3 for LoraOp {
             None
         };
         Ok((dx, Some(da), Some(db)))
+    }
+}
+
+/// Scaled dot-product attention `softmax(q k^T * scale + bias) v` that keeps no
+/// (seq x seq) tensor for the backward pass: the forward keeps only its output and the
+/// row-wise log-sum-exp, and the backward recomputes the probabilities (the memory-saving
+/// idea of FlashAttention, without its tiling). `q` (b, h, s, d), `k` and `v` (b, h, t, d),
+/// `bias` (b, 1, s, t) additive.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let scores = qd
+        .matmul(&kd.t()?)?
+        .affine(scale, 0.0)?
+        .broadcast_add(bias)?;
+    let max = scores.max_keepdim(D::Minus1)?;
+    let exp = scores.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    let out = exp.matmul(&vd)?.broadcast_div(&sum)?.contiguous()?;
+    let lse = (max + sum.log()?)?;
+    drop((scores, exp));
+    q.apply_op3(
+        k,
+        v,
+        AttentionOp {
+            bias: bias.clone(),
+            scale,
+            lse,
+            value: Mutex::new(Some(out)),
+        },
+    )
+}
+
+struct AttentionOp {
+    bias: Tensor,
+    scale: f64,
+    /// log(sum(exp(scores))) per query row, (b, h, s, 1).
+    lse: Tensor,
+    value: Mutex<Option<Tensor>>,
+}
+
+pub(crate) fn take(value: &Mutex<Option<Tensor>>) -> Result<Tensor> {
+    value
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("custom op value lock poisoned".into()))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg("custom op applied twice".into()))
+}
+
+/// The storage of a tensor computed outside the graph, copied out for a custom op.
+pub(crate) fn cpu_storage(value: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let (storage, layout) = value.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_storage(value: &Tensor) -> Result<(candle_core::CudaStorage, Shape)> {
+    let (storage, layout) = value.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        _ => candle_core::bail!("expected a CUDA tensor"),
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_storage(&take(&self.value)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_storage(&take(&self.value)?)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, o, g) = (
+            q.detach(),
+            k.detach(),
+            v.detach(),
+            out.detach(),
+            grad.detach(),
+        );
+        let scores = q
+            .matmul(&k.t()?)?
+            .affine(self.scale, 0.0)?
+            .broadcast_add(&self.bias)?;
+        let p = scores.broadcast_sub(&self.lse)?.exp()?;
+        let dv = p.t()?.matmul(&g)?;
+        let dp = g.matmul(&v.t()?)?;
+        let row = (&g * &o)?.sum_keepdim(D::Minus1)?;
+        let ds = (p * dp.broadcast_sub(&row)?)?;
+        let dq = ds.matmul(&k)?.affine(self.scale, 0.0)?;
+        let dk = ds.t()?.matmul(&q)?.affine(self.scale, 0.0)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
