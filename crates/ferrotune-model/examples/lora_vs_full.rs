@@ -85,9 +85,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let (_, loss) = model.forward_loss(&batch_t, true)?;
         let after_forward = rss_mib();
+        let forward_s = start.elapsed().as_secs_f64();
         let grads = loss.mean()?.backward()?;
         if step == steps {
-            eprintln!("{mode}: rss after load {loaded:.0} MiB, after forward {after_forward:.0} MiB, after backward {:.0} MiB", rss_mib());
+            eprintln!(
+                "{mode}: forward {forward_s:.2} s, backward {:.2} s; rss after load {loaded:.0} MiB, after forward {after_forward:.0} MiB, after backward {:.0} MiB",
+                start.elapsed().as_secs_f64() - forward_s,
+                rss_mib()
+            );
         }
         let trainable = model.params().iter().filter(|p| p.is_trainable()).count();
         let with_grad = model

@@ -48,11 +48,7 @@ impl Linear {
         let bias = self.bias.as_ref().map(Param::tensor);
         let y = match &self.lora {
             // The common case, frozen base and no dropout: one fused op.
-            Some(lora)
-                if !self.weight.is_trainable()
-                    && !(train && lora.dropout > 0.0)
-                    && !self.bias.as_ref().is_some_and(Param::is_trainable) =>
-            {
+            Some(lora) if self.base_is_frozen() && !(train && lora.dropout > 0.0) => {
                 // Adapters keep f32 master weights; compute in the input's dtype.
                 let (a, b) = (
                     lora.a.tensor().to_dtype(x2.dtype())?,
@@ -88,6 +84,10 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("dims") = y.dim(1)?;
         y.reshape(out_dims)
+    }
+
+    fn base_is_frozen(&self) -> bool {
+        !self.weight.is_trainable() && !self.bias.as_ref().is_some_and(Param::is_trainable)
     }
 
     /// The weights, for visiting every parameter.

@@ -62,7 +62,7 @@ fn weights_scale_the_loss_and_zero_weights_mask() {
     let plain = example(&[5, 9, 13, 17, 21, 25], 0);
     let base = m
         .forward_loss(
-            &Batch::padded(&[plain.clone()], 0, 1, &Device::Cpu).unwrap(),
+            &Batch::padded(std::slice::from_ref(&plain), 0, 1, &Device::Cpu).unwrap(),
             false,
         )
         .unwrap()
