@@ -269,3 +269,75 @@ fn save_and_load_round_trip_bit_exactly() {
         }
     }
 }
+
+#[test]
+fn bf16_and_f16_files_load_into_f32_master_weights() {
+    let m = model("qwen3_qknorm_tied");
+    for dtype in [DType::BF16, DType::F16] {
+        let dir = TempDir::new("half");
+        save_model(
+            &m,
+            dir.path(),
+            &SaveOptions {
+                dtype: Some(dtype),
+                ..SaveOptions::default()
+            },
+        )
+        .unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["torch_dtype"],
+            if dtype == DType::BF16 {
+                "bfloat16"
+            } else {
+                "float16"
+            }
+        );
+        let again = load_model(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        for (p, q) in m.params().iter().zip(again.params()) {
+            assert_eq!(q.tensor().dtype(), DType::F32);
+            let rounded = p
+                .tensor()
+                .to_dtype(dtype)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert_eq!(max_abs_diff(&rounded, q.tensor()), 0.0, "{}", p.name());
+        }
+    }
+}
+
+#[test]
+fn init_follows_transformers() {
+    let config = ferrotune_model::ModelConfig::from_value(serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "initializer_range": 0.05
+    }))
+    .unwrap();
+    let a = ferrotune_model::init::init_model(config.clone(), 1, &Device::Cpu).unwrap();
+    let b = ferrotune_model::init::init_model(config, 1, &Device::Cpu).unwrap();
+    for (p, q) in a.params().iter().zip(b.params()) {
+        assert_eq!(
+            max_abs_diff(p.tensor(), q.tensor()),
+            0.0,
+            "same seed, same weights"
+        );
+        let v = p.tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        if p.name().ends_with("norm.weight") {
+            assert!(v.iter().all(|&x| x == 1.0), "{}", p.name());
+        } else if p.name().ends_with(".bias") {
+            assert!(v.iter().all(|&x| x == 0.0), "{}", p.name());
+        } else {
+            let std =
+                (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / v.len() as f32).sqrt();
+            assert!(
+                (std - 0.05).abs() < 0.005 && mean.abs() < 0.005,
+                "{}: mean {mean} std {std}",
+                p.name()
+            );
+        }
+    }
+}
