@@ -106,6 +106,38 @@ impl CustomOp2 for FrozenMatmul {
     }
 }
 
+/// The forward pass of a three-input op whose value was computed outside the graph (with
+/// detached tensors) and stored in its `value` field: it only hands the value over, so
+/// the op contributes just its backward pass.
+macro_rules! precomputed_forward {
+    () => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            cpu_storage(&take(&self.value)?)
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+            _: &candle_core::CudaStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            cuda_storage(&take(&self.value)?)
+        }
+    };
+}
+
 /// A frozen linear layer with a LoRA adapter, `x W^T + b + scale (x A^T) B^T`, as one op.
 ///
 /// Composed from candle ops, the graph would keep three (rows, out) tensors per layer (the
@@ -148,30 +180,7 @@ impl CustomOp3 for LoraOp {
         "lora-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_storage(&take(&self.value)?)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda_storage(&take(&self.value)?)
-    }
+    precomputed_forward!();
 
     fn bwd(
         &self,
@@ -263,30 +272,7 @@ impl CustomOp3 for AttentionOp {
         "attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_storage(&take(&self.value)?)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda_storage(&take(&self.value)?)
-    }
+    precomputed_forward!();
 
     fn bwd(
         &self,

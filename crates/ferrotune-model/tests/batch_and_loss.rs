@@ -140,16 +140,7 @@ fn lora_dropout_applies_in_training_only() {
     let eval_b = m.forward(&batch, false).unwrap();
     let train = m.forward(&batch, true).unwrap();
     let diff = |x: &candle_core::Tensor, y: &candle_core::Tensor| {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        ferrotune_model::check::max_abs_diff(x, y).unwrap()
     };
     assert_eq!(diff(&eval_a, &eval_b), 0.0);
     assert!(diff(&eval_a, &train) > 1e-3);

@@ -47,16 +47,7 @@ fn row_ids(r: &HashMap<String, Tensor>, row: usize) -> Vec<u32> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    ferrotune_model::check::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

@@ -23,16 +23,7 @@ fn ints(t: &Tensor) -> Vec<i64> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    ferrotune_model::check::max_abs_diff(a, b).unwrap()
 }
 
 fn batch(r: &HashMap<String, Tensor>) -> Batch {
