@@ -137,25 +137,22 @@ fn get<'a>(r: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor> {
 
 /// The padded batch stored in a reference file.
 pub fn reference_batch(r: &HashMap<String, Tensor>, device: &Device) -> Result<Batch> {
-    let (b, s) = get(r, "input_ids")?.dims2()?;
-    let ids: Vec<u32> = ints(get(r, "input_ids")?)?
+    stored_batch(r, "", device)
+}
+
+/// A padded batch stored as `{prefix}input_ids`, `{prefix}attention_mask`, `{prefix}labels`.
+pub fn stored_batch(r: &HashMap<String, Tensor>, prefix: &str, device: &Device) -> Result<Batch> {
+    let ids_t = get(r, &format!("{prefix}input_ids"))?;
+    let (b, s) = ids_t.dims2()?;
+    let ids: Vec<u32> = ints(ids_t)?.into_iter().map(|x| x as u32).collect();
+    let mask: Vec<u32> = ints(get(r, &format!("{prefix}attention_mask"))?)?
         .into_iter()
         .map(|x| x as u32)
         .collect();
-    let mask: Vec<u32> = ints(get(r, "attention_mask")?)?
-        .into_iter()
-        .map(|x| x as u32)
-        .collect();
+    let labels = ints(get(r, &format!("{prefix}labels"))?)?;
     let positions = (0..b).flat_map(|_| 0..s as u32).collect();
     Ok(Batch::from_parts(
-        ids,
-        ints(get(r, "labels")?)?,
-        None,
-        positions,
-        mask,
-        b,
-        s,
-        device,
+        ids, labels, None, positions, mask, b, s, device,
     )?)
 }
 

@@ -168,3 +168,31 @@ fn init_then_generate_and_import_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("HF_HUB_OFFLINE"), "{}", text(&o).1);
 }
+
+#[test]
+fn trajectory_check_replays_the_reference_run() {
+    let dir = shared("fixtures/models/qwen3_qknorm_tied");
+    let o = ferrotune(&[
+        "model",
+        "check",
+        dir.to_str().unwrap(),
+        "--trajectory",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["report"]["steps"].as_array().unwrap().len(), 12);
+    // A different model's run does not match.
+    let other = shared("fixtures/models/llama_gqa_untied");
+    let o = ferrotune(&[
+        "model",
+        "check",
+        dir.to_str().unwrap(),
+        "--trajectory",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -111,8 +111,13 @@ pub struct CheckArgs {
     model: String,
     /// Reference file (parity.safetensors layout: input_ids, attention_mask, labels,
     /// logits, loss, and optionally grad.*, packed_*, merged.*).
-    #[arg(long)]
-    reference: PathBuf,
+    #[arg(long, required_unless_present = "trajectory")]
+    reference: Option<PathBuf>,
+    /// A reference training run to replay instead (a folder with train.json,
+    /// train_batches.safetensors and train_final.safetensors): per-step lr, loss and
+    /// gradient norm, and the final weights.
+    #[arg(long, conflicts_with_all = ["reference", "adapter"])]
+    trajectory: Option<PathBuf>,
     /// A PEFT LoRA adapter to apply (gradients are then compared for its weights, and
     /// merged.* after merging).
     #[arg(long)]
@@ -268,8 +273,59 @@ fn import(a: ImportArgs) -> Result<()> {
     Ok(())
 }
 
+fn trajectory_cmd(dir: &std::path::Path, fixture: &std::path::Path, as_json: bool) -> Result<()> {
+    let mut model = load_model(dir, DType::F32, &Device::Cpu)?;
+    let report = ferrotune_train::trajectory::replay(&mut model, fixture)?;
+    let failures = report.failures();
+    if as_json {
+        println!(
+            "{}",
+            json!({"report": report, "failures": failures, "ok": failures.is_empty()})
+        );
+    } else {
+        println!(
+            "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            "step", "lr", "ref lr", "loss", "ref loss", "grad norm", "ref norm"
+        );
+        for s in &report.steps {
+            println!(
+                "{:>4} {:>12.4e} {:>12.4e} {:>10.6} {:>10.6} {:>10.6} {:>10.6}",
+                s.step,
+                s.lr,
+                s.reference_lr,
+                s.loss,
+                s.reference_loss,
+                s.grad_norm,
+                s.reference_grad_norm
+            );
+        }
+        println!(
+            "max relative diff: loss {:.2e}, lr {:.2e}, grad norm {:.2e}; final weights {:.2e} ({})",
+            report.max_loss_rel_diff,
+            report.max_lr_rel_diff,
+            report.max_grad_norm_rel_diff,
+            report.final_weights.0,
+            report.final_weights.1
+        );
+        for f in &failures {
+            println!("FAIL: {f}");
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} check(s) beyond tolerance", failures.len());
+    }
+    Ok(())
+}
+
 fn check_cmd(a: CheckArgs) -> Result<()> {
     let dir = resolve_model(&a.model)?;
+    if let Some(fixture) = &a.trajectory {
+        return trajectory_cmd(&dir, fixture, a.json);
+    }
+    let reference_path = a
+        .reference
+        .clone()
+        .expect("clap requires --reference without --trajectory");
     let mut model = load_model(&dir, DType::F32, &Device::Cpu)?;
     match &a.adapter {
         Some(adapter) => {
@@ -277,8 +333,8 @@ fn check_cmd(a: CheckArgs) -> Result<()> {
         }
         None => train_everything(&mut model)?,
     }
-    let reference = candle_core::safetensors::load(&a.reference, &Device::Cpu)
-        .with_context(|| format!("cannot read reference {}", a.reference.display()))?;
+    let reference = candle_core::safetensors::load(&reference_path, &Device::Cpu)
+        .with_context(|| format!("cannot read reference {}", reference_path.display()))?;
     let report: CheckReport = check(&mut model, &reference, a.adapter.is_some())?;
     let tolerances = Tolerances {
         logits_atol: a.logits_atol,

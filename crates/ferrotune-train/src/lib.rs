@@ -1,0 +1,10 @@
+//! The parts of the training loop: AdamW, learning-rate schedules, gradient accumulation
+//! normalised over a whole window, global-norm clipping, and the reference trajectory check.
+
+pub mod grads;
+pub mod optim;
+pub mod schedule;
+pub mod trajectory;
+
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::{Schedule, ScheduleKind};
