@@ -1,8 +1,11 @@
 //! The parts of the training loop: AdamW, learning-rate schedules, gradient accumulation
 //! normalised over a whole window, global-norm clipping, and the reference trajectory check.
 
+pub mod checkpoint;
+pub mod config;
 pub mod grads;
 pub mod optim;
+pub mod recipe;
 pub mod schedule;
 pub mod trajectory;
 

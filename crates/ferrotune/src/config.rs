@@ -6,48 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ferrotune_data::config::DATA_KEYS;
+use ferrotune_train::config::TRAIN_ARG_KEYS;
 use serde_json::{Map, Value};
 
-/// Keys the trainer, evaluation and export act on (LLaMA-Factory's names).
-pub const TRAIN_KEYS: &[&str] = &[
-    "adapter_name_or_path",
-    "finetuning_type",
-    "lora_rank",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target",
-    "use_rslora",
-    "freeze_trainable_layers",
-    "packing",
-    "neat_packing",
-    "mix_strategy",
-    "interleave_probs",
-    "val_size",
-    "eval_dataset",
-    "output_dir",
-    "overwrite_output_dir",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "lr_scheduler_type",
-    "warmup_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "logging_steps",
-    "save_steps",
-    "save_strategy",
-    "save_total_limit",
-    "eval_steps",
-    "eval_strategy",
-    "bf16",
-    "fp16",
-    "resume_from_checkpoint",
-    "ewc_lambda",
-    "plot_loss",
+/// Keys that evaluation, prediction and export will act on (LLaMA-Factory's names).
+pub const LATER_KEYS: &[&str] = &[
     "do_train",
     "do_eval",
     "do_predict",
@@ -58,6 +21,7 @@ pub const TRAIN_KEYS: &[&str] = &[
     "top_k",
     "repetition_penalty",
     "export_dir",
+    "plot_loss",
 ];
 
 /// LLaMA-Factory keys that ferrotune accepts and does not act on, with the reason.
@@ -141,11 +105,12 @@ fn known_keys() -> impl Iterator<Item = &'static str> {
     DATA_KEYS
         .iter()
         .copied()
-        .chain(TRAIN_KEYS.iter().copied())
+        .chain(TRAIN_ARG_KEYS.iter().copied())
+        .chain(LATER_KEYS.iter().copied())
         .chain(IGNORED_KEYS.iter().map(|(k, _)| *k))
 }
 
-fn check_key(key: &str) -> Result<()> {
+pub fn check_key(key: &str) -> Result<()> {
     if known_keys().any(|k| k == key) {
         return Ok(());
     }

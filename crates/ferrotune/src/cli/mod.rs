@@ -2,6 +2,7 @@
 
 mod data;
 mod model;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     /// Look at datasets exactly as the model will see them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Fine-tune (sft) or continue pretraining (pt) a model, as the config says.
+    Train(train::TrainCommand),
     /// Inspect, create, import and verify models.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -35,5 +38,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command),
         Command::Model(command) => model::run(command),
+        Command::Train(command) => train::run(command),
     }
 }

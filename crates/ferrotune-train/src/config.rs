@@ -1,0 +1,171 @@
+//! The training keys of a config file, with LLaMA-Factory's names and defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Keys the trainer reads (the data keys are `ferrotune_data::config::DATA_KEYS`).
+pub const TRAIN_ARG_KEYS: &[&str] = &[
+    "finetuning_type",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "use_rslora",
+    "freeze_trainable_layers",
+    "adapter_name_or_path",
+    "output_dir",
+    "overwrite_output_dir",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "logging_steps",
+    "save_steps",
+    "save_strategy",
+    "save_total_limit",
+    "eval_steps",
+    "eval_strategy",
+    "val_size",
+    "bf16",
+    "fp16",
+    "resume_from_checkpoint",
+    "packing",
+    "neat_packing",
+    "mix_strategy",
+    "interleave_probs",
+    "ewc_lambda",
+    "eval_dataset",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TrainArgs {
+    /// `full`, `lora` (LLaMA-Factory's default) or `freeze`.
+    pub finetuning_type: String,
+    pub lora_rank: usize,
+    /// Defaults to twice the rank, as in LLaMA-Factory.
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: f32,
+    /// `all` or comma-separated module names.
+    pub lora_target: String,
+    pub use_rslora: bool,
+    /// Positive: the last N layers train; negative: the first N.
+    pub freeze_trainable_layers: i64,
+    /// A PEFT adapter to continue training.
+    pub adapter_name_or_path: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub overwrite_output_dir: bool,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub learning_rate: f64,
+    pub num_train_epochs: f64,
+    /// Overrides the epochs when positive.
+    pub max_steps: i64,
+    pub lr_scheduler_type: String,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub logging_steps: usize,
+    pub save_steps: usize,
+    /// `steps`, `epoch` or `no`.
+    pub save_strategy: String,
+    pub save_total_limit: Option<usize>,
+    pub eval_steps: Option<usize>,
+    /// `no`, `steps` or `epoch`.
+    pub eval_strategy: String,
+    /// A fraction (< 1) or a count of samples held out for evaluation.
+    pub val_size: f64,
+    pub bf16: bool,
+    pub fp16: bool,
+    /// A checkpoint folder, or `auto` for the newest in output_dir.
+    pub resume_from_checkpoint: Option<String>,
+    pub packing: Option<bool>,
+    pub neat_packing: bool,
+    pub mix_strategy: Option<String>,
+    pub interleave_probs: Option<serde_json::Value>,
+    pub ewc_lambda: Option<f64>,
+    pub eval_dataset: Option<serde_json::Value>,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        TrainArgs {
+            finetuning_type: "lora".into(),
+            lora_rank: 8,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_target: "all".into(),
+            use_rslora: false,
+            freeze_trainable_layers: 2,
+            adapter_name_or_path: None,
+            output_dir: None,
+            overwrite_output_dir: false,
+            per_device_train_batch_size: 1,
+            per_device_eval_batch_size: 1,
+            gradient_accumulation_steps: 1,
+            learning_rate: 5e-5,
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            lr_scheduler_type: "linear".into(),
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            logging_steps: 10,
+            save_steps: 500,
+            save_strategy: "steps".into(),
+            save_total_limit: None,
+            eval_steps: None,
+            eval_strategy: "no".into(),
+            val_size: 0.0,
+            bf16: false,
+            fp16: false,
+            resume_from_checkpoint: None,
+            packing: None,
+            neat_packing: false,
+            mix_strategy: None,
+            interleave_probs: None,
+            ewc_lambda: None,
+            eval_dataset: None,
+        }
+    }
+}
+
+impl TrainArgs {
+    /// Settings ferrotune parses but does not implement yet: a clear error, never a silent
+    /// fallback.
+    pub fn unsupported(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.packing == Some(true) || self.neat_packing {
+            out.push("packing / neat_packing (comes with the Data II issue)".to_string());
+        }
+        if self.mix_strategy.as_deref().is_some_and(|m| m != "concat")
+            || self.interleave_probs.is_some()
+        {
+            out.push(
+                "mix_strategy / interleave_probs other than concat (comes with the Data II issue)"
+                    .to_string(),
+            );
+        }
+        if self.ewc_lambda.is_some_and(|l| l != 0.0) {
+            out.push("ewc_lambda (not implemented yet)".to_string());
+        }
+        if self.eval_dataset.is_some() {
+            out.push("eval_dataset (use val_size for now)".to_string());
+        }
+        if self.fp16 {
+            out.push("fp16 (use bf16, or neither for f32)".to_string());
+        }
+        out
+    }
+}
