@@ -181,3 +181,121 @@ fn an_interrupted_run_resumes_exactly() {
         "per-step losses of the resumed run equal the uninterrupted run's"
     );
 }
+
+/// LLaMA-Factory's own example config (examples/train_lora/llama3_lora_sft.yaml), key for
+/// key, runs as it is: only the model path, the data folder and the step count differ.
+#[test]
+fn a_llamafactory_config_runs_unchanged() {
+    let tmp = TempDir::new("lf-config");
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let shared = ferrotune_testing::shared("data");
+    std::fs::write(
+        data.join("dataset_info.json"),
+        serde_json::json!({
+            "identity": {"file_name": shared.join("identity.json")},
+            "alpaca_en_demo": {"file_name": shared.join("alpaca_en_demo.json")},
+            "hub_only": {"hf_hub_url": "someone/something"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("saves");
+    let cfg = tmp.path().join("llama3_lora_sft.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "### model
+model_name_or_path: {model}
+trust_remote_code: true
+
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+
+### dataset
+dataset: identity,alpaca_en_demo
+dataset_dir: {data}
+template: llama3
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+dataloader_num_workers: 4
+
+### output
+output_dir: {out}
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+save_only_model: false
+report_to: none  # choices: [none, wandb, tensorboard, swanlab, mlflow]
+
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+resume_from_checkpoint: null
+
+### eval
+# eval_dataset: alpaca_en_demo
+# val_size: 0.1
+# per_device_eval_batch_size: 1
+# eval_strategy: steps
+# eval_steps: 500
+",
+            model = model.display(),
+            data = data.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "max_steps=3",
+        "max_samples=40",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for ignored in [
+        "trust_remote_code",
+        "preprocessing_num_workers",
+        "ddp_timeout",
+        "report_to",
+        "save_only_model",
+    ] {
+        assert!(
+            err.contains(ignored),
+            "{ignored} is named as ignored: {err}"
+        );
+    }
+    assert!(
+        err.contains("bf16 requested") && err.contains("training in f32"),
+        "{err}"
+    );
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let template = std::fs::read_to_string(out.join("chat_template.jinja")).unwrap();
+    assert!(
+        template.contains("<|start_header_id|>"),
+        "the llama3 template is saved"
+    );
+    // Using the hub-only entry is the error, not its presence.
+    let o = run(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "dataset=hub_only",
+        "max_steps=1",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("local files only"));
+}
