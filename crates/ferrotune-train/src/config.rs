@@ -42,6 +42,9 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "mix_strategy",
     "interleave_probs",
     "ewc_lambda",
+    "ewc_dataset",
+    "ewc_fisher",
+    "ewc_samples",
     "eval_dataset",
 ];
 
@@ -93,7 +96,14 @@ pub struct TrainArgs {
     pub neat_packing: bool,
     pub mix_strategy: Option<String>,
     pub interleave_probs: Option<serde_json::Value>,
+    /// EWC strength; 0 or absent: off.
     pub ewc_lambda: Option<f64>,
+    /// Reference data (dataset names, comma-separated) for the EWC Fisher estimate.
+    pub ewc_dataset: Option<String>,
+    /// A Fisher saved by an earlier run (`ewc_fisher.safetensors`), instead of estimating.
+    pub ewc_fisher: Option<PathBuf>,
+    /// Reference samples used for the estimate.
+    pub ewc_samples: usize,
     pub eval_dataset: Option<serde_json::Value>,
 }
 
@@ -136,6 +146,9 @@ impl Default for TrainArgs {
             mix_strategy: None,
             interleave_probs: None,
             ewc_lambda: None,
+            ewc_dataset: None,
+            ewc_fisher: None,
+            ewc_samples: 256,
             eval_dataset: None,
         }
     }
@@ -156,9 +169,6 @@ impl TrainArgs {
                 "mix_strategy / interleave_probs other than concat (comes with the Data II issue)"
                     .to_string(),
             );
-        }
-        if self.ewc_lambda.is_some_and(|l| l != 0.0) {
-            out.push("ewc_lambda (not implemented yet)".to_string());
         }
         if self.eval_dataset.is_some() {
             out.push("eval_dataset (use val_size for now)".to_string());

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ewc;
 pub mod grads;
 pub mod optim;
 pub mod recipe;

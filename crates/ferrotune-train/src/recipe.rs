@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainArgs;
+use crate::ewc::Ewc;
 use crate::grads::{clip, Accumulated};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -276,6 +277,7 @@ pub fn run(run: &Run) -> Result<Summary> {
         .filter(|p| p.is_trainable())
         .map(|p| p.tensor().elem_count())
         .sum();
+    let ewc = setup_ewc(&model, t, &data_args, &output_dir, &device)?;
 
     // Plan.
     let batch_size = t.per_device_train_batch_size.max(1);
@@ -401,6 +403,11 @@ pub fn run(run: &Run) -> Result<Summary> {
             accumulated.add(&params, &scaled.backward()?)?;
         }
         let mut grads = accumulated.finish(&params)?;
+        let mut ewc_penalty = None;
+        if let Some(ewc) = &ewc {
+            ewc.add_gradient(&params, &mut grads)?;
+            ewc_penalty = Some(ewc.penalty(&params)?);
+        }
         let norm = clip(&mut grads, t.max_grad_norm)?;
         let loss = loss_sum / tokens as f64;
         if !loss.is_finite() || !norm.is_finite() {
@@ -432,8 +439,11 @@ pub fn run(run: &Run) -> Result<Summary> {
             let train_loss = window_loss / window_tokens.max(1) as f64;
             let rate = window_seq_tokens as f64 / elapsed.max(1e-9);
             let eta = started.elapsed().as_secs_f64() / done as f64 * (total_steps - done) as f64;
-            let record = json!({"step": done, "epoch": epoch, "loss": train_loss, "lr": lr, "grad_norm": norm,
+            let mut record = json!({"step": done, "epoch": epoch, "loss": train_loss, "lr": lr, "grad_norm": norm,
                 "tokens_per_s": rate, "supervised_tokens": window_tokens});
+            if let Some(p) = ewc_penalty {
+                record["ewc_penalty"] = json!(p);
+            }
             writeln!(metrics, "{record}")
                 .map_err(|e| ModelError::file(&metrics_path, e.to_string()))?;
             eprintln!("step {done}/{total_steps} · epoch {epoch:.2} · loss {train_loss:.4} · lr {lr:.2e} · grad norm {norm:.3} · {rate:.0} tokens/s · ETA {eta:.0} s");
@@ -522,6 +532,60 @@ pub fn run(run: &Run) -> Result<Summary> {
     write("train_config.json", &run.resolved)?;
     write("train_summary.json", &json!(summary))?;
     Ok(summary)
+}
+
+/// The EWC penalty, when `ewc_lambda` is set: a Fisher loaded from `ewc_fisher` or
+/// estimated on `ewc_dataset`, saved to `output_dir/ewc_fisher.safetensors` for reuse.
+fn setup_ewc(
+    model: &CausalLm,
+    t: &TrainArgs,
+    data: &DataArgs,
+    output_dir: &Path,
+    device: &Device,
+) -> Result<Option<Ewc>> {
+    let Some(lambda) = t.ewc_lambda.filter(|l| *l > 0.0) else {
+        return Ok(None);
+    };
+    let params: Vec<&Param> = model
+        .params()
+        .into_iter()
+        .filter(|p| p.is_trainable())
+        .collect();
+    let ewc = match (&t.ewc_fisher, &t.ewc_dataset) {
+        (Some(path), _) => Ewc::load(&params, path, lambda)?,
+        (None, Some(names)) => {
+            let mut reference = data.clone();
+            reference.dataset = names
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            reference.max_samples = Some(t.ewc_samples);
+            let prepared = pipeline::prepare(&reference, None)
+                .map_err(|e| invalid(format!("EWC reference data: {e}")))?;
+            let examples: Vec<Example> = prepared
+                .samples
+                .iter()
+                .map(|s| to_example(&s.encoded))
+                .collect();
+            let batches = examples
+                .chunks(t.per_device_train_batch_size.max(1))
+                .map(|c| Batch::padded(c, prepared.pad.id, 8, device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            eprintln!(
+                "EWC: estimating the Fisher information on {} reference samples",
+                examples.len()
+            );
+            Ewc::estimate(model, &batches, lambda)?
+        }
+        (None, None) => {
+            return Err(invalid(
+                "ewc_lambda needs ewc_dataset (reference data) or ewc_fisher (a saved Fisher)",
+            ))
+        }
+    };
+    ewc.save(&params, &output_dir.join("ewc_fisher.safetensors"))?;
+    Ok(Some(ewc))
 }
 
 /// Drops the records of steps after `step` (written by a run that was interrupted after

@@ -299,3 +299,37 @@ resume_from_checkpoint: null
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("local files only"));
 }
+
+#[test]
+fn ewc_runs_with_a_reference_dataset() {
+    let tmp = TempDir::new("ewc");
+    let model = tiny_model(tmp.path());
+    let out = tmp.path().join("ewc");
+    let extra = "finetuning_type: full\nlearning_rate: 3.0e-3\nmax_steps: 4\newc_lambda: 1000\newc_dataset: tool_demo\n";
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &out, extra).to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success()
+            && err.contains("EWC: estimating the Fisher information on 3 reference samples"),
+        "{err}"
+    );
+    assert!(out.join("ewc_fisher.safetensors").is_file());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("ewc_penalty"), "{metrics}");
+    // Without reference data or a saved Fisher it is a clear error.
+    let o = run(&[
+        "train",
+        config(
+            tmp.path(),
+            &model,
+            &tmp.path().join("bad"),
+            "ewc_lambda: 1.0\nmax_steps: 1\n",
+        )
+        .to_str()
+        .unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ewc_lambda needs ewc_dataset"));
+}
