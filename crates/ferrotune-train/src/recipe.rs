@@ -209,6 +209,13 @@ pub fn run(run: &Run) -> Result<Summary> {
     }
     std::fs::create_dir_all(&output_dir)
         .map_err(|e| ModelError::file(&output_dir, e.to_string()))?;
+    if !resuming {
+        // A fresh run over an old output: its metrics and checkpoints must not mix in.
+        let _ = std::fs::remove_file(output_dir.join("metrics.jsonl"));
+        for (_, dir) in checkpoint::list(&output_dir) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     let device = Device::Cpu;
     if t.bf16 {
         eprintln!("note: bf16 requested, but candle's CPU bf16 matrix multiply is slower than f32 (45-95 against 95-115 GFLOP/s measured): training in f32");
@@ -530,6 +537,12 @@ pub fn run(run: &Run) -> Result<Summary> {
         .map_err(|e| ModelError::file(&path, e.to_string()))
     };
     write("train_config.json", &run.resolved)?;
+    let (train_losses, eval_losses) = crate::plot::read_losses(&metrics_path);
+    if let Err(e) =
+        crate::plot::plot_losses(&train_losses, &eval_losses, &output_dir.join("loss.png"))
+    {
+        eprintln!("warning: no loss plot: {e}");
+    }
     write("train_summary.json", &json!(summary))?;
     Ok(summary)
 }
