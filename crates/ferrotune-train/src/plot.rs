@@ -8,8 +8,11 @@ use plotters::style::{register_font, FontStyle};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-/// (step, loss) series read from a metrics.jsonl file.
-pub fn read_losses(metrics: &Path) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+/// (step, loss) points of one curve.
+pub type Curve = Vec<(f64, f64)>;
+
+/// The train and eval loss curves of a metrics.jsonl file.
+pub fn read_losses(metrics: &Path) -> (Curve, Curve) {
     let text = std::fs::read_to_string(metrics).unwrap_or_default();
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for line in text.lines() {
