@@ -104,7 +104,29 @@ pub struct TrainArgs {
     pub ewc_fisher: Option<PathBuf>,
     /// Reference samples used for the estimate.
     pub ewc_samples: usize,
-    pub eval_dataset: Option<serde_json::Value>,
+    /// Datasets to evaluate on (names or paths, comma-separated or a list), as
+    /// LLaMA-Factory's `eval_dataset`.
+    #[serde(deserialize_with = "optional_comma_list")]
+    pub eval_dataset: Option<Vec<String>>,
+}
+
+fn optional_comma_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 impl Default for TrainArgs {
@@ -169,9 +191,6 @@ impl TrainArgs {
                 "mix_strategy / interleave_probs other than concat (comes with the Data II issue)"
                     .to_string(),
             );
-        }
-        if self.eval_dataset.is_some() {
-            out.push("eval_dataset (use val_size for now)".to_string());
         }
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());

@@ -274,6 +274,13 @@ pub fn run(run: &Run) -> Result<Summary> {
         examples = train;
         eval_examples = eval;
     }
+    if let Some(names) = &t.eval_dataset {
+        let mut eval_args = data_args.clone();
+        eval_args.dataset = names.clone();
+        let eval = pipeline::prepare(&eval_args, None)
+            .map_err(|e| invalid(format!("eval_dataset: {e}")))?;
+        eval_examples.extend(eval.samples.iter().map(|s| to_example(&s.encoded)));
+    }
 
     // Model and what trains.
     let mut model = load_model(&model_dir, DType::F32, &device)?;
@@ -304,7 +311,7 @@ pub fn run(run: &Run) -> Result<Summary> {
         total_steps,
     };
     eprintln!(
-        "training {} examples ({} held out for evaluation); effective batch {batch_size} x {accum} accumulation x 1 device = {}; {steps_per_epoch} steps per epoch, {total_steps} steps; {:.2}M trainable parameters ({})",
+        "training {} examples ({} for evaluation); effective batch {batch_size} x {accum} accumulation x 1 device = {}; {steps_per_epoch} steps per epoch, {total_steps} steps; {:.2}M trainable parameters ({})",
         examples.len(),
         eval_examples.len(),
         batch_size * accum,
@@ -426,7 +433,7 @@ pub fn run(run: &Run) -> Result<Summary> {
                 state.micro_batches
             );
             if bad_steps >= 5 {
-                return Err(invalid("5 steps in a row had a non-finite loss or gradient: stopping. Lower learning_rate, check the data with `ferrotune data check`, or set max_grad_norm"));
+                return Err(invalid("5 steps in a row had a non-finite loss or gradient: stopping. Lower learning_rate, check the data with `ferrotune data preview`, or set max_grad_norm"));
             }
             state.global_step += 1;
             continue;

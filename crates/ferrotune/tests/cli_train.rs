@@ -333,3 +333,25 @@ fn ewc_runs_with_a_reference_dataset() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("ewc_lambda needs ewc_dataset"));
 }
+
+#[test]
+fn non_finite_steps_are_skipped_then_the_run_stops() {
+    let tmp = TempDir::new("nan");
+    let model = tiny_model(tmp.path());
+    let out = tmp.path().join("nan");
+    let extra = "finetuning_type: full\nlearning_rate: 1.0e30\nmax_grad_norm: 0\nmax_steps: 12\neval_dataset: tool_demo\n";
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &out, extra).to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not finite; step skipped (micro-batches"),
+        "{err}"
+    );
+    assert!(
+        err.contains("5 steps in a row had a non-finite loss or gradient"),
+        "{err}"
+    );
+}
