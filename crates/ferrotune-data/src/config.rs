@@ -141,21 +141,36 @@ impl DataArgs {
     }
 }
 
-fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+/// Dataset names as LLaMA-Factory writes them: one comma-separated string, or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Names {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Names {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Names::One(s) => s
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Names::Many(v) => v,
+        }
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
+}
+
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Names::deserialize(d)?.into_vec())
+}
+
+/// For other config keys that hold dataset names (`eval_dataset`, ...).
+pub fn optional_names<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    Ok(Option::<Names>::deserialize(d)?.map(Names::into_vec))
 }
 
 fn overlong<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Overlong, D::Error> {

@@ -106,27 +106,8 @@ pub struct TrainArgs {
     pub ewc_samples: usize,
     /// Datasets to evaluate on (names or paths, comma-separated or a list), as
     /// LLaMA-Factory's `eval_dataset`.
-    #[serde(deserialize_with = "optional_comma_list")]
+    #[serde(deserialize_with = "ferrotune_data::config::optional_names")]
     pub eval_dataset: Option<Vec<String>>,
-}
-
-fn optional_comma_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        OneOrMany::Many(v) => v,
-    }))
 }
 
 impl Default for TrainArgs {
