@@ -355,3 +355,31 @@ fn non_finite_steps_are_skipped_then_the_run_stops() {
         "{err}"
     );
 }
+
+#[test]
+fn an_existing_output_is_not_overwritten_by_accident() {
+    let tmp = TempDir::new("exists");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("something"), "precious").unwrap();
+    let cfg = config(
+        tmp.path(),
+        &tmp.path().join("no-model"),
+        &out,
+        "max_steps: 1\n",
+    );
+    let o = run(&["train", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("exists and is not empty") && err.contains("overwrite_output_dir"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("something")).unwrap(),
+        "precious"
+    );
+    // A typo in a key is caught before anything runs.
+    let o = run(&["train", cfg.to_str().unwrap(), "learning_rat=1e-4"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean `learning_rate`?"));
+}
