@@ -371,6 +371,8 @@ pub fn run(run: &Run) -> Result<Summary> {
     let mut total_seq_tokens = 0usize;
     let (mut last_train, mut last_eval) = (None, None);
     let mut bad_steps = 0;
+    // A live progress bar on a terminal; plain lines (every logging step) otherwise.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let save_every = if t.save_strategy == "steps" {
         t.save_steps
     } else {
@@ -426,6 +428,7 @@ pub fn run(run: &Run) -> Result<Summary> {
         let loss = loss_sum / tokens as f64;
         if !loss.is_finite() || !norm.is_finite() {
             bad_steps += 1;
+            clear_bar(tty);
             eprintln!(
                 "warning: step {}: loss {loss}, gradient norm {norm}: not finite; step skipped (micro-batches {}..{} of the data order)",
                 step + 1,
@@ -447,6 +450,16 @@ pub fn run(run: &Run) -> Result<Summary> {
         total_seq_tokens += seq_tokens;
         let done = state.global_step;
         let epoch = state.micro_batches as f64 / micro_per_epoch as f64;
+        if tty {
+            let per_step = started.elapsed().as_secs_f64() / done.max(1) as f64;
+            draw_bar(
+                done,
+                total_steps,
+                loss,
+                lr,
+                per_step * (total_steps - done) as f64,
+            );
+        }
 
         if done.is_multiple_of(t.logging_steps.max(1)) || done == total_steps {
             let elapsed = window_started.elapsed().as_secs_f64();
@@ -460,6 +473,7 @@ pub fn run(run: &Run) -> Result<Summary> {
             }
             writeln!(metrics, "{record}")
                 .map_err(|e| ModelError::file(&metrics_path, e.to_string()))?;
+            clear_bar(tty);
             eprintln!("step {done}/{total_steps} · epoch {epoch:.2} · loss {train_loss:.4} · lr {lr:.2e} · grad norm {norm:.3} · {rate:.0} tokens/s · ETA {eta:.0} s");
             last_train = Some(train_loss);
             (window_loss, window_tokens, window_seq_tokens) = (0.0, 0, 0);
@@ -497,10 +511,12 @@ pub fn run(run: &Run) -> Result<Summary> {
                 .collect();
             let dir =
                 checkpoint::save(&output_dir, &params, &optimizer, &state, t.save_total_limit)?;
+            clear_bar(tty);
             eprintln!("saved {}", dir.display());
         }
     }
 
+    clear_bar(tty);
     // Outputs: the adapter or the model, the template and tokenizer, the config, a summary.
     let template = prepared
         .template
@@ -552,6 +568,24 @@ pub fn run(run: &Run) -> Result<Summary> {
     }
     write("train_summary.json", &json!(summary))?;
     Ok(summary)
+}
+
+/// `[#####.....] step/total loss lr ETA`, redrawn in place on a terminal.
+fn draw_bar(done: usize, total: usize, loss: f64, lr: f64, eta: f64) {
+    const WIDTH: usize = 30;
+    let filled = WIDTH * done / total.max(1);
+    eprint!(
+        "\r[{}{}] {done}/{total} · loss {loss:.4} · lr {lr:.2e} · ETA {eta:.0} s  ",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+fn clear_bar(tty: bool) {
+    if tty {
+        eprint!("\r{}\r", " ".repeat(100));
+    }
 }
 
 /// The EWC penalty, when `ewc_lambda` is set: a Fisher loaded from `ewc_fisher` or
