@@ -22,6 +22,7 @@ pub mod format;
 pub mod pipeline;
 pub mod placeholders;
 pub mod registry;
+pub mod rng;
 pub mod source;
 pub mod template;
 pub mod tokenizer;

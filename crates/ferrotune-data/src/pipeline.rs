@@ -9,6 +9,7 @@ use crate::encode::{Encoded, Encoder, Skip};
 use crate::error::{DataError, RecordRef, Result};
 use crate::placeholders;
 use crate::registry::{self, DatasetSpec};
+use crate::rng::SplitMix64;
 use crate::source::{self, RawRecord};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{PadToken, TokenizerBundle};
@@ -149,10 +150,7 @@ fn sample_records(records: Vec<RawRecord>, n: usize, seed: u64) -> Vec<RawRecord
         return records;
     }
     let mut rng = SplitMix64(seed);
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
+    let order = rng.permutation(records.len());
     let mut picked: Vec<usize> = order
         .iter()
         .copied()
@@ -160,22 +158,9 @@ fn sample_records(records: Vec<RawRecord>, n: usize, seed: u64) -> Vec<RawRecord
         .take(n.min(records.len()))
         .collect();
     while picked.len() < n {
-        picked.push((rng.next() % records.len() as u64) as usize);
+        picked.push((rng.next_u64() % records.len() as u64) as usize);
     }
     picked.into_iter().map(|i| records[i].clone()).collect()
-}
-
-/// A small, well-known deterministic generator (the seed-expansion step of xoshiro).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 fn prepare_dataset(

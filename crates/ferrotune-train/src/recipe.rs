@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use ferrotune_data::pipeline::{self, percentile, Prepared};
+use ferrotune_data::rng::SplitMix64;
 use ferrotune_data::DataArgs;
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::save::{save_model, SaveOptions};
@@ -55,19 +56,7 @@ pub struct Run {
 /// A deterministic shuffle of `0..n` for `epoch` (SplitMix64-driven Fisher-Yates), so the
 /// data position alone is enough to resume.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut state = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    order
+    SplitMix64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).permutation(n)
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -378,6 +367,8 @@ pub fn run(run: &Run) -> Result<Summary> {
     } else {
         0
     };
+    // The shuffled order of the current epoch, computed once per epoch.
+    let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
     while state.global_step < total_steps {
         let step = state.global_step;
         // The micro-batches of this step, from the deterministic data order.
@@ -385,9 +376,11 @@ pub fn run(run: &Run) -> Result<Summary> {
         for _ in 0..accum {
             let m = state.micro_batches;
             let (epoch, k) = (m / micro_per_epoch, m % micro_per_epoch);
-            let order = epoch_order(examples.len(), seed, epoch);
-            let chunk: Vec<Example> = order
-                [k * batch_size..((k + 1) * batch_size).min(order.len())]
+            if order.0 != epoch {
+                order = (epoch, epoch_order(examples.len(), seed, epoch));
+            }
+            let chunk: Vec<Example> = order.1
+                [k * batch_size..((k + 1) * batch_size).min(order.1.len())]
                 .iter()
                 .map(|&i| examples[i].clone())
                 .collect();
