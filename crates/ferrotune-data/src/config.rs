@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::encode::{EncodeOptions, Overlong};
 use crate::format::{Formatting, Stage};
+use crate::mix::MixStrategy;
+use crate::pack::Packing;
 use crate::template::{CustomTemplate, TemplateChoice};
 
 /// The keys of [`DataArgs`] as they appear in a config file.
@@ -27,6 +29,13 @@ pub const DATA_KEYS: &[&str] = &[
     "enable_thinking",
     "overlong",
     "seed",
+    "mix_strategy",
+    "interleave_probs",
+    "replay_dataset",
+    "replay_ratio",
+    "packing",
+    "neat_packing",
+    "data_cache_dir",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +68,25 @@ pub struct DataArgs {
     #[serde(deserialize_with = "overlong")]
     pub overlong: Overlong,
     pub seed: u64,
+    /// How several datasets combine: concat, interleave_under or interleave_over.
+    #[serde(deserialize_with = "mix_strategy")]
+    pub mix_strategy: MixStrategy,
+    /// Sampling probabilities of the datasets when interleaving ("0.9, 0.1" or a list).
+    pub interleave_probs: Option<serde_json::Value>,
+    /// Data of an earlier stage to replay (dataset names, or an earlier run's output
+    /// folder, whose saved config names its datasets).
+    #[serde(deserialize_with = "optional_names")]
+    pub replay_dataset: Option<Vec<String>>,
+    /// The share of the mixture the replayed data makes up.
+    pub replay_ratio: f64,
+    /// Greedy packing into rows of cutoff_len (unset: on for `pt`, off for `sft`).
+    pub packing: Option<bool>,
+    /// Whole samples bin-packed into rows, kept apart by attention.
+    pub neat_packing: bool,
+    /// Where tokenized datasets are cached (`ferrotune train` and `data prepare` use
+    /// [`crate::cache::default_root`] when this is unset; `none` turns the cache off).
+    #[serde(deserialize_with = "cache_dir")]
+    pub data_cache_dir: Option<PathBuf>,
     /// Not a config key: set by `--format` for files given directly.
     #[serde(skip)]
     pub formatting: Option<Formatting>,
@@ -85,6 +113,13 @@ impl Default for DataArgs {
             enable_thinking: None,
             overlong: Overlong::Truncate,
             seed: 42,
+            mix_strategy: MixStrategy::Concat,
+            interleave_probs: None,
+            replay_dataset: None,
+            replay_ratio: 0.1,
+            packing: None,
+            neat_packing: false,
+            data_cache_dir: None,
             formatting: None,
             skip_invalid: false,
         }
@@ -112,6 +147,31 @@ impl DataArgs {
             mask_history: self.mask_history,
             overlong: self.overlong,
         }
+    }
+
+    /// The same settings for other datasets (evaluation, EWC reference): no mixture,
+    /// no replay.
+    pub fn only_datasets(&self) -> DataArgs {
+        DataArgs {
+            mix_strategy: MixStrategy::Concat,
+            interleave_probs: None,
+            replay_dataset: None,
+            ..self.clone()
+        }
+    }
+
+    /// Fills `data_cache_dir` with the default cache folder unless the config set one
+    /// (or turned the cache off with `none`).
+    pub fn use_default_cache(&mut self) {
+        match &self.data_cache_dir {
+            Some(dir) if dir.as_os_str() == CACHE_OFF => self.data_cache_dir = None,
+            Some(_) => {}
+            None => self.data_cache_dir = crate::cache::default_root(),
+        }
+    }
+
+    pub fn packing(&self) -> Packing {
+        Packing::choose(self.packing, self.neat_packing, self.stage)
     }
 
     /// Extra variables for the chat template.
@@ -171,6 +231,19 @@ pub fn optional_names<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<String>>, D::Error> {
     Ok(Option::<Names>::deserialize(d)?.map(Names::into_vec))
+}
+
+/// Whether `data_cache_dir` was set in the config: `none` is an explicit "off".
+pub const CACHE_OFF: &str = "none";
+
+fn cache_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(PathBuf::from))
+}
+
+fn mix_strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MixStrategy, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(|e: crate::DataError| serde::de::Error::custom(e.to_string()))
 }
 
 fn overlong<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Overlong, D::Error> {

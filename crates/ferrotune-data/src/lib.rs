@@ -9,18 +9,26 @@
 //! | format | [`format`] | alpaca / sharegpt / openai / text records to a [`Sample`] |
 //! | template | [`template`] | a conversation to the exact text, with jinja chat templates |
 //! | tokenize + mask | [`encode`] | text to ids, labels (-100 on prompts), weights, truncation |
+//! | mix | [`mix`] | several datasets into one mixture (concat / interleave, shares, replay) |
+//! | pack | [`pack`] | examples into rows: greedy or neat (bin-packed, kept apart) packing |
+//! | cache | [`cache`] | tokenized datasets stored once, memory-mapped on the next run |
 //! | batch | [`collate`] | examples to padded batches with an attention mask |
+//! | check | [`quality`] | the quality report of `data check`: duplicates, empty or echoed replies, stray tokens, ... |
 //!
 //! [`pipeline::prepare`] runs them all and reports what happened to every record.
 
+pub mod cache;
 pub mod collate;
 pub mod config;
 pub mod conversation;
 pub mod encode;
 pub mod error;
 pub mod format;
+pub mod mix;
+pub mod pack;
 pub mod pipeline;
 pub mod placeholders;
+pub mod quality;
 pub mod registry;
 pub mod rng;
 pub mod source;

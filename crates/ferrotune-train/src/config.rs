@@ -37,10 +37,7 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "bf16",
     "fp16",
     "resume_from_checkpoint",
-    "packing",
-    "neat_packing",
-    "mix_strategy",
-    "interleave_probs",
+    "group_by_length",
     "ewc_lambda",
     "ewc_dataset",
     "ewc_fisher",
@@ -92,10 +89,8 @@ pub struct TrainArgs {
     pub fp16: bool,
     /// A checkpoint folder, or `auto` for the newest in output_dir.
     pub resume_from_checkpoint: Option<String>,
-    pub packing: Option<bool>,
-    pub neat_packing: bool,
-    pub mix_strategy: Option<String>,
-    pub interleave_probs: Option<serde_json::Value>,
+    /// Batches of similar lengths (less padding), as transformers' LengthGroupedSampler.
+    pub group_by_length: bool,
     /// EWC strength; 0 or absent: off.
     pub ewc_lambda: Option<f64>,
     /// Reference data (dataset names, comma-separated) for the EWC Fisher estimate.
@@ -144,10 +139,7 @@ impl Default for TrainArgs {
             bf16: false,
             fp16: false,
             resume_from_checkpoint: None,
-            packing: None,
-            neat_packing: false,
-            mix_strategy: None,
-            interleave_probs: None,
+            group_by_length: false,
             ewc_lambda: None,
             ewc_dataset: None,
             ewc_fisher: None,
@@ -162,17 +154,6 @@ impl TrainArgs {
     /// fallback.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.packing == Some(true) || self.neat_packing {
-            out.push("packing / neat_packing (comes with the Data II issue)".to_string());
-        }
-        if self.mix_strategy.as_deref().is_some_and(|m| m != "concat")
-            || self.interleave_probs.is_some()
-        {
-            out.push(
-                "mix_strategy / interleave_probs other than concat (comes with the Data II issue)"
-                    .to_string(),
-            );
-        }
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());
         }

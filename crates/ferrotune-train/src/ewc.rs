@@ -39,7 +39,8 @@ impl Ewc {
             let grads = loss.mean()?.backward()?;
             for (f, p) in fisher.iter_mut().zip(&params) {
                 if let Some(g) = grads.get(p.tensor()) {
-                    *f = (&*f + g.sqr()?)?;
+                    // Detached: the sum must not keep every batch's graph alive.
+                    *f = (&*f + g.sqr()?)?.detach();
                 }
             }
             used += 1;
@@ -66,7 +67,7 @@ impl Ewc {
     pub fn penalty(&self, params: &[&Param]) -> Result<f64> {
         let mut total = 0f64;
         for ((p, f), a) in params.iter().zip(&self.fisher).zip(&self.anchor) {
-            let d = (p.tensor() - a)?;
+            let d = (p.tensor().detach() - a)?;
             total += (f * d.sqr()?)?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         Ok(0.5 * self.lambda * total)
@@ -80,8 +81,10 @@ impl Ewc {
             .zip(&self.anchor)
             .zip(grads.iter_mut())
         {
-            let pull = ((p.tensor() - a)? * f)?.affine(self.lambda, 0.0)?;
-            *g = (&*g + pull)?;
+            // Detached from the weights: otherwise every step's gradient (and through it
+            // AdamW's moments) would keep the previous steps' graphs alive.
+            let pull = ((p.tensor().detach() - a)? * f)?.affine(self.lambda, 0.0)?;
+            *g = (&*g + pull)?.detach();
         }
         Ok(())
     }

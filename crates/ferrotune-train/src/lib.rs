@@ -8,6 +8,7 @@ pub mod grads;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
+pub mod rows;
 pub mod schedule;
 pub mod trajectory;
 

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use ferrotune_data::pipeline::{self, percentile, Prepared};
-use ferrotune_data::rng::SplitMix64;
 use ferrotune_data::DataArgs;
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::save::{save_model, SaveOptions};
@@ -26,6 +25,7 @@ use crate::config::TrainArgs;
 use crate::ewc::Ewc;
 use crate::grads::{clip, Accumulated};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::rows::{epoch_order, to_example, Rows};
 use crate::schedule::{Schedule, ScheduleKind};
 
 type Result<T> = std::result::Result<T, ModelError>;
@@ -53,13 +53,8 @@ pub struct Run {
     pub resolved: serde_json::Value,
 }
 
-/// A deterministic shuffle of `0..n` for `epoch` (SplitMix64-driven Fisher-Yates), so the
-/// data position alone is enough to resume.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    SplitMix64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).permutation(n)
-}
-
-fn peak_rss_mib() -> Option<f64> {
+/// The process's peak resident memory, from /proc (Linux); None elsewhere.
+pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
@@ -143,14 +138,6 @@ fn sanity_warnings(t: &TrainArgs, data: &DataArgs, prepared: &Prepared) -> Vec<S
     w
 }
 
-fn to_example(e: &ferrotune_data::Encoded) -> Example {
-    Example {
-        input_ids: e.input_ids.clone(),
-        labels: e.labels.clone(),
-        weights: e.weights.clone(),
-    }
-}
-
 /// Mean loss and token count over `examples` in batches, without gradients.
 fn evaluate(
     model: &CausalLm,
@@ -228,13 +215,18 @@ pub fn run(run: &Run) -> Result<Summary> {
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
+    for c in &prepared.cache {
+        let what = if c.hit {
+            "reused the tokenized cache"
+        } else {
+            "tokenized into the cache"
+        };
+        eprintln!("data: {}: {what} {}", c.dataset, c.dir.display());
+    }
     let pad = prepared.pad.id;
-    let mut examples: Vec<Example> = prepared
-        .samples
-        .iter()
-        .map(|s| to_example(&s.encoded))
-        .collect();
-    if examples.is_empty() {
+    let mut train_set: Vec<&ferrotune_data::Encoded> =
+        prepared.samples.iter().map(|s| &s.encoded).collect();
+    if train_set.is_empty() {
         return Err(invalid(
             "no training examples: check the data with `ferrotune data stats`",
         ));
@@ -243,28 +235,47 @@ pub fn run(run: &Run) -> Result<Summary> {
     let eval_count = if t.val_size >= 1.0 {
         t.val_size as usize
     } else {
-        (t.val_size * examples.len() as f64).round() as usize
+        (t.val_size * train_set.len() as f64).round() as usize
     };
     let mut eval_examples = Vec::new();
     if eval_count > 0 {
-        let order = epoch_order(examples.len(), seed ^ 0x5eed, 0);
-        let held: std::collections::BTreeSet<usize> = order[..eval_count.min(examples.len() - 1)]
+        let order = epoch_order(train_set.len(), seed ^ 0x5eed, 0);
+        let held: std::collections::BTreeSet<usize> = order[..eval_count.min(train_set.len() - 1)]
             .iter()
             .copied()
             .collect();
-        let (mut train, mut eval) = (Vec::new(), Vec::new());
-        for (i, e) in examples.into_iter().enumerate() {
-            if held.contains(&i) {
-                eval.push(e)
+        eval_examples = held.iter().map(|&i| to_example(train_set[i])).collect();
+        train_set = train_set
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !held.contains(i))
+            .map(|(_, e)| e)
+            .collect();
+    }
+    let packing = data_args.packing();
+    if let Some(w) = packing.warning(data_args.stage) {
+        eprintln!("warning: {w}");
+    }
+    let rows = Rows::build(&train_set, packing, data_args.cutoff_len);
+    if let Some(r) = &rows.report {
+        eprintln!(
+            "packing ({packing:?}): {} examples into {} rows of up to {} tokens, {:.1}% filled{}",
+            train_set.len(),
+            r.rows,
+            r.row_len,
+            100.0 * r.efficiency(),
+            if r.dropped_too_long > 0 {
+                format!(
+                    ", {} examples longer than a row left out",
+                    r.dropped_too_long
+                )
             } else {
-                train.push(e)
+                String::new()
             }
-        }
-        examples = train;
-        eval_examples = eval;
+        );
     }
     if let Some(names) = &t.eval_dataset {
-        let mut eval_args = data_args.clone();
+        let mut eval_args = data_args.only_datasets();
         eval_args.dataset = names.clone();
         let eval = pipeline::prepare(&eval_args, None)
             .map_err(|e| invalid(format!("eval_dataset: {e}")))?;
@@ -285,7 +296,7 @@ pub fn run(run: &Run) -> Result<Summary> {
     // Plan.
     let batch_size = t.per_device_train_batch_size.max(1);
     let accum = t.gradient_accumulation_steps.max(1);
-    let micro_per_epoch = examples.len().div_ceil(batch_size);
+    let micro_per_epoch = rows.len().div_ceil(batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(accum);
     let total_steps = if t.max_steps > 0 {
         t.max_steps as usize
@@ -300,8 +311,8 @@ pub fn run(run: &Run) -> Result<Summary> {
         total_steps,
     };
     eprintln!(
-        "training {} examples ({} for evaluation); effective batch {batch_size} x {accum} accumulation x 1 device = {}; {steps_per_epoch} steps per epoch, {total_steps} steps; {:.2}M trainable parameters ({})",
-        examples.len(),
+        "training {} rows ({} examples for evaluation); effective batch {batch_size} x {accum} accumulation x 1 device = {}; {steps_per_epoch} steps per epoch, {total_steps} steps; {:.2}M trainable parameters ({})",
+        rows.len(),
         eval_examples.len(),
         batch_size * accum,
         trainable_count as f64 / 1e6,
@@ -367,6 +378,23 @@ pub fn run(run: &Run) -> Result<Summary> {
     } else {
         0
     };
+    // The loss before training: the baseline that eval losses (and forgetting) compare to.
+    if state.global_step == 0 && !eval_examples.is_empty() {
+        let (eval_loss, eval_tokens) = evaluate(
+            &model,
+            &eval_examples,
+            t.per_device_eval_batch_size,
+            pad,
+            &device,
+        )?;
+        let record = json!({"step": 0, "epoch": 0.0, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp(), "eval_tokens": eval_tokens});
+        writeln!(metrics, "{record}")
+            .map_err(|e| ModelError::file(&metrics_path, e.to_string()))?;
+        eprintln!(
+            "before training: eval loss {eval_loss:.4} (perplexity {:.2})",
+            eval_loss.exp()
+        );
+    }
     // The shuffled order of the current epoch, computed once per epoch.
     let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
     while state.global_step < total_steps {
@@ -377,14 +405,11 @@ pub fn run(run: &Run) -> Result<Summary> {
             let m = state.micro_batches;
             let (epoch, k) = (m / micro_per_epoch, m % micro_per_epoch);
             if order.0 != epoch {
-                order = (epoch, epoch_order(examples.len(), seed, epoch));
+                let o = rows.epoch_order(seed, epoch, t.group_by_length, batch_size);
+                order = (epoch, o);
             }
-            let chunk: Vec<Example> = order.1
-                [k * batch_size..((k + 1) * batch_size).min(order.1.len())]
-                .iter()
-                .map(|&i| examples[i].clone())
-                .collect();
-            micro.push(Batch::padded(&chunk, pad, 8, &device)?);
+            let chunk = &order.1[k * batch_size..((k + 1) * batch_size).min(order.1.len())];
+            micro.push(rows.batch(chunk, pad, &device)?);
             state.micro_batches += 1;
         }
         let tokens: usize = micro.iter().map(|b| b.supervised_tokens).sum();
@@ -601,7 +626,7 @@ fn setup_ewc(
     let ewc = match (&t.ewc_fisher, &t.ewc_dataset) {
         (Some(path), _) => Ewc::load(&params, path, lambda)?,
         (None, Some(names)) => {
-            let mut reference = data.clone();
+            let mut reference = data.only_datasets();
             reference.dataset = names
                 .split(',')
                 .map(|s| s.trim().to_string())

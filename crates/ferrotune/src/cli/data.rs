@@ -1,4 +1,4 @@
-//! `ferrotune data preview` and `ferrotune data stats`.
+//! `ferrotune data preview`, `ferrotune data stats` (and the dispatch of `data check`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_data::config::{DataArgs, DATA_KEYS};
 use ferrotune_data::encode::Overlong;
+use ferrotune_data::pack::{self, Packing};
 use ferrotune_data::pipeline::{self, percentile, DatasetReport, Prepared};
 use ferrotune_data::{placeholders, ChatTemplate, Formatting, Stage};
 use serde_json::json;
@@ -22,11 +23,25 @@ pub enum DataCommand {
     /// fraction, and how many samples were truncated, dropped or left without a
     /// supervised token.
     Stats(StatsArgs),
+    /// Tokenize the config's datasets into the tokenized cache (what `train` reuses) and
+    /// print where each entry is. A rerun with unchanged inputs reuses the entries; any
+    /// change to the data files, tokenizer, template or options makes new ones.
+    Prepare(PrepareArgs),
+    /// Find what would make training worse: duplicates, empty or echoed answers,
+    /// placeholders, template tokens, broken tool calls, outliers (`--fix` removes them).
+    ///
+    /// Per dataset and overall, with examples: exact and near duplicates (MinHash, CJK
+    /// aware), one prompt with different answers, empty, short or echoed responses,
+    /// unreplaced placeholders, template control tokens in the text, tool calls that are
+    /// not JSON, length outliers, answers in another script than their prompt, words of a
+    /// --blocklist; plus the script mix and instruction diversity. Runs without a
+    /// tokenizer (lengths then count characters). `--fix OUT` writes a cleaned copy.
+    Check(super::check::CheckArgs),
 }
 
 /// Which data to load: a config file, flags, or both (flags win).
 #[derive(Debug, Args)]
-pub struct DataSelection {
+pub(super) struct DataSelection {
     /// A YAML config (LLaMA-Factory key names: model_name_or_path, dataset, dataset_dir,
     /// template, cutoff_len, train_on_prompt, mask_history, max_samples, stage, ...).
     config: Option<PathBuf>,
@@ -102,6 +117,16 @@ pub struct StatsArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    data: DataSelection,
+    /// The cache folder (default: data_cache_dir from the config, else
+    /// $FERROTUNE_CACHE_DIR, else ~/.cache/ferrotune/data).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Color {
     Auto,
@@ -113,11 +138,13 @@ pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Preview(args) => preview(args),
         DataCommand::Stats(args) => stats(args),
+        DataCommand::Prepare(args) => prepare(args),
+        DataCommand::Check(args) => super::check::run(args),
     }
 }
 
 /// Merges the config file (if any) and the flags into [`DataArgs`].
-fn data_args(sel: &DataSelection) -> Result<DataArgs> {
+pub(super) fn data_args(sel: &DataSelection) -> Result<DataArgs> {
     let mut args = match &sel.config {
         Some(path) => {
             let config = ConfigFile::load(path)?;
@@ -356,6 +383,8 @@ fn stats(args: StatsArgs) -> Result<()> {
             "pad_token": {"id": prepared.pad.id, "token": prepared.pad.token, "note": prepared.pad.note},
             "datasets": prepared.reports.iter().map(report_json).collect::<Vec<_>>(),
             "total": report_json(&total),
+            "mixture": mixture_json(&prepared.reports),
+            "packing": packing_json(&data, &prepared),
             "warnings": prepared.warnings,
         });
         writeln!(out, "{doc}")?;
@@ -402,5 +431,98 @@ fn stats(args: StatsArgs) -> Result<()> {
             l["p99"].as_u64().unwrap_or(0), l["max"].as_u64().unwrap_or(0), sup
         )?;
     }
+    let mixture = mixture_json(&prepared.reports);
+    writeln!(out, "\nmixture realised ({}):", data.mix_strategy.name())?;
+    for m in mixture.as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {:<name_width$} {:>8} samples ({:>5.1}%) {:>10} tokens ({:>5.1}%)",
+            m["name"].as_str().unwrap_or(""),
+            m["samples"],
+            m["sample_share"].as_f64().unwrap_or(0.0) * 100.0,
+            m["tokens"],
+            m["token_share"].as_f64().unwrap_or(0.0) * 100.0
+        )?;
+    }
+    let packing = packing_json(&data, &prepared);
+    if packing["mode"] != "none" {
+        writeln!(
+            out,
+            "packing ({}): {} rows of up to {} tokens, {:.1}% filled, {} samples longer than a row left out",
+            packing["mode"].as_str().unwrap_or(""),
+            packing["rows"],
+            data.cutoff_len,
+            packing["efficiency"].as_f64().unwrap_or(0.0) * 100.0,
+            packing["dropped_too_long"]
+        )?;
+    }
+    Ok(())
+}
+
+/// What the mixture took from each dataset: samples and tokens, with their shares.
+fn mixture_json(reports: &[DatasetReport]) -> serde_json::Value {
+    let samples: usize = reports.iter().map(|r| r.used).sum();
+    let tokens: usize = reports.iter().map(|r| r.used_tokens).sum();
+    reports
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "samples": r.used,
+                "tokens": r.used_tokens,
+                "sample_share": r.used as f64 / samples.max(1) as f64,
+                "token_share": r.used_tokens as f64 / tokens.max(1) as f64,
+            })
+        })
+        .collect()
+}
+
+/// The rows the trainer would build from the mixture with the config's packing.
+fn packing_json(data: &DataArgs, prepared: &Prepared) -> serde_json::Value {
+    let encoded: Vec<&ferrotune_data::Encoded> =
+        prepared.samples.iter().map(|s| &s.encoded).collect();
+    let (mode, report) = match data.packing() {
+        Packing::None => return json!({"mode": "none"}),
+        Packing::Greedy => ("greedy", pack::pack_greedy(&encoded, data.cutoff_len).1),
+        Packing::Neat => {
+            let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+            let report = pack::pack_neat(&lengths, data.cutoff_len, pack::NEAT_WINDOW).1;
+            ("neat", report)
+        }
+    };
+    json!({
+        "mode": mode,
+        "rows": report.rows,
+        "tokens": report.tokens,
+        "efficiency": report.efficiency(),
+        "dropped_too_long": report.dropped_too_long,
+    })
+}
+
+fn prepare(args: PrepareArgs) -> Result<()> {
+    let mut data = data_args(&args.data)?;
+    if args.cache_dir.is_some() {
+        data.data_cache_dir = args.cache_dir;
+    }
+    data.use_default_cache();
+    if data.data_cache_dir.is_none() {
+        anyhow::bail!("no cache folder: set data_cache_dir, --cache-dir or FERROTUNE_CACHE_DIR");
+    }
+    let started = std::time::Instant::now();
+    let prepared = pipeline::prepare(&data, None)?;
+    print_warnings(&prepared);
+    let mut out = std::io::stdout().lock();
+    for (c, r) in prepared.cache.iter().zip(&prepared.reports) {
+        writeln!(
+            out,
+            "{} {}: {} samples, {} tokens -> {}",
+            if c.hit { "reused" } else { "cached" },
+            c.dataset,
+            r.samples,
+            r.tokens(),
+            c.dir.display()
+        )?;
+    }
+    writeln!(out, "done in {:.2} s", started.elapsed().as_secs_f64())?;
     Ok(())
 }

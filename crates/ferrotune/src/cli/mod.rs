@@ -1,7 +1,17 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod bench;
+mod chat;
+mod check;
 mod data;
+mod eval;
+mod export;
+mod loading;
 mod model;
+mod openai;
+mod predict;
+mod serve;
+mod stream;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,12 +42,32 @@ enum Command {
     /// Inspect, create, import and verify models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Score predictions, make and summarize human-evaluation sheets.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Talk to a model in the terminal, with the chat template it was trained with
+    /// (`--prompt` answers one message and exits).
+    Chat(chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, streaming
+    /// or not, /v1/models, /health).
+    Serve(serve::ServeArgs),
+    /// Measure throughput (preprocessing, ...) and print the figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Merge a LoRA adapter into its base and write a Hugging Face model folder and / or
+    /// a GGUF file, after checking that the merged model gives the same logits.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command),
         Command::Model(command) => model::run(command),
+        Command::Eval(command) => eval::run(command),
         Command::Train(command) => train::run(command),
+        Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Bench(command) => bench::run(command),
     }
 }

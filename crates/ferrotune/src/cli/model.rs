@@ -394,13 +394,14 @@ fn check_cmd(a: CheckArgs) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     use ferrotune_data::conversation::{Message, Role};
     use ferrotune_data::template::{ChatTemplate, TemplateChoice};
-    use ferrotune_model::generate::{generate, Flow, GenerationConfig};
+    use ferrotune_model::generate::{Flow, GenerationConfig};
     use std::io::Write;
 
     let dir = resolve_model(&a.model)?;
     let tok = TokenizerBundle::load(&dir)?;
     let model = load_model(&dir, DType::F32, &Device::Cpu)?;
-    let mut stop_ids: Vec<u32> = model.config.eos_token_ids.clone();
+    let mut stop_ids = super::loading::stop_ids(&model, &tok, None);
+    let mut stop_strings = Vec::new();
     let text = if a.raw {
         a.prompt.clone()
     } else {
@@ -411,11 +412,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
             &tok.specials,
             &Default::default(),
         )?;
-        for stop in template.stop_strings() {
-            if let Some(id) = tok.token_id(&stop) {
-                stop_ids.push(id);
-            }
-        }
+        stop_ids = super::loading::stop_ids(&model, &tok, Some(&template));
+        stop_strings = template.stop_strings();
         let mut messages = Vec::new();
         if let Some(system) = &a.system {
             messages.push(Message::new(Role::System, system.as_str()));
@@ -437,24 +435,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
         top_k: a.top_k,
         top_p: a.top_p,
         repetition_penalty: a.repetition_penalty,
-        stop_token_ids: stop_ids.clone(),
+        stop_token_ids: stop_ids,
         seed: a.seed,
     };
-    let mut out = Vec::new();
-    let mut printed = 0;
     let mut stdout = std::io::stdout();
-    generate(&model, &ids, &config, |id| {
-        if !stop_ids.contains(&id) {
-            out.push(id);
-            if let Ok(text) = tok.tokenizer.decode(&out, false) {
-                // Print whole characters only: a token can end inside a UTF-8 sequence.
-                if !text.ends_with('\u{fffd}') && text.len() > printed {
-                    let _ = write!(stdout, "{}", &text[printed..]);
-                    let _ = stdout.flush();
-                    printed = text.len();
-                }
-            }
-        }
+    super::stream::complete(&model, &tok, &ids, &config, &stop_strings, false, |piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
         Flow::Continue
     })?;
     println!();

@@ -41,6 +41,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     }
     let mut data: DataArgs = config.section(DATA_KEYS)?;
     data.resolve_paths(&config.dir());
+    data.use_default_cache();
     let train: TrainArgs = config.section(TRAIN_ARG_KEYS)?;
     let mut resolved = serde_json::to_value(&train).expect("serializable");
     for (k, v) in &config.values {
@@ -48,6 +49,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             resolved[k] = v.clone();
         }
     }
+    // Paths as this run resolved them, so a later run can replay this one's data.
+    resolved["dataset_dir"] = data.dataset_dir.display().to_string().into();
     resolved["cutoff_len"] = data.cutoff_len.into();
     resolved["seed"] = data.seed.into();
     let summary = recipe::run(&Run {

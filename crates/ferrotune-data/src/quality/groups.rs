@@ -1,0 +1,195 @@
+//! Checks over groups of records, across all datasets at once (the model trains on
+//! their union): exact duplicates, near-duplicates and one prompt with different
+//! answers.
+//!
+//! A group spanning datasets gives one finding per dataset, since a finding's record
+//! indices belong to one dataset; the later datasets' findings name the first copy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::checks::Facts;
+use super::load::Dataset;
+use super::minhash::{clusters, similarity};
+use super::{Check, Finding, Severity};
+
+pub struct Grouped {
+    pub findings: Vec<Finding>,
+    /// Copies `--fix` drops -> (check, the kept copy).
+    pub redundant: BTreeMap<(usize, usize), (Check, (usize, usize))>,
+}
+
+type Item = (usize, usize);
+
+pub fn find(
+    datasets: &[Dataset],
+    facts: &[Vec<Facts>],
+    threshold: f64,
+    errors: &BTreeSet<Item>,
+) -> Grouped {
+    let items: Vec<Item> = facts
+        .iter()
+        .enumerate()
+        .flat_map(|(d, f)| (0..f.len()).map(move |r| (d, r)))
+        .filter(|&(d, r)| facts[d][r].exact.is_some())
+        .collect();
+    let fact = |(d, r): Item| &facts[d][r];
+    let mut out = Grouped {
+        findings: Vec::new(),
+        redundant: BTreeMap::new(),
+    };
+
+    // Exact duplicates: one representative per key goes on to the near-duplicate pass.
+    let mut by_key: HashMap<u128, Vec<Item>> = HashMap::new();
+    let mut representatives = Vec::new();
+    for &item in &items {
+        let group = by_key
+            .entry(fact(item).exact.unwrap_or_default())
+            .or_default();
+        if group.is_empty() {
+            representatives.push(item);
+        }
+        group.push(item);
+    }
+    for &rep in &representatives {
+        let group = &by_key[&fact(rep).exact.unwrap_or_default()];
+        if group.len() > 1 {
+            record_group(
+                &mut out,
+                Check::ExactDuplicate,
+                group,
+                datasets,
+                facts,
+                errors,
+                |n| {
+                    format!(
+                        "{n} copies of the same conversation (after normalizing case and spaces)"
+                    )
+                },
+            );
+        }
+    }
+
+    // Near duplicates among the representatives.
+    let signatures: Vec<_> = representatives.iter().map(|&i| fact(i).signature).collect();
+    for cluster in clusters(&signatures, threshold) {
+        let members: Vec<Item> = cluster.iter().map(|&i| representatives[i]).collect();
+        let first = signatures[cluster[0]].as_ref();
+        let lowest = cluster[1..]
+            .iter()
+            .filter_map(|&i| Some(similarity(first?, signatures[i].as_ref()?)))
+            .fold(1.0f64, f64::min);
+        record_group(
+            &mut out,
+            Check::NearDuplicate,
+            &members,
+            datasets,
+            facts,
+            errors,
+            |n| {
+                format!("{n} near-identical samples (estimated Jaccard similarity to the first >= {lowest:.2})")
+            },
+        );
+    }
+
+    // The same prompt with different answers.
+    let mut by_prompt: HashMap<u64, Vec<Item>> = HashMap::new();
+    let mut prompts = Vec::new();
+    for &item in &items {
+        if let Some((prompt, _)) = fact(item).prompt_answer {
+            let group = by_prompt.entry(prompt).or_default();
+            if group.is_empty() {
+                prompts.push(prompt);
+            }
+            group.push(item);
+        }
+    }
+    for prompt in prompts {
+        let group = &by_prompt[&prompt];
+        let answers: BTreeSet<u64> = group
+            .iter()
+            .filter_map(|&i| fact(i).prompt_answer.map(|(_, a)| a))
+            .collect();
+        if answers.len() > 1 {
+            let n = answers.len();
+            out.findings.extend(split(
+                Check::ConflictingAnswer,
+                Severity::Warning,
+                group,
+                datasets,
+                facts,
+                |count| format!("the same prompt in {count} records with {n} different answers"),
+            ));
+        }
+    }
+    out
+}
+
+/// Findings for a duplicate group, and its copies for `--fix`: the first copy without
+/// an error is kept.
+fn record_group(
+    out: &mut Grouped,
+    check: Check,
+    group: &[Item],
+    datasets: &[Dataset],
+    facts: &[Vec<Facts>],
+    errors: &BTreeSet<Item>,
+    detail: impl Fn(usize) -> String,
+) {
+    let kept = group
+        .iter()
+        .copied()
+        .find(|i| !errors.contains(i))
+        .unwrap_or(group[0]);
+    for &item in group {
+        if item != kept {
+            out.redundant.entry(item).or_insert((check, kept));
+        }
+    }
+    out.findings.extend(split(
+        check,
+        Severity::Warning,
+        group,
+        datasets,
+        facts,
+        detail,
+    ));
+}
+
+/// One finding per dataset the group touches: the first dataset's when it holds two or
+/// more members, every later one's (they repeat the first dataset's record).
+fn split(
+    check: Check,
+    severity: Severity,
+    group: &[Item],
+    datasets: &[Dataset],
+    facts: &[Vec<Facts>],
+    detail: impl Fn(usize) -> String,
+) -> Vec<Finding> {
+    let (first_d, first_r) = group[0];
+    let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(d, r) in group {
+        parts.entry(d).or_default().push(r);
+    }
+    parts
+        .into_iter()
+        .filter(|(d, records)| *d != first_d || records.len() > 1)
+        .map(|(d, records)| {
+            let mut text = detail(group.len());
+            if d != first_d {
+                text.push_str(&format!(
+                    "; the first is {} record {first_r}",
+                    datasets[first_d].name
+                ));
+            }
+            Finding {
+                check,
+                severity,
+                dataset: datasets[d].name.clone(),
+                example: facts[d][records[0]].headline.clone(),
+                records,
+                detail: text,
+                dataset_index: d,
+            }
+        })
+        .collect()
+}

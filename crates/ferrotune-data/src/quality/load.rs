@@ -1,0 +1,173 @@
+//! Datasets to the records the checks read: every record of every file, in order, with
+//! its raw JSON (for `--fix`) and its formatted sample, or why it has none.
+//!
+//! Unlike training, nothing is sampled (`num_samples` would repeat records and fake
+//! duplicates) and a malformed record is a finding, not a stop.
+
+use serde_json::Value;
+
+use crate::config::DataArgs;
+use crate::conversation::Sample;
+use crate::error::{DataError, RecordRef, Result};
+use crate::format::{self, Formatting, RecordFormat, Stage};
+use crate::mix;
+use crate::pipeline::{self, replace_placeholders};
+use crate::registry::{self, DatasetSpec};
+use crate::source::{self, RawRecord};
+use crate::template::ChatTemplate;
+use crate::tokenizer::TokenizerBundle;
+
+/// One record: where it is, its raw value (`None` when the line was not JSON) and its
+/// sample (or the format's complaint about it).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub at: RecordRef,
+    pub raw: Option<Value>,
+    pub sample: std::result::Result<Sample, String>,
+    /// Placeholders left unreplaced in the sample.
+    pub unreplaced: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub records: Vec<Record>,
+}
+
+/// Reads every dataset the arguments name (registry entries or paths). Mixture shares
+/// (`name:500`, `name:10%`) are ignored: the files are checked as they are.
+pub fn load(args: &DataArgs) -> Result<Vec<Dataset>> {
+    let names = args
+        .dataset
+        .iter()
+        .map(|entry| mix::parse_share(entry).map(|(name, _)| name))
+        .collect::<Result<Vec<_>>>()?;
+    let specs = registry::resolve(&names, &args.dataset_dir, args.formatting)?;
+    specs.iter().map(|spec| load_dataset(args, spec)).collect()
+}
+
+fn load_dataset(args: &DataArgs, spec: &DatasetSpec) -> Result<Dataset> {
+    let mut records = Vec::new();
+    for file in source::resolve_files(&spec.path)? {
+        let read = source::read_file(&file)?;
+        let mut file_records: Vec<Record> = read
+            .records
+            .into_iter()
+            .map(|raw| convert(args, &spec.format, raw))
+            .collect();
+        for error in read.errors {
+            match error {
+                DataError::Record { record, problem } => file_records.push(Record {
+                    at: record,
+                    raw: None,
+                    sample: Err(problem),
+                    unreplaced: Vec::new(),
+                }),
+                other => return Err(other),
+            }
+        }
+        file_records.sort_by_key(|r| r.at.index);
+        records.extend(file_records);
+    }
+    if let Some(max) = args.max_samples {
+        records.truncate(max);
+    }
+    Ok(Dataset {
+        name: spec.name.clone(),
+        records,
+    })
+}
+
+/// Formats one record as training would, with placeholders replaced. Plain-text records
+/// are read as documents even in stage sft, so `data check` works on pretraining data
+/// without `--stage pt`.
+fn convert(args: &DataArgs, format: &RecordFormat, raw: RawRecord) -> Record {
+    let is_text = match (format.formatting, raw.value.as_object()) {
+        (Some(f), _) => f == Formatting::Text,
+        (None, Some(obj)) => format::detect(obj, args.stage) == Ok(Formatting::Text),
+        (None, None) => false,
+    };
+    let stage = if is_text { Stage::Pt } else { args.stage };
+    let (sample, unreplaced) = match format.convert(&raw, stage) {
+        Ok(mut sample) => {
+            let unreplaced = replace_placeholders(&mut sample, &args.placeholders);
+            (Ok(sample), unreplaced)
+        }
+        Err(DataError::Record { problem, .. }) => (Err(problem), Vec::new()),
+        Err(other) => (Err(other.to_string()), Vec::new()),
+    };
+    Record {
+        at: raw.at,
+        raw: Some(raw.value),
+        sample,
+        unreplaced,
+    }
+}
+
+/// Loads the configured tokenizer and, for chat data, its template. A template that does
+/// not load is a note (lengths then count the bare texts), not an error.
+pub fn load_tokenizer(
+    args: &DataArgs,
+    notes: &mut Vec<String>,
+) -> Result<Option<(TokenizerBundle, Option<ChatTemplate>)>> {
+    if args.tokenizer_dir().is_none() {
+        return Ok(None);
+    }
+    match pipeline::load_tokenizer_and_template(args) {
+        Ok((tokenizer, template)) => Ok(Some((tokenizer, template))),
+        Err(DataError::Template { .. } | DataError::Config(_)) => {
+            let dir = args.tokenizer_dir().unwrap_or(std::path::Path::new("."));
+            let tokenizer = TokenizerBundle::load(dir)?;
+            notes.push(format!(
+                "no usable chat template for {}: token lengths count the message texts without it",
+                dir.display()
+            ));
+            Ok(Some((tokenizer, None)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How lengths are counted.
+pub enum Measure<'a> {
+    Chars,
+    /// Tokens of the rendered conversation (of the joined texts without a template).
+    Tokens {
+        tokenizer: &'a TokenizerBundle,
+        template: Option<&'a ChatTemplate>,
+    },
+}
+
+impl Measure<'_> {
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Measure::Chars => "characters",
+            Measure::Tokens { .. } => "tokens",
+        }
+    }
+
+    pub fn length(&self, sample: &Sample) -> usize {
+        let joined = || match sample {
+            Sample::Text(t) => t.clone(),
+            Sample::Chat(c) => c.texts().collect::<Vec<_>>().join("\n"),
+        };
+        match self {
+            Measure::Chars => joined().chars().count(),
+            Measure::Tokens {
+                tokenizer,
+                template,
+            } => {
+                let rendered = match (sample, template) {
+                    (Sample::Chat(c), Some(t)) => t.render(&c.messages, &c.tools, false).ok(),
+                    _ => None,
+                };
+                let text = rendered.unwrap_or_else(joined);
+                tokenizer
+                    .tokenizer
+                    .encode(text.as_str(), false)
+                    .map(|e| e.len())
+                    .unwrap_or_else(|_| text.chars().count())
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The tokenized cache: reused when nothing changed, rebuilt after any change to the data,
+//! and never trusted when damaged.
+
+use ferrotune_data::pipeline::{prepare, Prepared};
+use ferrotune_data::DataArgs;
+use ferrotune_testing::{workspace_root, TempDir};
+
+fn args(tmp: &TempDir) -> DataArgs {
+    let mut placeholders = std::collections::BTreeMap::new();
+    placeholders.insert("name".to_string(), "Ferro".to_string());
+    DataArgs {
+        tokenizer_name_or_path: Some(workspace_root().join("examples/tokenizer")),
+        dataset: vec!["identity_demo.json".into(), "tool_demo.jsonl".into()],
+        dataset_dir: tmp.path().join("data"),
+        cutoff_len: 64,
+        placeholders,
+        data_cache_dir: Some(tmp.path().join("cache")),
+        ..DataArgs::default()
+    }
+}
+
+fn fingerprint(p: &Prepared) -> Vec<(Vec<u32>, Vec<i64>, bool, String)> {
+    p.samples
+        .iter()
+        .map(|s| {
+            let e = &s.encoded;
+            (
+                e.input_ids.clone(),
+                e.labels.clone(),
+                e.truncated,
+                s.at.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn unchanged_inputs_hit_and_a_one_byte_change_misses() {
+    let tmp = TempDir::new("cache");
+    let examples = workspace_root().join("examples/data");
+    for f in ["identity_demo.json", "tool_demo.jsonl"] {
+        tmp.write(
+            &format!("data/{f}"),
+            std::fs::read(examples.join(f)).unwrap(),
+        );
+    }
+    let a = args(&tmp);
+    let first = prepare(&a, None).unwrap();
+    assert!(first.cache.iter().all(|c| !c.hit), "{:?}", first.cache);
+    assert!(first.samples.iter().any(|s| s.encoded.truncated));
+
+    let second = prepare(&a, None).unwrap();
+    assert!(second.cache.iter().all(|c| c.hit), "{:?}", second.cache);
+    assert_eq!(fingerprint(&first), fingerprint(&second));
+    assert_eq!(first.reports[0].lengths, second.reports[0].lengths);
+    assert_eq!(first.reports[0].unreplaced, second.reports[0].unreplaced);
+
+    // One byte of one file: that dataset misses, the other still hits.
+    let path = tmp.path().join("data/identity_demo.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.iter().position(|&b| b == b'?').unwrap();
+    bytes[at] = b'!';
+    std::fs::write(&path, bytes).unwrap();
+    let third = prepare(&a, None).unwrap();
+    assert!(
+        !third.cache[0].hit && third.cache[1].hit,
+        "{:?}",
+        third.cache
+    );
+    assert_ne!(third.cache[0].dir, first.cache[0].dir);
+
+    // Another option (cutoff_len) is another key too.
+    let mut longer = a.clone();
+    longer.cutoff_len = 128;
+    assert!(prepare(&longer, None).unwrap().cache.iter().all(|c| !c.hit));
+
+    // A damaged entry is rebuilt, not trusted.
+    std::fs::write(third.cache[1].dir.join("ids.u32"), b"xx").unwrap();
+    let fourth = prepare(&a, None).unwrap();
+    assert!(!fourth.cache[1].hit);
+    assert_eq!(fingerprint(&fourth), fingerprint(&third));
+    assert!(prepare(&a, None).unwrap().cache[1].hit);
+}

@@ -1,0 +1,252 @@
+//! `ferrotune chat MODEL [--adapter DIR]`: a multi-turn conversation in the terminal,
+//! rendered with the chat template saved with the model (the one it was trained with),
+//! the answer printed as it is generated.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ferrotune_data::conversation::{Message, Role};
+use ferrotune_data::template::ChatTemplate;
+use ferrotune_data::TokenizerBundle;
+use ferrotune_model::generate::{Flow, GenerationConfig};
+use ferrotune_model::CausalLm;
+
+use super::loading::{self, ModelSource, SamplingArgs};
+use super::stream::{complete, Completion};
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Model folder or Hub id; a LoRA run's output folder works too (its base is read
+    /// from adapter_config.json).
+    model: String,
+    /// A PEFT LoRA adapter to apply on MODEL (merged in memory).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// System message of the conversation (`/system TEXT` changes it).
+    #[arg(long)]
+    system: Option<String>,
+    /// Answer this one message and exit: only the answer is printed on stdout.
+    #[arg(long)]
+    prompt: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system \
+                    message and reset), /exit (or end of input); end a line with \\ to continue it";
+
+/// What the conversation needs between turns.
+struct Session {
+    model: CausalLm,
+    tok: TokenizerBundle,
+    template: ChatTemplate,
+    config: GenerationConfig,
+    stop_strings: Vec<String>,
+    system: Option<String>,
+    history: Vec<Message>,
+}
+
+impl Session {
+    fn messages(&self, user: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system {
+            messages.push(Message::new(Role::System, system.as_str()));
+        }
+        messages.extend(self.history.iter().cloned());
+        messages.push(Message::new(Role::User, user));
+        messages
+    }
+
+    /// Answers `user`, streaming the answer to `out`, and remembers the turn.
+    fn answer(&mut self, user: &str, out: &mut impl Write) -> Result<Completion> {
+        let messages = self.messages(user);
+        let text = self
+            .template
+            .render(&messages, &[], true)
+            .map_err(|e| anyhow::anyhow!("chat template {}: {e}", self.template.name()))?;
+        let ids = self
+            .tok
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+            .get_ids()
+            .to_vec();
+        let context = self.model.config.max_position_embeddings;
+        if ids.len() >= context {
+            bail!(
+                "the conversation is {} tokens, the model's context is {context}: /reset to start over",
+                ids.len()
+            );
+        }
+        let mut config = self.config.clone();
+        config.max_new_tokens = config.max_new_tokens.min(context - ids.len());
+        let done = complete(
+            &self.model,
+            &self.tok,
+            &ids,
+            &config,
+            &self.stop_strings,
+            true,
+            |piece| {
+                // A closed stdout (`| head`) stops generating.
+                if write!(out, "{piece}").and_then(|_| out.flush()).is_err() {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                }
+            },
+        )?;
+        self.history.push(Message::new(Role::User, user));
+        self.history
+            .push(Message::new(Role::Assistant, done.text.as_str()));
+        Ok(done)
+    }
+}
+
+pub fn run(a: ChatArgs) -> Result<()> {
+    let source = ModelSource::locate(Some(&a.model), a.adapter.as_deref())?;
+    let (tok, template) = loading::tokenizer_and_template(&source, None)?;
+    let Some(template) = template else {
+        bail!(
+            "{} has no chat template (chat_template.jinja or tokenizer_config.json); \
+             use `ferrotune model generate --raw` for a base model",
+            source.tokenizer_dir().display()
+        );
+    };
+    let model = source.load()?;
+    let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
+    let config = a.sampling.config(&source.base, stop_ids)?;
+    let mut session = Session {
+        stop_strings: template.stop_strings(),
+        model,
+        tok,
+        template,
+        config,
+        system: a.system.clone(),
+        history: Vec::new(),
+    };
+    let mut stdout = std::io::stdout();
+    if let Some(prompt) = &a.prompt {
+        session.answer(prompt, &mut stdout)?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chatting with {} ({HELP})", source.name());
+    }
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("\n> ");
+        }
+        let Some(line) = read_message(&mut lines, interactive)? else {
+            break;
+        };
+        let line = line.trim();
+        match command(line) {
+            Some(Command::Exit) => break,
+            Some(Command::Reset) => {
+                session.history.clear();
+                eprintln!("(conversation reset)");
+            }
+            Some(Command::System(text)) => {
+                session.system = (!text.is_empty()).then(|| text.to_string());
+                session.history.clear();
+                eprintln!("(system message set, conversation reset)");
+            }
+            Some(Command::Unknown) => eprintln!("unknown command; {HELP}"),
+            None if line.is_empty() => {}
+            None => {
+                if let Err(e) = session.answer(line, &mut stdout) {
+                    eprintln!("error: {e:#}");
+                }
+                writeln!(stdout)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One message: a line, or several when lines end with a backslash. `None` at the end of
+/// input.
+fn read_message(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    interactive: bool,
+) -> Result<Option<String>> {
+    let mut message = String::new();
+    loop {
+        let Some(line) = lines.next() else {
+            return Ok((!message.is_empty()).then_some(message));
+        };
+        let line = line.context("cannot read standard input")?;
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                message.push_str(part);
+                message.push('\n');
+                if interactive {
+                    eprint!(". ");
+                }
+            }
+            None => {
+                message.push_str(&line);
+                return Ok(Some(message));
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Command<'a> {
+    Exit,
+    Reset,
+    System(&'a str),
+    Unknown,
+}
+
+fn command(line: &str) -> Option<Command<'_>> {
+    let rest = line.strip_prefix('/')?;
+    let (name, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    Some(match name {
+        "exit" | "quit" => Command::Exit,
+        "reset" | "clear" => Command::Reset,
+        "system" => Command::System(arg.trim()),
+        _ => Command::Unknown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(command("/exit"), Some(Command::Exit));
+        assert_eq!(command("/reset"), Some(Command::Reset));
+        assert_eq!(
+            command("/system  Be brief. "),
+            Some(Command::System("Be brief."))
+        );
+        assert_eq!(command("/system"), Some(Command::System("")));
+        assert_eq!(command("/nope"), Some(Command::Unknown));
+        assert_eq!(command("hello /exit"), None);
+    }
+
+    #[test]
+    fn backslash_continues_a_message() {
+        let mut lines = ["first \\", "second", "third"]
+            .into_iter()
+            .map(|s| Ok(s.to_string()));
+        assert_eq!(
+            read_message(&mut lines, false).unwrap().as_deref(),
+            Some("first \nsecond")
+        );
+        assert_eq!(
+            read_message(&mut lines, false).unwrap().as_deref(),
+            Some("third")
+        );
+        assert_eq!(read_message(&mut lines, false).unwrap(), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! `ferrotune export`: a LoRA adapter (non-zero B, laid out as a training run writes it)
+//! merged into its base. The written Hugging Face folder gives the logits of base +
+//! adapter; GGUF files read back by `model import-gguf` give the same logits exactly
+//! (f32) or within rounding (f16, q8_0).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use ferrotune_model::batch::Batch;
+use ferrotune_model::check::max_abs_diff;
+use ferrotune_model::tuning::{add_lora, load_peft_adapter, save_peft_adapter, LoraConfig};
+use ferrotune_model::weights::load_model;
+use ferrotune_model::CausalLm;
+use ferrotune_testing::{workspace_root, TempDir};
+
+fn ferrotune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
+        .current_dir(workspace_root())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(args)
+        .output()
+        .expect("run ferrotune")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = ferrotune(args);
+    assert!(
+        o.status.success(),
+        "ferrotune {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A random base model (untied head, grouped-query attention) and a LoRA adapter on it
+/// with non-zero B, in a folder like a LoRA run's output (adapter, tokenizer, template).
+fn base_and_adapter(dir: &Path) -> (PathBuf, PathBuf) {
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#,
+    )
+    .unwrap();
+    let base = dir.join("base");
+    ok(&[
+        "model",
+        "init",
+        "--config",
+        path(&config),
+        "--tokenizer",
+        "examples/tokenizer",
+        "--out",
+        path(&base),
+    ]);
+    let mut model = load_model(&base, DType::F32, &Device::Cpu).unwrap();
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraConfig::default()
+    };
+    assert_eq!(add_lora(&mut model, &lora, 3).unwrap(), 14);
+    for (_, linear) in model.linears_mut() {
+        let b = &mut linear.lora.as_mut().unwrap().b;
+        let noise = Tensor::randn(0f32, 0.05, b.tensor().dims(), &Device::Cpu).unwrap();
+        b.set(&noise).unwrap();
+    }
+    let adapter = dir.join("run");
+    save_peft_adapter(&model, &lora, &adapter, Some(path(&base))).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base.join(file), adapter.join(file)).unwrap();
+    }
+    std::fs::write(
+        adapter.join("chat_template.jinja"),
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    )
+    .unwrap();
+    (base, adapter)
+}
+
+fn logits(model: &CausalLm) -> Tensor {
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 580).collect();
+    model
+        .forward(&Batch::prompt(&ids, &Device::Cpu).unwrap(), false)
+        .unwrap()
+}
+
+fn load(dir: &Path) -> CausalLm {
+    load_model(dir, DType::F32, &Device::Cpu).unwrap()
+}
+
+fn import(gguf: &Path, out: &Path) -> CausalLm {
+    ok(&["model", "import-gguf", path(gguf), "--out", path(out)]);
+    load(out)
+}
+
+#[test]
+fn merged_exports_give_the_logits_of_base_plus_adapter() {
+    let tmp = TempDir::new("export");
+    let (base, adapter) = base_and_adapter(tmp.path());
+    let mut unmerged = load(&base);
+    let base_logits = logits(&unmerged);
+    load_peft_adapter(&mut unmerged, &adapter).unwrap();
+    let expected = logits(&unmerged);
+    // The adapter matters, so the comparisons below can fail.
+    assert!(max_abs_diff(&expected, &base_logits).unwrap() > 1e-2);
+
+    // The base comes from adapter_config.json; the template and tokenizer from the run.
+    let hf = tmp.path().join("merged");
+    let gguf32 = tmp.path().join("gguf/merged-f32.gguf");
+    let o = ok(&[
+        "export",
+        "--adapter",
+        path(&adapter),
+        "--out",
+        path(&hf),
+        "--gguf",
+        path(&gguf32),
+        "--gguf-type",
+        "f32",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("merged 14 LoRA projections") && err.contains("max |diff|"),
+        "{err}"
+    );
+    let merged = load(&hf);
+    assert!(merged.params().iter().all(|p| !p.name().contains("lora")));
+    let merged_logits = logits(&merged);
+    let d = max_abs_diff(&merged_logits, &expected).unwrap();
+    assert!(d <= 1e-4, "merged folder: logits differ by {d}");
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "config.json",
+    ] {
+        assert!(hf.join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(
+        std::fs::read_to_string(hf.join("chat_template.jinja")).unwrap(),
+        std::fs::read_to_string(adapter.join("chat_template.jinja")).unwrap()
+    );
+
+    // GGUF f32: the very same weights come back.
+    let reimported = import(&gguf32, &tmp.path().join("from-f32"));
+    assert_eq!(
+        max_abs_diff(&logits(&reimported), &merged_logits).unwrap(),
+        0.0
+    );
+
+    // f16 and q8_0: within their rounding, and not exact (the type was applied).
+    let scale = max_abs(&merged_logits);
+    for (kind, tolerance) in [("f16", 2e-3), ("q8_0", 2e-2)] {
+        let file = tmp.path().join(format!("merged-{kind}.gguf"));
+        ok(&[
+            "export",
+            "--model",
+            path(&base),
+            "--adapter",
+            path(&adapter),
+            "--gguf",
+            path(&file),
+            "--gguf-type",
+            kind,
+        ]);
+        let back = import(&file, &tmp.path().join(format!("from-{kind}")));
+        let d = max_abs_diff(&logits(&back), &merged_logits).unwrap();
+        assert!(
+            d > 0.0 && d <= tolerance * scale,
+            "{kind}: logits differ by {d} (scale {scale})"
+        );
+    }
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn a_model_without_an_adapter_exports_as_it_is_and_mistakes_are_named() {
+    let tmp = TempDir::new("export-plain");
+    let (base, adapter) = base_and_adapter(tmp.path());
+    let out = tmp.path().join("copy");
+    ok(&[
+        "export",
+        "--model",
+        path(&base),
+        "--out",
+        path(&out),
+        "--dtype",
+        "bf16",
+    ]);
+    let copy = load(&out);
+    assert_eq!(copy.config.torch_dtype.as_deref(), Some("bfloat16"));
+    let d = max_abs_diff(&logits(&copy), &logits(&load(&base))).unwrap();
+    assert!(d > 0.0 && d < 0.05, "bf16 copy: {d}");
+
+    // An adapter folder given as the model is an adapter, with its base from its config.
+    let o = ok(&[
+        "export",
+        "--model",
+        path(&adapter),
+        "--gguf",
+        path(&tmp.path().join("a.gguf")),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("merged 14"));
+
+    let o = ferrotune(&[
+        "export",
+        "--model",
+        path(&base),
+        "--adapter",
+        path(&base),
+        "--out",
+        path(&out),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a LoRA adapter folder"));
+    let o = ferrotune(&["export", "--model", path(&base)]);
+    assert!(!o.status.success(), "needs --out or --gguf");
+}
