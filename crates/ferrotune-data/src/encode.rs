@@ -241,14 +241,13 @@ impl Encoder<'_> {
 
     /// A pretraining document: `[BOS] text EOD`, all tokens supervised.
     pub fn encode_text(&self, text: &str) -> Result<Encoded, Skip> {
-        let encoding = self
+        let (encoded, _) = self
             .tokenizer
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Skip::Tokenizer(e.to_string()))?;
-        let mut ids: Vec<u32> = Vec::with_capacity(encoding.len() + 2);
+            .encode_with_offsets(text)
+            .map_err(Skip::Tokenizer)?;
+        let mut ids: Vec<u32> = Vec::with_capacity(encoded.len() + 2);
         ids.extend(self.tokenizer.document_start());
-        ids.extend_from_slice(encoding.get_ids());
+        ids.extend_from_slice(&encoded);
         ids.extend(self.tokenizer.document_end().map(|(id, _)| id));
         let truncated = ids.len() > self.options.cutoff_len;
         if truncated {
@@ -275,13 +274,11 @@ impl Encoder<'_> {
             .render(&conversation.messages, &conversation.tools, false)
             .map_err(Skip::RenderFailed)?;
         let spans = locate_turns(template, conversation, &text).map_err(Skip::TurnNotFound)?;
-        let encoding = self
+        let (ids, offsets) = self
             .tokenizer
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| Skip::Tokenizer(e.to_string()))?;
-        let ids = encoding.get_ids();
-        let offsets = encoding.get_offsets();
+            .encode_with_offsets(&text)
+            .map_err(Skip::Tokenizer)?;
+        let (ids, offsets) = (ids.as_slice(), offsets.as_slice());
         // First token whose text starts at or after `pos`.
         let token_at = |pos: usize| offsets.partition_point(|&(start, _)| start < pos);
         let header_len = template.markers.assistant_header.len();

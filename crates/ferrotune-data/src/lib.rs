@@ -13,6 +13,7 @@
 //! | pack | [`pack`] | examples into rows: greedy or neat (bin-packed, kept apart) packing |
 //! | cache | [`cache`] | tokenized datasets stored once, memory-mapped on the next run |
 //! | batch | [`collate`] | examples to padded batches with an attention mask |
+//! | tokenize (fast) | [`fastbpe`] | byte-level BPE ids and offsets identical to the tokenizers crate, faster |
 //! | check | [`quality`] | the quality report of `data check`: duplicates, empty or echoed replies, stray tokens, ... |
 //!
 //! [`pipeline::prepare`] runs them all and reports what happened to every record.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod conversation;
 pub mod encode;
 pub mod error;
+pub mod fastbpe;
 pub mod format;
 pub mod mix;
 pub mod pack;

@@ -1,6 +1,10 @@
 //! A tokenizer folder as Hugging Face lays it out: `tokenizer.json` (the tokenizers
 //! pipeline), `tokenizer_config.json` (special tokens, `chat_template`) and optionally
 //! `chat_template.jinja` / `special_tokens_map.json`.
+//!
+//! Text is encoded through [`TokenizerBundle::encode_with_offsets`]: the fast byte-level
+//! BPE encoder ([`crate::fastbpe`]) when the tokenizer allows it, the tokenizers crate
+//! otherwise. `FERROTUNE_HF_TOKENIZER=1` at load forces the tokenizers crate.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +12,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::error::{DataError, Result};
+use crate::fastbpe::{FastBpe, FastBpeModel, IdsAndOffsets};
 use crate::template::SpecialTokens;
 
 pub struct TokenizerBundle {
@@ -19,6 +24,8 @@ pub struct TokenizerBundle {
     /// `add_bos_token` from tokenizer_config.json (LLaMA-Factory prepends BOS to
     /// pretraining documents when it is set).
     pub add_bos_token: bool,
+    /// The fast encoder, when the tokenizer is byte-level BPE it reproduces exactly.
+    fast: Option<FastBpe>,
 }
 
 impl std::fmt::Debug for TokenizerBundle {
@@ -26,6 +33,7 @@ impl std::fmt::Debug for TokenizerBundle {
         f.debug_struct("TokenizerBundle")
             .field("dir", &self.dir)
             .field("specials", &self.specials)
+            .field("fast", &self.fast.is_some())
             .finish()
     }
 }
@@ -52,8 +60,19 @@ impl TokenizerBundle {
                  `tokenizer.save_pretrained` writes)",
             ));
         }
-        let tokenizer = Tokenizer::from_file(&tokenizer_json)
+        let force_hf =
+            std::env::var("FERROTUNE_HF_TOKENIZER").is_ok_and(|v| !v.is_empty() && v != "0");
+        // The fast encoder reads the same file while the tokenizers crate loads it.
+        let (tokenizer, fast) = rayon::join(
+            || Tokenizer::from_file(&tokenizer_json),
+            || {
+                let json = std::fs::read_to_string(&tokenizer_json).ok()?;
+                (!force_hf).then(|| FastBpeModel::from_json(&json).ok())?
+            },
+        );
+        let tokenizer = tokenizer
             .map_err(|e| DataError::file(&tokenizer_json, format!("cannot load tokenizer: {e}")))?;
+        let fast = fast.and_then(|model| model.with_added_tokens(&tokenizer).ok());
         let config = read_json_object(&dir.join("tokenizer_config.json"))?;
         let special_map = read_json_object(&dir.join("special_tokens_map.json"))?;
         let token = |key: &str| {
@@ -97,7 +116,26 @@ impl TokenizerBundle {
                 .get("add_bos_token")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            fast,
         })
+    }
+
+    /// The ids and byte offsets of `text` as `tokenizer.encode(text, false)` gives them:
+    /// through the fast encoder when it applies, else the tokenizers crate.
+    pub fn encode_with_offsets(&self, text: &str) -> std::result::Result<IdsAndOffsets, String> {
+        if let Some(done) = self.fast.as_ref().and_then(|f| f.encode(text)) {
+            return Ok(done);
+        }
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| e.to_string())?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// The fast encoder, when this tokenizer uses it.
+    pub fn fast_encoder(&self) -> Option<&FastBpe> {
+        self.fast.as_ref()
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

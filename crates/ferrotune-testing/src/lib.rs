@@ -79,3 +79,74 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Running the `ferrotune` binary from CLI tests. Test crates pass
+/// `env!("CARGO_BIN_EXE_ferrotune")`, which only they can name.
+pub mod cli {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use super::workspace_root;
+
+    /// The binary, run from the repository root and never reaching for the Hub.
+    pub fn command(bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.current_dir(workspace_root()).env("HF_HUB_OFFLINE", "1");
+        c
+    }
+
+    /// Runs it and returns what it printed, whatever its exit status.
+    pub fn output(bin: &str, args: &[&str]) -> Output {
+        command(bin).args(args).output().expect("run ferrotune")
+    }
+
+    /// Runs it and fails the test, with its stderr, unless it succeeds.
+    pub fn run_ok(bin: &str, args: &[&str]) -> Output {
+        let o = output(bin, args);
+        assert!(
+            o.status.success(),
+            "ferrotune {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    pub fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// A random two-layer Llama (hidden 64) on the tokenizer of examples/, made with
+    /// `model init` in `dir/model`. Untied embeddings for generation tests: a tied random
+    /// model only ever repeats the last prompt token.
+    pub fn tiny_model(bin: &str, dir: &Path, tied: bool) -> PathBuf {
+        let config = dir.join("config.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
+                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "tie_word_embeddings": {tied}, "rope_theta": 10000.0, "max_position_embeddings": 512}}"#
+            ),
+        )
+        .expect("write the model config");
+        let out = dir.join("model");
+        run_ok(
+            bin,
+            &[
+                "model",
+                "init",
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--tokenizer",
+                "examples/tokenizer",
+                "--out",
+                out.to_str().expect("utf-8 path"),
+            ],
+        );
+        out
+    }
+}

@@ -6,51 +6,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ferrotune_testing::{workspace_root, TempDir};
+use ferrotune_testing::cli::{self, stdout};
+use ferrotune_testing::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 fn ferrotune() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrotune"));
-    c.current_dir(workspace_root()).env("HF_HUB_OFFLINE", "1");
-    c
+    cli::command(BIN)
 }
 
 fn run(args: &[&str]) -> Output {
-    let o = ferrotune().args(args).output().expect("run ferrotune");
-    assert!(
-        o.status.success(),
-        "ferrotune {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    cli::run_ok(BIN, args)
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
-}
-
-/// A random model with untied embeddings (a tied random model only ever repeats the
-/// last prompt token, which would make every answer look alike).
 fn tiny_model(dir: &Path) -> PathBuf {
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#,
-    )
-    .unwrap();
-    let out = dir.join("model");
-    run(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/tokenizer",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    out
+    cli::tiny_model(BIN, dir, false)
 }
 
 const GREEDY: [&str; 4] = ["--max-new-tokens", "8", "--temperature", "0"];

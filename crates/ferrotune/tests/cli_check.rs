@@ -1,24 +1,15 @@
 //! `ferrotune data check` as a user runs it.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use ferrotune_testing::{shared, workspace_root, TempDir};
+use ferrotune_testing::cli::{stderr, stdout};
+use ferrotune_testing::{shared, TempDir};
 use serde_json::Value;
 
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
+
 fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .expect("run ferrotune")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    ferrotune_testing::cli::output(BIN, args)
 }
 
 fn report(args: &[&str]) -> Value {

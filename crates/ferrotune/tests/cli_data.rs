@@ -1,24 +1,14 @@
 //! `ferrotune data preview` and `ferrotune data stats` as a user runs them.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use ferrotune_testing::{shared, workspace_root, TempDir};
+use ferrotune_testing::cli::{stderr, stdout};
+use ferrotune_testing::{shared, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .current_dir(workspace_root())
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("run ferrotune")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    ferrotune_testing::cli::output(BIN, args)
 }
 
 #[test]

@@ -1,24 +1,16 @@
 //! `ferrotune eval metrics | compare | sheet | summarize` as a user runs them.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use ferrotune_testing::cli::{stderr, stdout};
 use ferrotune_testing::TempDir;
 use serde_json::Value;
 
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
+
 fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .output()
-        .expect("run ferrotune")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    ferrotune_testing::cli::output(BIN, args)
 }
 
 fn arg(path: &Path) -> &str {

@@ -4,7 +4,7 @@
 //! (f32) or within rounding (f16, q8_0).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use ferrotune_model::batch::Batch;
@@ -12,25 +12,16 @@ use ferrotune_model::check::max_abs_diff;
 use ferrotune_model::tuning::{add_lora, load_peft_adapter, save_peft_adapter, LoraConfig};
 use ferrotune_model::weights::load_model;
 use ferrotune_model::CausalLm;
-use ferrotune_testing::{workspace_root, TempDir};
+use ferrotune_testing::{cli, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .current_dir(workspace_root())
-        .env("HF_HUB_OFFLINE", "1")
-        .args(args)
-        .output()
-        .expect("run ferrotune")
+    cli::output(BIN, args)
 }
 
 fn ok(args: &[&str]) -> Output {
-    let o = ferrotune(args);
-    assert!(
-        o.status.success(),
-        "ferrotune {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    cli::run_ok(BIN, args)
 }
 
 fn path(p: &Path) -> &str {
@@ -40,25 +31,7 @@ fn path(p: &Path) -> &str {
 /// A random base model (untied head, grouped-query attention) and a LoRA adapter on it
 /// with non-zero B, in a folder like a LoRA run's output (adapter, tokenizer, template).
 fn base_and_adapter(dir: &Path) -> (PathBuf, PathBuf) {
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#,
-    )
-    .unwrap();
-    let base = dir.join("base");
-    ok(&[
-        "model",
-        "init",
-        "--config",
-        path(&config),
-        "--tokenizer",
-        "examples/tokenizer",
-        "--out",
-        path(&base),
-    ]);
+    let base = cli::tiny_model(BIN, dir, false);
     let mut model = load_model(&base, DType::F32, &Device::Cpu).unwrap();
     let lora = LoraConfig {
         rank: 4,

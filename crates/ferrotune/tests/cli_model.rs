@@ -1,16 +1,13 @@
 //! `ferrotune model ...` as a user runs it.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use ferrotune_testing::{shared, workspace_root, TempDir};
+use ferrotune_testing::{shared, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 fn ferrotune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .current_dir(workspace_root())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run ferrotune")
+    ferrotune_testing::cli::output(BIN, args)
 }
 
 fn text(o: &Output) -> (String, String) {

@@ -3,47 +3,19 @@
 //! prompts), and the scores, eval loss and perplexity.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use ferrotune_testing::{read_json, workspace_root, TempDir};
+use ferrotune_testing::{cli, read_json, workspace_root, TempDir};
 use serde_json::Value;
 
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
+
 fn ferrotune(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .current_dir(workspace_root())
-        .env("HF_HUB_OFFLINE", "1")
-        .args(args)
-        .output()
-        .expect("run ferrotune");
-    assert!(
-        o.status.success(),
-        "ferrotune {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    cli::run_ok(BIN, args)
 }
 
 fn tiny_model(dir: &Path) -> PathBuf {
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "tie_word_embeddings": false, "rope_theta": 10000.0, "max_position_embeddings": 512}"#,
-    )
-    .unwrap();
-    let out = dir.join("model");
-    ferrotune(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/tokenizer",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    out
+    cli::tiny_model(BIN, dir, false)
 }
 
 fn lines(path: &Path) -> Vec<Value> {

@@ -5,40 +5,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrotune_testing::{workspace_root, TempDir};
+use ferrotune_testing::cli;
+use ferrotune_testing::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 fn ferrotune() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrotune"));
-    c.current_dir(workspace_root()).env("HF_HUB_OFFLINE", "1");
-    c
+    cli::command(BIN)
 }
 
 fn run(args: &[&str]) -> Output {
-    ferrotune().args(args).output().expect("run ferrotune")
+    cli::output(BIN, args)
 }
 
 fn tiny_model(dir: &Path) -> PathBuf {
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "tie_word_embeddings": true, "rope_theta": 10000.0, "max_position_embeddings": 512}"#,
-    )
-    .unwrap();
-    let out = dir.join("model");
-    let o = run(&[
-        "model",
-        "init",
-        "--config",
-        config.to_str().unwrap(),
-        "--tokenizer",
-        "examples/tokenizer",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    cli::tiny_model(BIN, dir, true)
 }
 
 fn config(dir: &Path, model: &Path, output: &Path, extra: &str) -> PathBuf {
