@@ -364,3 +364,30 @@ fn an_existing_output_is_not_overwritten_by_accident() {
     let o = run(&["train", cfg.to_str().unwrap(), "learning_rat=1e-4"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean `learning_rate`?"));
 }
+
+#[test]
+fn neat_packing_of_a_mixture_trains() {
+    let tmp = TempDir::new("packing");
+    let model = tiny_model(tmp.path());
+    let out = tmp.path().join("packed");
+    let extra = "finetuning_type: full\nlearning_rate: 3.0e-3\nmax_steps: 8\n";
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &out, extra).to_str().unwrap(),
+        "dataset=identity_demo,tool_demo:25%",
+        "neat_packing=true",
+        "group_by_length=true",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("packing (Neat)"), "{err}");
+    let l = losses(&out);
+    assert_eq!(l.len(), 8, "{l:?}");
+    assert!(l.last().unwrap().1 < l.first().unwrap().1, "{l:?}");
+    // The mixture is saved with the run, so a later stage can replay it.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["neat_packing"], serde_json::json!(true));
+    assert!(saved["dataset_dir"].is_string());
+}
