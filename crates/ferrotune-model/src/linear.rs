@@ -2,6 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::ops::gemm;
 use crate::ops::{frozen_linear, lora_linear};
 use crate::param::Param;
 
@@ -58,7 +59,7 @@ impl Linear {
             }
             _ => {
                 let mut y = if self.weight.is_trainable() {
-                    x2.matmul(&w.t()?)?
+                    gemm::linear(&x2, w)?
                 } else {
                     frozen_linear(&x2, w)?
                 };
@@ -75,8 +76,8 @@ impl Linear {
                         lora.a.tensor().to_dtype(xd.dtype())?,
                         lora.b.tensor().to_dtype(xd.dtype())?,
                     );
-                    let u = xd.matmul(&a.t()?)?.affine(lora.scale, 0.0)?;
-                    y = (y + u.matmul(&b.t()?)?)?;
+                    let u = gemm::linear(&xd, &a)?.affine(lora.scale, 0.0)?;
+                    y = (y + gemm::linear(&u, &b)?)?;
                 }
                 y
             }

@@ -375,7 +375,7 @@ impl CausalLm {
                 let x = hidden.reshape((b * s, h))?;
                 let w = self.embed_tokens.tensor();
                 let logits = if self.embed_tokens.is_trainable() {
-                    x.matmul(&w.t()?)?
+                    crate::ops::gemm::linear(&x, w)?
                 } else {
                     frozen_linear(&x, w)?
                 };

@@ -2,6 +2,8 @@
 //! pass. candle-nn's fused `softmax_last_dim`, `rms_norm`, `rope` and `sdpa` have none and
 //! silently drop gradients, so none of them is used here.
 
+pub mod gemm;
+
 use candle_core::backend::BackendStorage;
 use std::sync::Mutex;
 
@@ -69,10 +71,7 @@ impl CustomOp2 for FrozenMatmul {
         w: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, k) = xl.shape().dims2()?;
-        let (out, _) = wl.shape().dims2()?;
-        let res = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
-        Ok((res, Shape::from((n, out))))
+        gemm::cpu_matmul(x, xl, w, &wl.transpose(0, 1)?)
     }
 
     #[cfg(feature = "cuda")]
@@ -98,7 +97,7 @@ impl CustomOp2 for FrozenMatmul {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The input of the first layer is not tracked when the embeddings are frozen.
         let dx = if x.track_op() {
-            Some(grad.matmul(w)?)
+            Some(gemm::matmul(&grad.detach(), &w.detach())?)
         } else {
             None
         };
@@ -154,12 +153,12 @@ pub fn lora_linear(
 ) -> Result<Tensor> {
     // The value, computed outside the graph.
     let (xd, ad, bd) = (x.detach(), a.detach(), b.detach());
-    let mut y = xd.matmul(&w.t()?)?;
+    let mut y = gemm::matmul(&xd, &w.t()?)?;
     if let Some(bias) = bias {
         y = y.broadcast_add(bias)?;
     }
-    let u = xd.matmul(&ad.t()?)?.affine(scale, 0.0)?;
-    let y = (y + u.matmul(&bd.t()?)?)?.contiguous()?;
+    let u = gemm::matmul(&xd, &ad.t()?)?.affine(scale, 0.0)?;
+    let y = (y + gemm::matmul(&u, &bd.t()?)?)?.contiguous()?;
     let op = LoraOp {
         w: w.clone(),
         scale,
@@ -191,12 +190,12 @@ impl CustomOp3 for LoraOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x_in, a, b, g) = (x.detach(), a.detach(), b.detach(), grad.detach());
-        let u = x_in.matmul(&a.t()?)?;
-        let db = g.t()?.matmul(&u)?.affine(self.scale, 0.0)?;
-        let gu = g.matmul(&b)?.affine(self.scale, 0.0)?;
-        let da = gu.t()?.matmul(&x_in)?;
+        let u = gemm::matmul(&x_in, &a.t()?)?;
+        let db = gemm::matmul(&g.t()?, &u)?.affine(self.scale, 0.0)?;
+        let gu = gemm::matmul(&g, &b)?.affine(self.scale, 0.0)?;
+        let da = gemm::matmul(&gu.t()?, &x_in)?;
         let dx = if x.track_op() {
-            Some((g.matmul(&self.w)? + gu.matmul(&a)?)?)
+            Some((gemm::matmul(&g, &self.w.detach())? + gemm::matmul(&gu, &a)?)?)
         } else {
             None
         };

@@ -10,6 +10,7 @@ use ferrotune_data::pipeline;
 use ferrotune_train::recipe::peak_rss_mib;
 use serde_json::json;
 
+use super::bench_train::BenchTrainArgs;
 use super::data::{data_args, DataSelection};
 
 #[derive(Debug, Subcommand)]
@@ -17,6 +18,10 @@ pub enum BenchCommand {
     /// Preprocessing throughput: render, tokenize and mask the datasets (repeated
     /// `--repeat` times) and print samples/s, tokens/s and peak memory.
     Data(BenchDataArgs),
+    /// Training throughput: a randomly initialised model of the given shapes trained for
+    /// `--steps` steps (full or `--lora`) with AdamW; tokens/s, the time split and peak
+    /// memory, side by side with PyTorch + transformers with `--torch PYTHON`.
+    Train(BenchTrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +44,7 @@ pub struct BenchDataArgs {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Data(args) => bench_data(args),
+        BenchCommand::Train(args) => super::bench_train::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bench;
+mod bench_train;
 mod chat;
 mod check;
 mod data;
@@ -10,6 +11,7 @@ mod loading;
 mod model;
 mod openai;
 mod predict;
+mod quickstart;
 mod serve;
 mod stream;
 mod train;
@@ -57,6 +59,10 @@ enum Command {
     /// Merge a LoRA adapter into its base and write a Hugging Face model folder and / or
     /// a GGUF file, after checking that the merged model gives the same logits.
     Export(export::ExportArgs),
+    /// The whole story on a real model: teach SmolLM2-135M-Instruct (or --model) a new
+    /// identity with LoRA SFT while keeping what it knew, evaluate before and after, chat,
+    /// export; `--tiny` runs it offline on a tiny model.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -69,5 +75,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Quickstart(args) => quickstart::run(args),
     }
 }

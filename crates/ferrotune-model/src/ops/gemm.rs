@@ -1,0 +1,401 @@
+//! The matrix products of the linear layers (`x W^T`, and in the backward pass `g W` and
+//! `g^T x`), routed through the system OpenBLAS when the `openblas` feature is on and the
+//! operands are f32 CPU tensors; candle's own (pure-Rust) matmul otherwise.
+//!
+//! With the feature off (the default) this module is a thin layer over `Tensor::matmul`,
+//! so the default build computes exactly what it computed before. The feature is opt-in:
+//! at the training shapes, on the AVX-512 development machine, candle's gemm crate and
+//! OpenBLAS run at the same speed (docs/PERFORMANCE.md; re-measure with
+//! `cargo run --release -p ferrotune-model --features openblas --example gemm_shapes`).
+//!
+//! Threads: OpenBLAS keeps its own thread pool; it is sized like candle's matmul, from
+//! `RAYON_NUM_THREADS` (the physical core count when unset), checked before every product.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+
+/// Whether `a` and `b` take the OpenBLAS path.
+#[cfg(feature = "openblas")]
+fn use_blas(a: &Tensor, b: &Tensor) -> bool {
+    use candle_core::DType;
+    a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && a.rank() == 2
+        && b.rank() == 2
+}
+
+/// `a @ b` for `a` (m, k) and `b` (k, n) with any 2-D layout (transposed views such as
+/// `w.t()` need no copy), not tracked for gradients.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if use_blas(a, b) {
+        return a.apply_op2_no_bwd(b, &blas::Sgemm);
+    }
+    a.matmul(b)
+}
+
+/// `a @ b` on CPU storages inside a custom op's forward pass: `a` (m, k), `b` (k, n)
+/// with any 2-D layouts; OpenBLAS for f32 with the feature, candle's matmul otherwise.
+pub fn cpu_matmul(
+    a: &CpuStorage,
+    al: &Layout,
+    b: &CpuStorage,
+    bl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (m, k) = al.shape().dims2()?;
+    let (_, n) = bl.shape().dims2()?;
+    #[cfg(feature = "openblas")]
+    if let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) {
+        let (out, shape) = blas::sgemm(a, al, b, bl)?;
+        return Ok((CpuStorage::F32(out), shape));
+    }
+    Ok((a.matmul(b, (1, m, n, k), al, bl)?, Shape::from((m, n))))
+}
+
+/// The differentiable `x @ w^T` of a trainable weight `w` (out, in), `x` (n, in): candle's
+/// matmul by default; with the `openblas` feature, one op whose backward computes `g w`
+/// and `g^T x` through OpenBLAS too.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if use_blas(x, w) {
+        return x.apply_op2(w, Linear);
+    }
+    x.matmul(&w.t()?)
+}
+
+/// `x @ w^T` with its backward pass (`g w` for x, `g^T x` for w, computed directly in the
+/// weight's layout).
+#[cfg(feature = "openblas")]
+struct Linear;
+
+#[cfg(feature = "openblas")]
+impl candle_core::CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_matmul(x, xl, w, &wl.transpose(0, 1)?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.detach();
+        let dx = if x.track_op() {
+            Some(matmul(&g, &w.detach())?)
+        } else {
+            None
+        };
+        let dw = matmul(&g.t()?, &x.detach())?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// OpenBLAS' build configuration and the kernel it chose for this CPU (e.g.
+/// `OpenBLAS 0.3.21 DYNAMIC_ARCH ... Cooperlake`), or None without the feature.
+pub fn backend_info() -> Option<String> {
+    #[cfg(feature = "openblas")]
+    {
+        Some(blas::info())
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        None
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod blas {
+    use std::ffi::{c_char, c_int, CStr};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+
+    const ROW_MAJOR: c_int = 101;
+    const NO_TRANS: c_int = 111;
+    const TRANS: c_int = 112;
+
+    #[link(name = "openblas")]
+    extern "C" {
+        fn cblas_sgemm(
+            layout: c_int,
+            trans_a: c_int,
+            trans_b: c_int,
+            m: c_int,
+            n: c_int,
+            k: c_int,
+            alpha: f32,
+            a: *const f32,
+            lda: c_int,
+            b: *const f32,
+            ldb: c_int,
+            beta: f32,
+            c: *mut f32,
+            ldc: c_int,
+        );
+        fn openblas_set_num_threads(n: c_int);
+        fn openblas_get_config() -> *const c_char;
+        fn openblas_get_corename() -> *const c_char;
+    }
+
+    pub(super) fn info() -> String {
+        // Safety: both return static NUL-terminated strings.
+        let (config, core) = unsafe {
+            (
+                CStr::from_ptr(openblas_get_config()),
+                CStr::from_ptr(openblas_get_corename()),
+            )
+        };
+        format!(
+            "{} (kernel {})",
+            config.to_string_lossy(),
+            core.to_string_lossy()
+        )
+    }
+
+    /// Sizes OpenBLAS' pool like candle's matmul (RAYON_NUM_THREADS, else the physical
+    /// cores), when that changed since the last product.
+    fn sync_threads() {
+        static SET: AtomicUsize = AtomicUsize::new(0);
+        let n = candle_core::utils::get_num_threads().max(1);
+        if SET.swap(n, Ordering::Relaxed) != n {
+            // Safety: plain FFI call with a positive count.
+            unsafe { openblas_set_num_threads(n as c_int) }
+        }
+    }
+
+    /// How a 2-D operand is read: transposed or not, its leading dimension and its first
+    /// element, or None when neither of its strides is 1 (it is copied first).
+    fn operand(l: &Layout) -> Option<(bool, usize, usize)> {
+        let (rows, cols) = (l.dims()[0], l.dims()[1]);
+        let (s0, s1) = (l.stride()[0], l.stride()[1]);
+        let at = l.start_offset();
+        if s1 == 1 || cols == 1 {
+            // Row-major: element (i, j) at i * s0 + j.
+            let ld = if rows == 1 { cols.max(1) } else { s0 };
+            (ld >= cols.max(1)).then_some((false, ld, at))
+        } else if s0 == 1 || rows == 1 {
+            // A transposed view: element (i, j) at i + j * s1.
+            let ld = if cols == 1 { rows.max(1) } else { s1 };
+            (ld >= rows.max(1)).then_some((true, ld, at))
+        } else {
+            None
+        }
+    }
+
+    /// `a (m, k) @ b (k, n)` into a new row-major (m, n) buffer.
+    pub(super) fn sgemm(
+        a: &[f32],
+        al: &Layout,
+        b: &[f32],
+        bl: &Layout,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let (m, k) = (al.dims()[0], al.dims()[1]);
+        let (k2, n) = (bl.dims()[0], bl.dims()[1]);
+        if k != k2 {
+            candle_core::bail!("sgemm: ({m}, {k}) @ ({k2}, {n})");
+        }
+        let too_big = [m, n, k].iter().any(|&d| d > c_int::MAX as usize / 2);
+        if too_big {
+            candle_core::bail!("sgemm: dimensions beyond the BLAS index range");
+        }
+        let mut out = vec![0f32; m * n];
+        if m == 0 || n == 0 || k == 0 {
+            return Ok((out, Shape::from((m, n))));
+        }
+        // The last element an operand read in place reaches must lie inside its buffer.
+        let fits = |data: &[f32], (t, ld, at): (bool, usize, usize), rows: usize, cols: usize| {
+            let last = if t {
+                (cols - 1) * ld + rows
+            } else {
+                (rows - 1) * ld + cols
+            };
+            at + last <= data.len()
+        };
+        // Operands whose strides BLAS cannot express are copied to row-major first.
+        let (a_copy, b_copy);
+        let (ta, lda, a_ptr) = match operand(al) {
+            Some(op) if fits(a, op, m, k) => (op.0, op.1, a[op.2..].as_ptr()),
+            Some(_) => candle_core::bail!("sgemm: operand layout reaches past its storage"),
+            None => {
+                a_copy = gather(a, al);
+                (false, k, a_copy.as_ptr())
+            }
+        };
+        let (tb, ldb, b_ptr) = match operand(bl) {
+            Some(op) if fits(b, op, k, n) => (op.0, op.1, b[op.2..].as_ptr()),
+            Some(_) => candle_core::bail!("sgemm: operand layout reaches past its storage"),
+            None => {
+                b_copy = gather(b, bl);
+                (false, n, b_copy.as_ptr())
+            }
+        };
+        sync_threads();
+        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
+        // Safety: the pointers cover every element read (checked by `fits` or copied),
+        // `out` holds m * n elements with leading dimension n, and all sizes fit c_int.
+        unsafe {
+            cblas_sgemm(
+                ROW_MAJOR,
+                flag(ta),
+                flag(tb),
+                m as c_int,
+                n as c_int,
+                k as c_int,
+                1.0,
+                a_ptr,
+                lda as c_int,
+                b_ptr,
+                ldb as c_int,
+                0.0,
+                out.as_mut_ptr(),
+                n as c_int,
+            );
+        }
+        Ok((out, Shape::from((m, n))))
+    }
+
+    /// The elements of a strided 2-D operand, row-major.
+    fn gather(data: &[f32], l: &Layout) -> Vec<f32> {
+        let (rows, cols) = (l.dims()[0], l.dims()[1]);
+        let (s0, s1) = (l.stride()[0], l.stride()[1]);
+        let at = l.start_offset();
+        let mut out = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            out.extend((0..cols).map(|j| data[at + i * s0 + j * s1]));
+        }
+        out
+    }
+
+    fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> Result<&'a [f32]> {
+        match s {
+            CpuStorage::F32(v) => Ok(v),
+            _ => candle_core::bail!("{what}: expected f32 storage"),
+        }
+    }
+
+    /// `a @ b`, forward only.
+    pub(super) struct Sgemm;
+
+    impl CustomOp2 for Sgemm {
+        fn name(&self) -> &'static str {
+            "openblas-sgemm"
+        }
+
+        fn cpu_fwd(
+            &self,
+            a: &CpuStorage,
+            al: &Layout,
+            b: &CpuStorage,
+            bl: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let (a, b) = (f32_data(a, "sgemm")?, f32_data(b, "sgemm")?);
+            let (out, shape) = sgemm(a, al, b, bl)?;
+            Ok((CpuStorage::F32(out), shape))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{linear, matmul};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Every operand layout the model and the backward passes produce (and a few they do
+    /// not) gives candle's own product.
+    #[test]
+    fn products_match_candle_for_every_layout() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let big = Tensor::randn(0f32, 1.0, (9, 11), &dev).unwrap();
+        let cube = Tensor::randn(0f32, 1.0, (5, 3, 6), &dev).unwrap();
+        let row = Tensor::randn(0f32, 1.0, (1, 5), &dev).unwrap();
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            ("x W^T", x.clone(), w.t().unwrap()),
+            ("g W", w.t().unwrap().t().unwrap(), w.t().unwrap()),
+            ("g^T x", x.t().unwrap(), x.clone()),
+            // An offset and a leading dimension wider than the columns.
+            (
+                "narrowed",
+                big.narrow(0, 1, 7).unwrap().narrow(1, 2, 5).unwrap(),
+                big.narrow(0, 2, 5).unwrap().narrow(1, 3, 4).unwrap(),
+            ),
+            // Neither stride is 1: copied first.
+            (
+                "strided",
+                x.clone(),
+                cube.narrow(2, 1, 1).unwrap().squeeze(2).unwrap(),
+            ),
+            // A broadcast row (stride 0).
+            (
+                "broadcast",
+                row.broadcast_as((4, 5)).unwrap(),
+                w.t().unwrap(),
+            ),
+            ("single row", row.clone(), w.t().unwrap()),
+            ("single column", x.clone(), row.t().unwrap()),
+        ];
+        for (name, a, b) in cases {
+            let want = a.matmul(&b).unwrap();
+            let got = matmul(&a, &b).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{name}");
+            assert!(max_diff(&got, &want) < 1e-5, "{name}");
+        }
+    }
+
+    #[test]
+    fn linear_gradients_match_candle() {
+        let dev = Device::Cpu;
+        let x = candle_core::Var::randn(0f32, 1.0, (8, 5), &dev).unwrap();
+        let w = candle_core::Var::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (8, 3), &dev).unwrap();
+        let ours = (linear(x.as_tensor(), w.as_tensor()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let theirs = (x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w] {
+            let (a, b) = (
+                ours.get(v.as_tensor()).unwrap(),
+                theirs.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.dims(), b.dims());
+            assert!(max_diff(a, b) < 1e-5);
+        }
+    }
+}
