@@ -20,8 +20,10 @@ use ferrotune_model::CausalLm;
 
 use super::loading::{self, ModelSource};
 
-/// Largest logit difference accepted between the merged model and base + adapter.
-const MERGE_ATOL: f32 = 1e-4;
+/// Largest logit difference accepted between the merged model and base + adapter, relative
+/// to the largest logit (at least 1): merging reorders float32 sums, and over a real model's
+/// 30 layers with logits near 20 that alone moves the logits by about 1e-4 absolute.
+const MERGE_TOL: f32 = 1e-4;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -121,16 +123,18 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let expected = logits(&model, &probe)?;
     let merged = merge_lora(&mut model)?;
     let diff = max_abs_diff(&logits(&model, &probe)?, &expected)?;
+    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+    let tolerance = MERGE_TOL * scale;
     if merged > 0 {
         eprintln!(
-            "merged {merged} LoRA projections; merged vs base + adapter logits on a {}-token probe: max |diff| {diff:.3e}",
+            "merged {merged} LoRA projections; merged vs base + adapter logits on a {}-token probe: max |diff| {diff:.3e} (tolerance {tolerance:.1e}: 1e-4 x the largest logit {scale:.2})",
             probe.len()
         );
     } else {
         eprintln!("no adapter: exporting the model as it is");
     }
-    if diff.is_nan() || diff > MERGE_ATOL {
-        bail!("the merged model's logits differ from base + adapter by {diff:.3e} (> {MERGE_ATOL:.0e}); nothing written");
+    if diff.is_nan() || diff > tolerance {
+        bail!("the merged model's logits differ from base + adapter by {diff:.3e} (> {tolerance:.1e}); nothing written");
     }
 
     if let Some(out) = &a.out {
@@ -158,9 +162,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
             out.display(),
             reloaded.config.torch_dtype.as_deref().unwrap_or("float32")
         );
-        if exact && (diff.is_nan() || diff > MERGE_ATOL) {
+        if exact && (diff.is_nan() || diff > tolerance) {
             bail!(
-                "{}: the written model's logits differ by {diff:.3e} (> {MERGE_ATOL:.0e})",
+                "{}: the written model's logits differ by {diff:.3e} (> {tolerance:.1e})",
                 out.display()
             );
         }
