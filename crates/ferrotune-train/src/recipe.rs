@@ -159,6 +159,37 @@ fn evaluate(
     Ok((sum / tokens.max(1) as f64, tokens))
 }
 
+/// An evaluation pass whose result goes to metrics.jsonl.
+struct EvalRun<'a> {
+    model: &'a CausalLm,
+    examples: &'a [Example],
+    batch_size: usize,
+    pad: u32,
+    device: &'a Device,
+}
+
+impl EvalRun<'_> {
+    /// Evaluates, writes the record for `step`, returns the eval loss.
+    fn log(
+        &self,
+        step: usize,
+        epoch: f64,
+        metrics: &mut std::fs::File,
+        path: &Path,
+    ) -> Result<f64> {
+        let (loss, tokens) = evaluate(
+            self.model,
+            self.examples,
+            self.batch_size,
+            self.pad,
+            self.device,
+        )?;
+        let record = json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens});
+        writeln!(metrics, "{record}").map_err(|e| ModelError::file(path, e.to_string()))?;
+        Ok(loss)
+    }
+}
+
 /// Runs the whole recipe. Progress goes to stderr; returns the summary.
 pub fn run(run: &Run) -> Result<Summary> {
     let t = &run.train;
@@ -380,16 +411,14 @@ pub fn run(run: &Run) -> Result<Summary> {
     };
     // The loss before training: the baseline that eval losses (and forgetting) compare to.
     if state.global_step == 0 && !eval_examples.is_empty() {
-        let (eval_loss, eval_tokens) = evaluate(
-            &model,
-            &eval_examples,
-            t.per_device_eval_batch_size,
+        let eval = EvalRun {
+            model: &model,
+            examples: &eval_examples,
+            batch_size: t.per_device_eval_batch_size,
             pad,
-            &device,
-        )?;
-        let record = json!({"step": 0, "epoch": 0.0, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp(), "eval_tokens": eval_tokens});
-        writeln!(metrics, "{record}")
-            .map_err(|e| ModelError::file(&metrics_path, e.to_string()))?;
+            device: &device,
+        };
+        let eval_loss = eval.log(0, 0.0, &mut metrics, &metrics_path)?;
         eprintln!(
             "before training: eval loss {eval_loss:.4} (perplexity {:.2})",
             eval_loss.exp()
@@ -503,16 +532,14 @@ pub fn run(run: &Run) -> Result<Summary> {
             _ => false,
         } || (done == total_steps && !eval_examples.is_empty());
         if eval_due && !eval_examples.is_empty() {
-            let (eval_loss, eval_tokens) = evaluate(
-                &model,
-                &eval_examples,
-                t.per_device_eval_batch_size,
+            let eval = EvalRun {
+                model: &model,
+                examples: &eval_examples,
+                batch_size: t.per_device_eval_batch_size,
                 pad,
-                &device,
-            )?;
-            let record = json!({"step": done, "epoch": epoch, "eval_loss": eval_loss, "eval_perplexity": eval_loss.exp(), "eval_tokens": eval_tokens});
-            writeln!(metrics, "{record}")
-                .map_err(|e| ModelError::file(&metrics_path, e.to_string()))?;
+                device: &device,
+            };
+            let eval_loss = eval.log(done, epoch, &mut metrics, &metrics_path)?;
             eprintln!(
                 "step {done}: eval loss {eval_loss:.4} (perplexity {:.2})",
                 eval_loss.exp()
