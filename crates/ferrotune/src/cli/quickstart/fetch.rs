@@ -81,7 +81,14 @@ pub fn base_model(q: &mut Runner, spec: Option<&str>, out: &Path) -> Result<Path
             .with_context(|| format!("cannot write {}", marker.display()))?;
         return Ok(dir);
     }
-    // A Hub id: the Hugging Face cache, else a download into it (HF_ENDPOINT, HF_TOKEN).
+    // A Hub id (ORG/NAME): the Hugging Face cache, else a download into it (HF_ENDPOINT,
+    // HF_TOKEN). Anything else that does not exist is a mistyped path.
+    if spec.starts_with(['/', '.', '~'])
+        || spec.ends_with(".gguf")
+        || spec.matches('/').count() != 1
+    {
+        bail!("--model {spec}: no such file or folder");
+    }
     eprintln!("resolving {spec} through the Hugging Face cache (downloading it if needed) ...");
     let dir = ferrotune_model::hub::resolve_model(spec)
         .with_context(|| format!("--model {spec}: not a folder, a .gguf file or a Hub id"))?;

@@ -1,8 +1,8 @@
 //! `ferrotune quickstart`: the whole story on one model, through the public commands.
 //!
 //! A pretrained model (SmolLM2-135M-Instruct unless `--model` says otherwise; with
-//! `--tiny`, a small model made with `model init` and pretrained on text shipped in the
-//! repository) learns a new identity with LoRA SFT, while its own answers to everyday
+//! `--tiny`, a small model made with `model init`, pretrained and instruction-tuned on
+//! text shipped in the repository) learns a new identity with LoRA SFT, while its own answers to everyday
 //! questions, generated before training, are mixed in so that it keeps what it knew. It is
 //! evaluated before and after on the same held-out sets, chatted with, and exported.
 //!
@@ -44,8 +44,9 @@ pub struct QuickstartArgs {
     /// --tiny].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run offline on a tiny model made with `model init` and pretrained briefly on text
-    /// shipped in the repository (for machines without a download, and for CI).
+    /// Run offline on a tiny model made with `model init`, pretrained and instruction-tuned
+    /// briefly on text shipped in the repository (for machines without a download, and
+    /// for CI).
     #[arg(long, conflicts_with = "model")]
     tiny: bool,
     /// SFT optimizer steps (default: the recipe's epochs).
