@@ -500,6 +500,35 @@ pub fn replace_placeholders(sample: &mut Sample, values: &BTreeMap<String, Strin
     left
 }
 
+/// Length percentiles (nearest rank) and the mean rounded to one decimal.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LengthStats {
+    pub p50: usize,
+    pub p90: usize,
+    pub p99: usize,
+    pub max: usize,
+    pub mean: f64,
+}
+
+impl LengthStats {
+    pub fn of(lengths: &[usize]) -> Self {
+        let mut sorted = lengths.to_vec();
+        sorted.sort_unstable();
+        let mean = if sorted.is_empty() {
+            0.0
+        } else {
+            sorted.iter().sum::<usize>() as f64 / sorted.len() as f64
+        };
+        LengthStats {
+            p50: percentile(&sorted, 50.0),
+            p90: percentile(&sorted, 90.0),
+            p99: percentile(&sorted, 99.0),
+            max: sorted.last().copied().unwrap_or(0),
+            mean: (mean * 10.0).round() / 10.0,
+        }
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[usize], p: f64) -> usize {
     if sorted.is_empty() {

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::config::DataArgs;
 use crate::error::{DataError, Result};
-use crate::pipeline::percentile;
+use crate::pipeline::LengthStats;
 
 pub use diversity::Diversity;
 pub use load::{Dataset, Measure, Record};
@@ -157,34 +157,6 @@ impl Default for CheckOptions {
 pub struct CheckCount {
     pub findings: usize,
     pub records: usize,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LengthStats {
-    pub p50: usize,
-    pub p90: usize,
-    pub p99: usize,
-    pub max: usize,
-    pub mean: f64,
-}
-
-impl LengthStats {
-    fn of(lengths: &[usize]) -> Self {
-        let mut sorted = lengths.to_vec();
-        sorted.sort_unstable();
-        let mean = if sorted.is_empty() {
-            0.0
-        } else {
-            sorted.iter().sum::<usize>() as f64 / sorted.len() as f64
-        };
-        LengthStats {
-            p50: percentile(&sorted, 50.0),
-            p90: percentile(&sorted, 90.0),
-            p99: percentile(&sorted, 99.0),
-            max: sorted.last().copied().unwrap_or(0),
-            mean: (mean * 10.0).round() / 10.0,
-        }
-    }
 }
 
 /// The numbers of one dataset (or of all, as `overall`).

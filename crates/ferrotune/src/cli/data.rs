@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_data::config::{DataArgs, DATA_KEYS};
 use ferrotune_data::encode::Overlong;
 use ferrotune_data::pack::{self, Packing};
-use ferrotune_data::pipeline::{self, percentile, DatasetReport, Prepared};
+use ferrotune_data::pipeline::{self, DatasetReport, LengthStats, Prepared};
 use ferrotune_data::{placeholders, ChatTemplate, Formatting, Stage};
 use serde_json::json;
 
@@ -306,23 +306,6 @@ fn template_label(t: &ChatTemplate) -> String {
     }
 }
 
-fn length_summary(lengths: &[usize]) -> serde_json::Value {
-    let mut sorted = lengths.to_vec();
-    sorted.sort_unstable();
-    let mean = if sorted.is_empty() {
-        0.0
-    } else {
-        sorted.iter().sum::<usize>() as f64 / sorted.len() as f64
-    };
-    json!({
-        "p50": percentile(&sorted, 50.0),
-        "p90": percentile(&sorted, 90.0),
-        "p99": percentile(&sorted, 99.0),
-        "max": sorted.last().copied().unwrap_or(0),
-        "mean": (mean * 10.0).round() / 10.0,
-    })
-}
-
 fn report_json(r: &DatasetReport) -> serde_json::Value {
     let tokens = r.tokens();
     json!({
@@ -337,7 +320,7 @@ fn report_json(r: &DatasetReport) -> serde_json::Value {
         "tokens": tokens,
         "supervised_tokens": r.supervised_tokens,
         "supervised_fraction": if tokens == 0 { 0.0 } else { r.supervised_tokens as f64 / tokens as f64 },
-        "length": length_summary(&r.lengths),
+        "length": LengthStats::of(&r.lengths),
         "unreplaced_placeholders": r.unreplaced,
         "problems": r.examples,
     })
@@ -416,7 +399,7 @@ fn stats(args: StatsArgs) -> Result<()> {
         "dataset", "records", "samples", "invalid", "truncated", "dropped", "masked", "unrender", "tokens", "p50", "p90", "p99", "max", "sup%"
     )?;
     for r in prepared.reports.iter().chain(std::iter::once(&total)) {
-        let l = length_summary(&r.lengths);
+        let l = LengthStats::of(&r.lengths);
         let tokens = r.tokens();
         let sup = if tokens == 0 {
             0.0
@@ -427,8 +410,7 @@ fn stats(args: StatsArgs) -> Result<()> {
             out,
             "{:<name_width$} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>10} {:>6} {:>6} {:>6} {:>6} {:>5.1}%",
             r.name, r.records, r.samples, r.invalid, r.truncated, r.dropped_too_long, r.all_masked, r.unrenderable,
-            tokens, l["p50"].as_u64().unwrap_or(0), l["p90"].as_u64().unwrap_or(0),
-            l["p99"].as_u64().unwrap_or(0), l["max"].as_u64().unwrap_or(0), sup
+            tokens, l.p50, l.p90, l.p99, l.max, sup
         )?;
     }
     let mixture = mixture_json(&prepared.reports);
