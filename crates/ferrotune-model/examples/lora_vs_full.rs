@@ -4,6 +4,10 @@
 //!
 //!     cargo run --release -p ferrotune-model --example lora_vs_full -- MODEL_DIR full 4 256
 //!     cargo run --release -p ferrotune-model --example lora_vs_full -- MODEL_DIR lora 4 256
+//!     cargo run --release -p ferrotune-model --example lora_vs_full -- MODEL_DIR lora 4 256 5 --checkpoint
+//!
+//! `--checkpoint` recomputes each decoder layer in the backward pass
+//! (`CausalLm::backward_checkpointed`, the trainer's `gradient_checkpointing: true`).
 //!
 //! Prints one JSON line: mode, batch, seq_len, median step seconds, tokens/s, peak RSS.
 
@@ -36,8 +40,10 @@ fn status_mib(key: &str) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: lora_vs_full MODEL_DIR full|lora BATCH SEQ_LEN [STEPS]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let checkpoint = args.iter().any(|a| a == "--checkpoint");
+    args.retain(|a| a != "--checkpoint");
+    let usage = "usage: lora_vs_full MODEL_DIR full|lora BATCH SEQ_LEN [STEPS] [--checkpoint]";
     let dir = args.first().ok_or(usage)?;
     let mode = args.get(1).ok_or(usage)?.as_str();
     let batch: usize = args.get(2).ok_or(usage)?.parse()?;
@@ -83,24 +89,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut times = Vec::new();
     for step in 0..steps + 1 {
         let start = Instant::now();
-        let (_, loss) = model.forward_loss(&batch_t, true)?;
-        let after_forward = rss_mib();
-        let forward_s = start.elapsed().as_secs_f64();
-        let grads = loss.mean()?.backward()?;
-        if step == steps {
-            eprintln!(
-                "{mode}: forward {forward_s:.2} s, backward {:.2} s; rss after load {loaded:.0} MiB, after forward {after_forward:.0} MiB, after backward {:.0} MiB",
-                start.elapsed().as_secs_f64() - forward_s,
-                rss_mib()
-            );
-        }
-        let trainable = model.params().iter().filter(|p| p.is_trainable()).count();
-        let with_grad = model
+        let trainable: Vec<_> = model
             .params()
-            .iter()
-            .filter(|p| grads.get(p.tensor()).is_some())
-            .count();
-        assert_eq!(trainable, with_grad);
+            .into_iter()
+            .filter(|p| p.is_trainable())
+            .collect();
+        let mut with_grad = vec![false; trainable.len()];
+        let mut note = |grads: &candle_core::backprop::GradStore| {
+            for (seen, p) in with_grad.iter_mut().zip(&trainable) {
+                *seen |= grads.get(p.tensor()).is_some();
+            }
+        };
+        let scale = 1.0 / batch_t.supervised_tokens as f64;
+        if checkpoint {
+            model.backward_checkpointed(&batch_t, scale, false, |g| {
+                note(g);
+                Ok(())
+            })?;
+            if step == steps {
+                eprintln!("{mode} (checkpointed): step {:.2} s; rss after load {loaded:.0} MiB, after the step {:.0} MiB",
+                    start.elapsed().as_secs_f64(), rss_mib());
+            }
+        } else {
+            let (_, loss) = model.forward_loss(&batch_t, true)?;
+            let after_forward = rss_mib();
+            let forward_s = start.elapsed().as_secs_f64();
+            let grads = loss.sum.affine(scale, 0.0)?.backward()?;
+            note(&grads);
+            if step == steps {
+                eprintln!(
+                    "{mode}: forward {forward_s:.2} s, backward {:.2} s; rss after load {loaded:.0} MiB, after forward {after_forward:.0} MiB, after backward {:.0} MiB",
+                    start.elapsed().as_secs_f64() - forward_s,
+                    rss_mib()
+                );
+            }
+        }
+        assert!(
+            with_grad.iter().all(|&g| g),
+            "a trainable parameter got no gradient"
+        );
         if step > 0 {
             // The first step warms up allocations.
             times.push(start.elapsed().as_secs_f64());
@@ -109,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     println!(
-        "{{\"mode\": \"{mode}\", \"batch\": {batch}, \"seq_len\": {seq}, \"trainable_parameters\": {}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.0}, \"peak_rss_mib\": {:.0}}}",
+        "{{\"mode\": \"{mode}\", \"checkpointed\": {checkpoint}, \"batch\": {batch}, \"seq_len\": {seq}, \"trainable_parameters\": {}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.0}, \"peak_rss_mib\": {:.0}}}",
         model.params().iter().filter(|p| p.is_trainable()).map(|p| p.tensor().elem_count()).sum::<usize>(),
         (batch * seq) as f64 / median,
         peak_rss_mib()

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::batch::Batch;
 use crate::config::ModelConfig;
@@ -156,6 +157,23 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Param,
     pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let h = rms_norm(x, self.input_layernorm.tensor(), eps)?;
+        let x = (x + self.self_attn.forward(&h, rope, mask, cache, train)?)?;
+        let h = rms_norm(&x, self.post_attention_layernorm.tensor(), eps)?;
+        x + self.mlp.forward(&h, train)?
+    }
 }
 
 /// A decoder-only causal language model.
@@ -400,18 +418,8 @@ impl CausalLm {
         let mut x = self.embed(ids)?;
         let mut slots = cache.map(|c| &mut c.layers);
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let h = rms_norm(&x, layer.input_layernorm.tensor(), self.config.rms_norm_eps)?;
             let slot = slots.as_mut().map(|s| &mut s[i]);
-            let h = layer.self_attn.forward(&h, &rope, &mask, slot, train)?;
-            x = (residual + h)?;
-            let residual = x.clone();
-            let h = rms_norm(
-                &x,
-                layer.post_attention_layernorm.tensor(),
-                self.config.rms_norm_eps,
-            )?;
-            x = (residual + layer.mlp.forward(&h, train)?)?;
+            x = layer.forward(&x, &rope, &mask, slot, train, self.config.rms_norm_eps)?;
         }
         let x = rms_norm(&x, self.norm.tensor(), self.config.rms_norm_eps)?;
         self.head(&x)?.to_dtype(DType::F32)
@@ -445,6 +453,78 @@ impl CausalLm {
         Ok((logits, loss))
     }
 
+    /// Forward and backward of `scale * loss.sum` with gradient checkpointing: only each
+    /// decoder layer's input is kept from the forward pass, and a layer's activations are
+    /// recomputed, one layer at a time, when its backward pass runs. The peak then holds
+    /// one layer's activations instead of all of them, for one more forward pass of the
+    /// layers. Gradients arrive in parts (the head, then each layer from the last, then
+    /// the embeddings): `on_grads` is called with each part and may sum them (a parameter
+    /// can appear in two parts, e.g. tied embeddings). The returned loss is detached.
+    ///
+    /// Each layer's backward is started from the surrogate `sum(output * d_output)`, whose
+    /// gradient with respect to the layer's input and weights is exactly the chain rule's.
+    /// Dropout would draw a new mask in the recomputation, so the caller must not combine
+    /// this with `train` and LoRA dropout (the trainer refuses it).
+    pub fn backward_checkpointed(
+        &self,
+        batch: &Batch,
+        scale: f64,
+        train: bool,
+        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+    ) -> Result<LossSum> {
+        let targets = batch
+            .targets
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
+        let (b, s) = batch.input_ids.dims2()?;
+        let rope = self.rope(&batch.position_ids, b, s)?;
+        let mask = self.attention_bias(&batch.segment_ids, &batch.segment_ids, b, 0)?;
+        let eps = self.config.rms_norm_eps;
+
+        // Forward: keep each layer's input, detached, and nothing else.
+        let mut inputs = Vec::with_capacity(self.layers.len() + 1);
+        inputs.push(self.embed(&batch.input_ids)?.detach());
+        for layer in &self.layers {
+            let x = inputs.last().expect("the embeddings are pushed first");
+            let out = layer.forward(x, &rope, &mask, None, train, eps)?.detach();
+            inputs.push(out);
+        }
+
+        // The head and the loss, from the last hidden state as a leaf with a gradient.
+        let last = Var::from_tensor(&inputs.pop().expect("one output per layer"))?;
+        let x = rms_norm(last.as_tensor(), self.norm.tensor(), eps)?;
+        let logits = self.head(&x)?.to_dtype(DType::F32)?;
+        let loss = causal_lm_loss(
+            &logits,
+            targets,
+            batch.target_weights.as_ref(),
+            batch.supervised_tokens,
+        )?;
+        let grads = loss.sum.affine(scale, 0.0)?.backward()?;
+        on_grads(&grads)?;
+        let mut d_out = take_grad(&grads, last.as_tensor())?;
+        drop((grads, logits, x));
+
+        // The layers from the last: recompute, then backward from the surrogate.
+        for (layer, input) in self.layers.iter().zip(inputs).rev() {
+            let input = Var::from_tensor(&input)?;
+            let out = layer.forward(input.as_tensor(), &rope, &mask, None, train, eps)?;
+            let grads = (out * d_out)?.sum_all()?.backward()?;
+            on_grads(&grads)?;
+            d_out = take_grad(&grads, input.as_tensor())?;
+        }
+
+        // The embeddings, when they train.
+        if self.embed_tokens.is_trainable() {
+            let x = self.embed(&batch.input_ids)?;
+            on_grads(&(x * d_out)?.sum_all()?.backward()?)?;
+        }
+        Ok(LossSum {
+            sum: loss.sum.detach(),
+            tokens: loss.tokens,
+        })
+    }
+
     /// Runs new tokens (batch, n) through the model, appending to `cache`. `positions` and
     /// `segments` are row-major (batch * n); segment 0 marks (left) padding.
     pub fn forward_cached(
@@ -469,4 +549,11 @@ impl CausalLm {
         cache.len = old + n;
         Ok(logits)
     }
+}
+
+/// The gradient of `t` in `grads`, detached (it is the next backward pass's constant).
+fn take_grad(grads: &GradStore, t: &Tensor) -> Result<Tensor> {
+    grads.get(t).map(Tensor::detach).ok_or_else(|| {
+        candle_core::Error::Msg("gradient checkpointing: a layer input got no gradient".into())
+    })
 }

@@ -38,6 +38,8 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "fp16",
     "resume_from_checkpoint",
     "group_by_length",
+    "gradient_checkpointing",
+    "disable_gradient_checkpointing",
     "ewc_lambda",
     "ewc_dataset",
     "ewc_fisher",
@@ -91,6 +93,13 @@ pub struct TrainArgs {
     pub resume_from_checkpoint: Option<String>,
     /// Batches of similar lengths (less padding), as transformers' LengthGroupedSampler.
     pub group_by_length: bool,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them (less memory, one more forward pass of the layers). transformers' key; off by
+    /// default, unlike LLaMA-Factory, where `disable_gradient_checkpointing: false` is the
+    /// default: ferrotune's activations are already small (docs/PERFORMANCE.md).
+    pub gradient_checkpointing: bool,
+    /// LLaMA-Factory's switch; `true` wins over `gradient_checkpointing`.
+    pub disable_gradient_checkpointing: bool,
     /// EWC strength; 0 or absent: off.
     pub ewc_lambda: Option<f64>,
     /// Reference data (dataset names, comma-separated) for the EWC Fisher estimate.
@@ -140,6 +149,8 @@ impl Default for TrainArgs {
             fp16: false,
             resume_from_checkpoint: None,
             group_by_length: false,
+            gradient_checkpointing: false,
+            disable_gradient_checkpointing: false,
             ewc_lambda: None,
             ewc_dataset: None,
             ewc_fisher: None,
@@ -157,6 +168,18 @@ impl TrainArgs {
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());
         }
+        if self.checkpointing() && self.finetuning_type == "lora" && self.lora_dropout > 0.0 {
+            out.push(
+                "gradient_checkpointing with lora_dropout > 0 (the recomputed layer would draw a \
+                 new dropout mask; set lora_dropout: 0 or turn checkpointing off)"
+                    .to_string(),
+            );
+        }
         out
+    }
+
+    /// Whether decoder layers are recomputed in the backward pass.
+    pub fn checkpointing(&self) -> bool {
+        self.gradient_checkpointing && !self.disable_gradient_checkpointing
     }
 }

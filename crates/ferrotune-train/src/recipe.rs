@@ -460,10 +460,17 @@ pub fn run(run: &Run) -> Result<Summary> {
         let mut accumulated = Accumulated::new(params.len());
         let mut loss_sum = 0f64;
         for batch in &micro {
-            let (_, loss) = model.forward_loss(batch, true)?;
+            let scale = 1.0 / tokens as f64;
+            let loss = if t.checkpointing() {
+                model.backward_checkpointed(batch, scale, true, |grads| {
+                    accumulated.add(&params, grads)
+                })?
+            } else {
+                let (_, loss) = model.forward_loss(batch, true)?;
+                accumulated.add(&params, &loss.sum.affine(scale, 0.0)?.backward()?)?;
+                loss
+            };
             loss_sum += loss.sum.to_scalar::<f32>()? as f64;
-            let scaled = loss.sum.affine(1.0 / tokens as f64, 0.0)?;
-            accumulated.add(&params, &scaled.backward()?)?;
         }
         let mut grads = accumulated.finish(&params)?;
         let mut ewc_penalty = None;

@@ -43,7 +43,6 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("flash_attn", "attention is ferrotune's own"),
     ("run_name", "not used"),
     ("logging_dir", "logs go to output_dir"),
-    ("gradient_checkpointing", "not yet supported"),
     ("ddp_find_unused_parameters", "single-process trainer"),
     ("streaming", "datasets are read from local files"),
     ("buffer_size", "datasets are read from local files"),
