@@ -3,10 +3,56 @@
 //! caller says so, streaming each token to a callback; and batched generation (left
 //! padding) for evaluation.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::llama::{CausalLm, KvCache};
+
+/// A model that decodes with a cache of what it has seen: the composed candle model
+/// ([`CausalLm`], any device) or the inference engine ([`crate::infer::InferenceModel`]).
+pub trait Decoder {
+    type Cache;
+
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Runs `ids`, `batch` rows of the same number of new tokens (row-major), appending
+    /// them to `cache`; `positions` and `segments` are row-major too, segment 0 marking
+    /// (left) padding. Returns the logits of each row's last new token.
+    fn decode(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        positions: &[u32],
+        segments: &[u32],
+        cache: &mut Self::Cache,
+    ) -> Result<Vec<Vec<f32>>>;
+}
+
+impl Decoder for CausalLm {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn decode(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        positions: &[u32],
+        segments: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<Vec<f32>>> {
+        if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
+            candle_core::bail!("decode: {} ids do not make {batch} rows", ids.len());
+        }
+        let input = Tensor::from_slice(ids, (batch, ids.len() / batch), self.device())?;
+        let logits = self.forward_cached(&input, positions, segments, cache)?;
+        (0..batch)
+            .map(|row| last_row_logits(&logits, row))
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
@@ -134,8 +180,8 @@ fn last_row_logits(logits: &Tensor, row: usize) -> Result<Vec<f32>> {
 }
 
 /// Generates from one prompt, calling `on_token` with each new id. Returns the new ids.
-pub fn generate(
-    model: &CausalLm,
+pub fn generate<M: Decoder + ?Sized>(
+    model: &M,
     prompt: &[u32],
     config: &GenerationConfig,
     mut on_token: impl FnMut(u32) -> Flow,
@@ -143,18 +189,17 @@ pub fn generate(
     if prompt.is_empty() {
         candle_core::bail!("generate: the prompt is empty");
     }
-    let device = model.device();
     let mut sampler = Sampler::new(config.clone());
-    let mut cache = KvCache::new(model.layers.len());
+    let mut cache = model.new_cache();
     let mut history = prompt.to_vec();
     let mut new = Vec::new();
     let mut input = prompt.to_vec();
+    let mut start = 0u32;
     while new.len() < config.max_new_tokens {
-        let start = cache.len() as u32;
         let positions: Vec<u32> = (start..start + input.len() as u32).collect();
-        let ids = Tensor::from_vec(input.clone(), (1, input.len()), device)?;
-        let logits = model.forward_cached(&ids, &positions, &vec![1; input.len()], &mut cache)?;
-        let next = sampler.sample(&last_row_logits(&logits, 0)?, &history);
+        start += input.len() as u32;
+        let logits = model.decode(&input, 1, &positions, &vec![1; input.len()], &mut cache)?;
+        let next = sampler.sample(&logits[0], &history);
         history.push(next);
         new.push(next);
         if on_token(next) == Flow::Stop || config.stop_token_ids.contains(&next) {
@@ -167,8 +212,8 @@ pub fn generate(
 
 /// Generates for several prompts at once (left padding). Returns the new ids of each,
 /// up to and including its stop id.
-pub fn generate_batch(
-    model: &CausalLm,
+pub fn generate_batch<M: Decoder + ?Sized>(
+    model: &M,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     pad_id: u32,
@@ -180,7 +225,6 @@ pub fn generate_batch(
     if prompts.iter().any(|p| p.is_empty()) {
         candle_core::bail!("generate_batch: a prompt is empty");
     }
-    let device: &Device = model.device();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(b * longest);
     let mut segments = Vec::with_capacity(b * longest);
@@ -203,16 +247,16 @@ pub fn generate_batch(
     let mut histories: Vec<Vec<u32>> = prompts.to_vec();
     let mut outputs = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    let mut cache = KvCache::new(model.layers.len());
-    let mut input = Tensor::from_vec(ids, (b, longest), device)?;
+    let mut cache = model.new_cache();
+    let mut input = ids;
     for _ in 0..config.max_new_tokens {
-        let logits = model.forward_cached(&input, &positions, &segments, &mut cache)?;
+        let logits = model.decode(&input, b, &positions, &segments, &mut cache)?;
         let mut step = Vec::with_capacity(b);
         for row in 0..b {
             let next = if done[row] {
                 pad_id
             } else {
-                let next = samplers[row].sample(&last_row_logits(&logits, row)?, &histories[row]);
+                let next = samplers[row].sample(&logits[row], &histories[row]);
                 histories[row].push(next);
                 outputs[row].push(next);
                 if config.stop_token_ids.contains(&next) {
@@ -228,7 +272,7 @@ pub fn generate_batch(
         positions = next_position.clone();
         next_position.iter_mut().for_each(|p| *p += 1);
         segments = vec![1; b];
-        input = Tensor::from_vec(step, (b, 1), device)?;
+        input = step;
     }
     Ok(outputs)
 }

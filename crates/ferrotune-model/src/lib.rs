@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
+pub mod infer;
 pub mod init;
 pub mod linear;
 pub mod llama;

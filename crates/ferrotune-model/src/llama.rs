@@ -12,8 +12,10 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::linear::Linear;
-use crate::loss::{causal_lm_loss, LossSum};
-use crate::ops::{apply_rope, attention, frozen_linear, repeat_kv, rms_norm};
+use crate::loss::{
+    causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, LossSum, LOGITS_BUDGET,
+};
+use crate::ops::{apply_rope, attention, frozen_linear, repeat_kv, rms_norm, swiglu};
 use crate::param::Param;
 
 /// Weights by Hugging Face name, consumed while the model is built.
@@ -145,9 +147,9 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, train)?.silu()?;
+        let gate = self.gate_proj.forward(x, train)?;
         let up = self.up_proj.forward(x, train)?;
-        self.down_proj.forward(&(gate * up)?, train)
+        self.down_proj.forward(&swiglu(&gate, &up)?, train)
     }
 }
 
@@ -411,6 +413,20 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
+        let x = self.hidden_states(ids, positions, q_segments, k_segments, cache, train)?;
+        self.head(&x)?.to_dtype(DType::F32)
+    }
+
+    /// The final hidden states, after the last norm: what the head takes.
+    fn hidden_states(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        q_segments: &[u32],
+        k_segments: &[u32],
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let past = cache.as_ref().map(|c| c.len).unwrap_or(0);
         let rope = self.rope(positions, b, s)?;
@@ -421,8 +437,53 @@ impl CausalLm {
             let slot = slots.as_mut().map(|s| &mut s[i]);
             x = layer.forward(&x, &rope, &mask, slot, train, self.config.rms_norm_eps)?;
         }
-        let x = rms_norm(&x, self.norm.tensor(), self.config.rms_norm_eps)?;
-        self.head(&x)?.to_dtype(DType::F32)
+        rms_norm(&x, self.norm.tensor(), self.config.rms_norm_eps)
+    }
+
+    /// The summed loss of a batch with targets, without returning its logits: the
+    /// training step's forward pass. With a large vocabulary the head and the loss then
+    /// run in chunks that never hold all the logits (`loss::causal_lm_loss_chunked`).
+    pub fn loss(&self, batch: &Batch, train: bool) -> Result<LossSum> {
+        let x = self.hidden_states(
+            &batch.input_ids,
+            &batch.position_ids,
+            &batch.segment_ids,
+            &batch.segment_ids,
+            None,
+            train,
+        )?;
+        self.head_loss(&x, batch)
+    }
+
+    /// The summed loss from the final hidden states.
+    fn head_loss(&self, x: &Tensor, batch: &Batch) -> Result<LossSum> {
+        let targets = batch
+            .targets
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
+        // A plain head weight: the tied embeddings, or an untied head without bias.
+        let w = match &self.lm_head {
+            None => Some(self.embed_tokens.tensor()),
+            Some(head) if head.bias.is_none() && head.lora.is_none() => Some(head.weight.tensor()),
+            Some(_) => None,
+        };
+        if let Some(w) = w.filter(|w| chunked_loss_applies(x, w, LOGITS_BUDGET)) {
+            return causal_lm_loss_chunked(
+                x,
+                w,
+                targets,
+                batch.target_weights.as_ref(),
+                batch.supervised_tokens,
+                LOGITS_BUDGET,
+            );
+        }
+        let logits = self.head(x)?.to_dtype(DType::F32)?;
+        causal_lm_loss(
+            &logits,
+            targets,
+            batch.target_weights.as_ref(),
+            batch.supervised_tokens,
+        )
     }
 
     /// Logits (batch, seq, vocab) in f32. `train` enables LoRA dropout.
@@ -472,10 +533,9 @@ impl CausalLm {
         train: bool,
         mut on_grads: impl FnMut(&GradStore) -> Result<()>,
     ) -> Result<LossSum> {
-        let targets = batch
-            .targets
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
+        if batch.targets.is_none() {
+            candle_core::bail!("batch has no targets");
+        }
         let (b, s) = batch.input_ids.dims2()?;
         let rope = self.rope(&batch.position_ids, b, s)?;
         let mask = self.attention_bias(&batch.segment_ids, &batch.segment_ids, b, 0)?;
@@ -493,17 +553,11 @@ impl CausalLm {
         // The head and the loss, from the last hidden state as a leaf with a gradient.
         let last = Var::from_tensor(&inputs.pop().expect("one output per layer"))?;
         let x = rms_norm(last.as_tensor(), self.norm.tensor(), eps)?;
-        let logits = self.head(&x)?.to_dtype(DType::F32)?;
-        let loss = causal_lm_loss(
-            &logits,
-            targets,
-            batch.target_weights.as_ref(),
-            batch.supervised_tokens,
-        )?;
+        let loss = self.head_loss(&x, batch)?;
         let grads = loss.sum.affine(scale, 0.0)?.backward()?;
         on_grads(&grads)?;
         let mut d_out = take_grad(&grads, last.as_tensor())?;
-        drop((grads, logits, x));
+        drop((grads, x));
 
         // The layers from the last: recompute, then backward from the surrogate.
         for (layer, input) in self.layers.iter().zip(inputs).rev() {

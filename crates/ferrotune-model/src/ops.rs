@@ -1,7 +1,9 @@
 //! Differentiable building blocks, composed from candle primitives that have a backward
 //! pass. candle-nn's fused `softmax_last_dim`, `rms_norm`, `rope` and `sdpa` have none and
-//! silently drop gradients, so none of them is used here.
+//! silently drop gradients, so none of them is used here; f32 CPU tensors go through our
+//! own fused ops instead (`fused`), which have one.
 
+pub mod fused;
 pub mod gemm;
 
 use candle_core::backend::BackendStorage;
@@ -13,6 +15,14 @@ use candle_core::{
 
 /// `x * rsqrt(mean(x^2) + eps) * weight`, in f32 as transformers computes it.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(&[x, weight]) {
+        return fused::rms_norm(x, weight, eps);
+    }
+    rms_norm_composed(x, weight, eps)
+}
+
+/// `rms_norm` from candle ops, for every device and dtype.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let variance = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -31,7 +41,28 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 /// Rotary embedding of `x` (batch, heads, seq, head_dim) with `cos`/`sin` of shape
 /// (batch, 1, seq, head_dim).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[x, cos, sin]) {
+        return fused::rope(x, cos, sin);
+    }
+    apply_rope_composed(x, cos, sin)
+}
+
+/// `apply_rope` from candle ops, for every device and dtype.
+pub fn apply_rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
+}
+
+/// `silu(gate) * up`, the gated activation of the SwiGLU MLP.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[gate, up]) {
+        return fused::swiglu(gate, up);
+    }
+    swiglu_composed(gate, up)
+}
+
+/// `swiglu` from candle ops, for every device and dtype.
+pub fn swiglu_composed(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
 }
 
 /// Repeats key/value heads for grouped-query attention: (b, kv, s, d) -> (b, kv*n, s, d).
@@ -208,18 +239,47 @@ impl CustomOp3 for LoraOp {
 /// row-wise log-sum-exp, and the backward recomputes the probabilities (the memory-saving
 /// idea of FlashAttention, without its tiling). `q` (b, h, s, d), `k` and `v` (b, h, t, d),
 /// `bias` (b, 1, s, t) additive.
+///
+/// f32 CPU tensors compute the softmax (and its gradient) in fused parallel passes
+/// (`fused::attention_probs`, `fused::attention_score_grad`).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let fused = fused::applies(&[q, k, v, bias]);
+    attention_with(q, k, v, bias, scale, fused)
+}
+
+/// `attention` from candle ops alone, for every device and dtype.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    attention_with(q, k, v, bias, scale, false)
+}
+
+fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    fused: bool,
+) -> Result<Tensor> {
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let scores = qd
-        .matmul(&kd.t()?)?
-        .affine(scale, 0.0)?
-        .broadcast_add(bias)?;
-    let max = scores.max_keepdim(D::Minus1)?;
-    let exp = scores.broadcast_sub(&max)?.exp()?;
-    let sum = exp.sum_keepdim(D::Minus1)?;
-    let out = exp.matmul(&vd)?.broadcast_div(&sum)?.contiguous()?;
-    let lse = (max + sum.log()?)?;
-    drop((scores, exp));
+    let raw = qd.matmul(&kd.t()?)?;
+    let (out, lse) = if fused {
+        let (p, lse) = fused::attention_probs(&raw, bias, scale, None)?;
+        (p.matmul(&vd)?, lse)
+    } else {
+        let scores = raw.affine(scale, 0.0)?.broadcast_add(bias)?;
+        let max = scores.max_keepdim(D::Minus1)?;
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        let out = exp.matmul(&vd)?.broadcast_div(&sum)?;
+        (out, (max + sum.log()?)?)
+    };
+    drop(raw);
     q.apply_op3(
         k,
         v,
@@ -227,7 +287,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) 
             bias: bias.clone(),
             scale,
             lse,
-            value: Mutex::new(Some(out)),
+            fused,
+            value: Mutex::new(Some(out.contiguous()?)),
         },
     )
 }
@@ -237,6 +298,8 @@ struct AttentionOp {
     scale: f64,
     /// log(sum(exp(scores))) per query row, (b, h, s, 1).
     lse: Tensor,
+    /// Whether the backward pass takes the fused kernels, as the forward did.
+    fused: bool,
     value: Mutex<Option<Tensor>>,
 }
 
@@ -288,6 +351,18 @@ impl CustomOp3 for AttentionOp {
             out.detach(),
             grad.detach(),
         );
+        if self.fused {
+            let raw = q.matmul(&k.t()?)?;
+            let (p, _) = fused::attention_probs(&raw, &self.bias, self.scale, Some(&self.lse))?;
+            drop(raw);
+            let dv = p.t()?.matmul(&g)?;
+            let dp = g.matmul(&v.t()?)?;
+            let row = (&g * &o)?.sum_keepdim(D::Minus1)?;
+            let ds = fused::attention_score_grad(&p, &dp, &row, self.scale)?;
+            let dq = ds.matmul(&k)?;
+            let dk = ds.t()?.matmul(&q)?;
+            return Ok((Some(dq), Some(dk), Some(dv)));
+        }
         let scores = q
             .matmul(&k.t()?)?
             .affine(self.scale, 0.0)?

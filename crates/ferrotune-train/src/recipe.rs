@@ -152,7 +152,7 @@ fn evaluate(
         if batch.supervised_tokens == 0 {
             continue;
         }
-        let (_, loss) = model.forward_loss(&batch, false)?;
+        let loss = model.loss(&batch, false)?;
         sum += loss.sum.to_scalar::<f32>()? as f64;
         tokens += batch.supervised_tokens;
     }
@@ -466,7 +466,7 @@ pub fn run(run: &Run) -> Result<Summary> {
                     accumulated.add(&params, grads)
                 })?
             } else {
-                let (_, loss) = model.forward_loss(batch, true)?;
+                let loss = model.loss(batch, true)?;
                 accumulated.add(&params, &loss.sum.affine(scale, 0.0)?.backward()?)?;
                 loss
             };

@@ -155,7 +155,7 @@ pub fn replay(model: &mut CausalLm, fixture_dir: &Path) -> Result<TrajectoryRepo
         let mut accumulated = Accumulated::new(params.len());
         let mut loss_sum = 0.0;
         for batch in &micro {
-            let (_, loss) = model.forward_loss(batch, true)?;
+            let loss = model.loss(batch, true)?;
             let scaled = loss.sum.affine(1.0 / tokens as f64, 0.0)?;
             loss_sum += loss.sum.to_scalar::<f32>()? as f64;
             accumulated.add(&params, &scaled.backward()?)?;

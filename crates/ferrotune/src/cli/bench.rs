@@ -10,6 +10,7 @@ use ferrotune_data::pipeline;
 use ferrotune_train::recipe::peak_rss_mib;
 use serde_json::json;
 
+use super::bench_generate::BenchGenerateArgs;
 use super::bench_train::BenchTrainArgs;
 use super::data::{data_args, DataSelection};
 
@@ -22,6 +23,10 @@ pub enum BenchCommand {
     /// `--steps` steps (full or `--lora`) with AdamW; tokens/s, the time split and peak
     /// memory, side by side with PyTorch + transformers with `--torch PYTHON`.
     Train(BenchTrainArgs),
+    /// Greedy decoding speed of a model: the machine's read bandwidth, the weight bytes
+    /// read per token and the bound they set, decode tokens/s (prefill timed apart) and
+    /// its share of the bound; `--weights bf16|q8_0`, `--batch N` for the aggregate.
+    Generate(BenchGenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +50,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Data(args) => bench_data(args),
         BenchCommand::Train(args) => super::bench_train::run(args),
+        BenchCommand::Generate(args) => super::bench_generate::run(args),
     }
 }
 

@@ -62,6 +62,10 @@ pub struct BenchTrainArgs {
     /// else ../shared/bench/torch_train_bench.py].
     #[arg(long, value_name = "FILE")]
     torch_script: Option<PathBuf>,
+    /// Make the whole (tokens x vocabulary) logits of each step, as the loss did before
+    /// it was chunked for large vocabularies, to compare the two.
+    #[arg(long)]
+    whole_logits: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -280,7 +284,11 @@ fn train(a: &BenchTrainArgs) -> Result<Figures> {
             started = Instant::now();
         }
         let t = Instant::now();
-        let (_, loss) = model.forward_loss(batch, true)?;
+        let loss = if a.whole_logits {
+            model.forward_loss(batch, true)?.1
+        } else {
+            model.loss(batch, true)?
+        };
         let mean = loss.mean()?;
         final_loss = mean.to_scalar::<f32>()? as f64;
         let t1 = Instant::now();

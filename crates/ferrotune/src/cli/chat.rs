@@ -11,7 +11,7 @@ use ferrotune_data::conversation::{Message, Role};
 use ferrotune_data::template::ChatTemplate;
 use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::{Flow, GenerationConfig};
-use ferrotune_model::CausalLm;
+use ferrotune_model::infer::{InferenceModel, WeightType};
 
 use super::loading::{self, ModelSource, SamplingArgs};
 use super::stream::{complete, Completion};
@@ -30,6 +30,11 @@ pub struct ChatArgs {
     /// Answer this one message and exit: only the answer is printed on stdout.
     #[arg(long)]
     prompt: Option<String>,
+    /// Inference weights: f32 (as trained), bf16 (half the bytes to read per token) or
+    /// q8_0 (8.5 bits a weight), converted when the model loads; decoding speed follows
+    /// the bytes (docs/PERFORMANCE.md).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
+    weights: WeightType,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -39,7 +44,7 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 
 /// What the conversation needs between turns.
 struct Session {
-    model: CausalLm,
+    model: InferenceModel,
     tok: TokenizerBundle,
     template: ChatTemplate,
     config: GenerationConfig,
@@ -73,7 +78,7 @@ impl Session {
             .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
             .get_ids()
             .to_vec();
-        let context = self.model.config.max_position_embeddings;
+        let context = self.model.config().max_position_embeddings;
         if ids.len() >= context {
             bail!(
                 "the conversation is {} tokens, the model's context is {context}: /reset to start over",
@@ -117,6 +122,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     };
     let model = source.load()?;
     let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
+    let model = InferenceModel::new(model, a.weights)?;
     let config = a.sampling.config(&source.base, stop_ids)?;
     let mut session = Session {
         stop_strings: template.stop_strings(),

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bench;
+mod bench_generate;
 mod bench_train;
 mod chat;
 mod check;

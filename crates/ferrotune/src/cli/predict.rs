@@ -22,6 +22,7 @@ use ferrotune_data::template::ChatTemplate;
 use ferrotune_data::{registry, source, Encoder, RecordRef, Stage, TokenizerBundle};
 use ferrotune_model::batch::{Batch, Example};
 use ferrotune_model::generate::{generate_batch, GenerationConfig};
+use ferrotune_model::infer::{InferenceModel, WeightType};
 use ferrotune_model::CausalLm;
 use serde_json::{json, Map, Value};
 
@@ -64,6 +65,10 @@ pub struct PredictArgs {
     /// Most tokens generated per answer (default 512).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Inference weights for generating: f32 (as trained), bf16 or q8_0 (faster, and
+    /// close to f32: see the README). The eval loss is computed in f32 either way.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
+    weights: WeightType,
 }
 
 /// One evaluation sample.
@@ -205,11 +210,13 @@ pub fn run(a: PredictArgs) -> Result<()> {
     config.stop_token_ids = stop_ids;
     loading::check_sampling(&config).map_err(anyhow::Error::msg)?;
 
-    let started = Instant::now();
     let pad = tok.pad_token().id;
+    let (loss_sum, loss_tokens) = eval_loss(&model, &items, pad, batch_size)?;
+    // Converted after the loss, which keeps training's f32 forward pass.
+    let model = InferenceModel::new(model, a.weights)?;
+    let started = Instant::now();
     let predictions = predict(&model, &tok, &template, &items, &config, pad, batch_size)?;
     let generation_seconds = started.elapsed().as_secs_f64();
-    let (loss_sum, loss_tokens) = eval_loss(&model, &items, pad, batch_size)?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let path = out.join("generated_predictions.jsonl");
@@ -249,6 +256,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         "template": template.name(),
         "max_new_tokens": config.max_new_tokens,
         "temperature": config.temperature,
+        "inference_weights": a.weights.name(),
     });
     let results_path = out.join("predict_results.json");
     std::fs::write(
@@ -365,7 +373,7 @@ fn item(
 /// Generated answers in sample order. Batches hold prompts of similar length, so little
 /// of each batch is padding.
 fn predict(
-    model: &CausalLm,
+    model: &InferenceModel,
     tok: &TokenizerBundle,
     template: &ChatTemplate,
     items: &[Item],
@@ -376,7 +384,7 @@ fn predict(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(items[i].prompt_ids.len()));
     let stops = template.stop_strings();
-    let context = model.config.max_position_embeddings;
+    let context = model.config().max_position_embeddings;
     let mut out = vec![String::new(); items.len()];
     let mut done = 0;
     for batch in order.chunks(batch_size) {

@@ -19,7 +19,7 @@ use clap::Args;
 use ferrotune_data::template::ChatTemplate;
 use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::{Flow, GenerationConfig};
-use ferrotune_model::CausalLm;
+use ferrotune_model::infer::{InferenceModel, WeightType};
 use serde_json::{json, Map, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// Requests that may wait for the model; more are answered 503 (busy).
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// Inference weights: f32 (as trained), bf16 (half the bytes to read per token) or
+    /// q8_0 (8.5 bits a weight), converted when the model loads; decoding speed follows
+    /// the bytes (docs/PERFORMANCE.md).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
+    weights: WeightType,
     /// Defaults for requests that do not set them (max_tokens, temperature, ...).
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -71,7 +76,7 @@ struct Job {
 
 /// The model side, owned by the worker thread.
 struct Engine {
-    model: CausalLm,
+    model: InferenceModel,
     tok: TokenizerBundle,
     template: ChatTemplate,
     stop_strings: Vec<String>,
@@ -96,7 +101,7 @@ impl Engine {
             .map_err(|e| ApiError::server(500, format!("tokenizer: {e}")))?
             .get_ids()
             .to_vec();
-        let context = self.model.config.max_position_embeddings;
+        let context = self.model.config().max_position_embeddings;
         if ids.len() >= context {
             return Err(ApiError::invalid(
                 format!(
@@ -175,6 +180,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     eprintln!("loading {} ...", source.name());
     let model = source.load()?;
     let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
+    let model = InferenceModel::new(model, a.weights)?;
     let defaults = a.sampling.config(&source.base, stop_ids)?;
     let engine = Engine {
         stop_strings: template.stop_strings(),

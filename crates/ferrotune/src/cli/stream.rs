@@ -5,8 +5,7 @@
 
 use anyhow::{anyhow, Result};
 use ferrotune_data::TokenizerBundle;
-use ferrotune_model::generate::{generate, Flow, GenerationConfig};
-use ferrotune_model::CausalLm;
+use ferrotune_model::generate::{generate, Decoder, Flow, GenerationConfig};
 
 /// Why an answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +164,8 @@ impl<'a> TextStream<'a> {
 /// as it is decoded; `on_text` returns [`Flow::Stop`] to cancel (e.g. the client left).
 /// Stop ids are `config.stop_token_ids`; they are never part of the text.
 #[allow(clippy::too_many_arguments)]
-pub fn complete(
-    model: &CausalLm,
+pub fn complete<M: Decoder + ?Sized>(
+    model: &M,
     tok: &TokenizerBundle,
     prompt: &[u32],
     config: &GenerationConfig,

@@ -1,0 +1,1105 @@
+//! Decoding on the CPU with weights held for reading rather than for training: f32, bf16
+//! or q8_0 (blocks of 32 int8 weights sharing one f16 scale, as ggml's Q8_0), widened to
+//! f32 in registers. At batch 1 every decoded token reads every weight once, so decoding
+//! is bound by memory bandwidth and the bytes per weight set the speed.
+//!
+//! The products are skinny (a few rows against a wide weight): they run over the output
+//! features in parallel (rayon), each weight row read in order, once for a tile of up to
+//! 4 input rows held in registers. Training keeps its own f32 model ([`CausalLm`]);
+//! [`InferenceModel`] is built from one, and falls back to its composed candle path off
+//! the CPU.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::generate::Decoder;
+use crate::linear::Linear;
+use crate::llama::{CausalLm, KvCache};
+
+/// How inference weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightType {
+    #[default]
+    F32,
+    Bf16,
+    /// ggml's Q8_0: 32 int8 weights and one f16 scale per block (8.5 bits a weight).
+    Q8_0,
+}
+
+impl WeightType {
+    pub const NAMES: &'static str = "f32, bf16, q8_0";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::F32 => "f32",
+            WeightType::Bf16 => "bf16",
+            WeightType::Q8_0 => "q8_0",
+        }
+    }
+}
+
+impl fmt::Display for WeightType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(WeightType::F32),
+            "bf16" | "bfloat16" => Ok(WeightType::Bf16),
+            "q8_0" | "q8" => Ok(WeightType::Q8_0),
+            _ => Err(format!(
+                "unknown weight type {s:?} (expected one of {})",
+                WeightType::NAMES
+            )),
+        }
+    }
+}
+
+const BLOCK: usize = 32;
+/// Input rows a kernel call holds in registers at once.
+const TILE: usize = 4;
+/// Beyond this many input rows (prompts), f32 products go through candle's GEMM, whose
+/// cache blocking beats streaming the weights once per tile.
+const GEMM_ROWS: usize = 32;
+
+enum Store {
+    /// Kept as a tensor so that long prompts can go through candle's GEMM.
+    F32(Tensor),
+    Bf16(Vec<u16>),
+    Q8 {
+        quants: Vec<i8>,
+        /// f16 bits, one per block of 32 weights, row-major.
+        scales: Vec<u16>,
+    },
+}
+
+/// A weight matrix (rows = output features, cols = input features) for inference.
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    store: Store,
+}
+
+fn f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(f(&v[a..b]))
+        }
+        _ => candle_core::bail!("infer: expected a contiguous f32 CPU tensor"),
+    }
+}
+
+fn f16_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+impl Matrix {
+    /// Converts an f32 (rows, cols) CPU tensor.
+    pub fn new(w: &Tensor, ty: WeightType) -> Result<Self> {
+        let w = w
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let (rows, cols) = w.dims2()?;
+        let store = match ty {
+            WeightType::F32 => Store::F32(w),
+            WeightType::Bf16 => Store::Bf16(f32_slice(&w, |v| {
+                v.iter()
+                    .map(|&x| half::bf16::from_f32(x).to_bits())
+                    .collect()
+            })?),
+            WeightType::Q8_0 => {
+                if !cols.is_multiple_of(BLOCK) {
+                    candle_core::bail!(
+                        "q8_0 weights need rows that are a multiple of {BLOCK} long; this \
+                         model has a {rows} x {cols} weight (use f32 or bf16)"
+                    );
+                }
+                let (quants, scales) = f32_slice(&w, quantize_q8)?;
+                Store::Q8 { quants, scales }
+            }
+        };
+        Ok(Matrix { rows, cols, store })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes one pass over the matrix reads.
+    pub fn bytes(&self) -> usize {
+        let n = self.rows * self.cols;
+        match &self.store {
+            Store::F32(_) => 4 * n,
+            Store::Bf16(_) => 2 * n,
+            Store::Q8 { .. } => n + 2 * (n / BLOCK),
+        }
+    }
+
+    /// Row `r` widened to f32 (embedding lookups).
+    fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        let c = self.cols;
+        match &self.store {
+            Store::F32(t) => f32_slice(t, |v| out.copy_from_slice(&v[r * c..(r + 1) * c]))?,
+            Store::Bf16(v) => {
+                for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
+                    *o = bf16_to_f32(b);
+                }
+            }
+            Store::Q8 { quants, scales } => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let d = f16_to_f32(scales[(r * c + i) / BLOCK]);
+                    *o = quants[r * c + i] as f32 * d;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `y (m, rows) = x (m, cols) W^T`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        let (rows, cols) = (self.rows, self.cols);
+        if x.len() != m * cols || y.len() != m * rows {
+            candle_core::bail!(
+                "infer matmul: input {} / output {} for {m} rows of a {rows} x {cols} weight",
+                x.len(),
+                y.len()
+            );
+        }
+        if let Store::F32(w) = &self.store {
+            // Long prompts: the GEMM's cache blocking beats re-reading rows per tile.
+            if m > GEMM_ROWS {
+                let xt = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
+                let out = xt.matmul(&w.t()?)?;
+                return f32_slice(&out, |v| y.copy_from_slice(v));
+            }
+        }
+        if m == 1 {
+            return self.skinny(x, 1, y);
+        }
+        // Computed as (rows, m) so that parallel tasks own contiguous output, then
+        // transposed (small next to the weight it took to compute).
+        let mut yt = vec![0f32; rows * m];
+        self.skinny(x, m, &mut yt)?;
+        for (j, col) in yt.chunks_exact(m).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[r * rows + j] = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// `yt (rows, m)`: rows of the weight in parallel chunks; within a chunk, every
+    /// tile of input rows against every weight row of the chunk (kept in cache).
+    fn skinny(&self, x: &[f32], m: usize, yt: &mut [f32]) -> Result<()> {
+        let threads = rayon::current_num_threads().max(1);
+        // Several tasks a thread, so that a thread the machine slows down is made up for
+        // by the others.
+        let chunk = (self.rows / (8 * threads)).clamp(8, 64);
+        match &self.store {
+            Store::F32(t) => f32_slice(t, |w| {
+                run_chunks(
+                    yt,
+                    m,
+                    chunk,
+                    self.cols,
+                    x,
+                    &kernels::F32Rows {
+                        data: w,
+                        cols: self.cols,
+                    },
+                )
+            }),
+            Store::Bf16(w) => {
+                run_chunks(
+                    yt,
+                    m,
+                    chunk,
+                    self.cols,
+                    x,
+                    &kernels::Bf16Rows {
+                        data: w,
+                        cols: self.cols,
+                    },
+                );
+                Ok(())
+            }
+            Store::Q8 { quants, scales } => {
+                let rows = kernels::Q8Rows {
+                    quants,
+                    scales,
+                    cols: self.cols,
+                };
+                run_chunks(yt, m, chunk, self.cols, x, &rows);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn run_chunks<R: kernels::Rows>(
+    yt: &mut [f32],
+    m: usize,
+    chunk: usize,
+    cols: usize,
+    x: &[f32],
+    w: &R,
+) {
+    yt.par_chunks_mut(chunk * m)
+        .enumerate()
+        .for_each(|(c, part)| {
+            let j0 = c * chunk;
+            let n = part.len() / m;
+            for r0 in (0..m).step_by(TILE) {
+                let mt = TILE.min(m - r0);
+                let xt = &x[r0 * cols..(r0 + mt) * cols];
+                kernels::rows(w, j0, n, xt, mt, cols, part, m, r0);
+            }
+        });
+}
+
+/// ggml's Q8_0 rounding: scale = max |w| / 127 per block, weights rounded to nearest.
+fn quantize_q8(w: &[f32]) -> (Vec<i8>, Vec<u16>) {
+    let mut quants = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len() / BLOCK);
+    for block in w.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        quants.extend(block.iter().map(|&x| (x * id).round() as i8));
+        scales.push(half::f16::from_f32(d).to_bits());
+    }
+    (quants, scales)
+}
+
+/// The dot products of one weight row with up to [`TILE`] input rows: AVX2 + FMA where
+/// the CPU has them (checked once at run time), plain loops otherwise.
+mod kernels {
+    use super::{bf16_to_f32, f16_to_f32, BLOCK};
+
+    pub trait Rows: Sync {
+        /// Weight `(r, i)` as f32 (the portable path).
+        fn get(&self, r: usize, i: usize) -> f32;
+        /// Whether the vector path may be used (whole blocks of 32).
+        fn blocks(&self) -> bool;
+        #[cfg(target_arch = "x86_64")]
+        /// The 32 weights of block `b` of row `r`, widened to f32 (8 per register).
+        ///
+        /// # Safety
+        /// The CPU has AVX2, FMA and F16C, and `(r, b)` is inside the matrix.
+        unsafe fn block(&self, r: usize, b: usize) -> [std::arch::x86_64::__m256; 4];
+        #[cfg(target_arch = "x86_64")]
+        /// Weights `8 g .. 8 g + 8` of block `b` of row `r`, widened to f32.
+        ///
+        /// # Safety
+        /// As [`Rows::block`], and `g < 4`.
+        unsafe fn group(&self, r: usize, b: usize, g: usize) -> std::arch::x86_64::__m256;
+    }
+
+    pub struct F32Rows<'a> {
+        pub data: &'a [f32],
+        pub cols: usize,
+    }
+
+    pub struct Bf16Rows<'a> {
+        pub data: &'a [u16],
+        pub cols: usize,
+    }
+
+    pub struct Q8Rows<'a> {
+        pub quants: &'a [i8],
+        pub scales: &'a [u16],
+        pub cols: usize,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    impl Rows for F32Rows<'_> {
+        fn get(&self, r: usize, i: usize) -> f32 {
+            self.data[r * self.cols + i]
+        }
+        fn blocks(&self) -> bool {
+            self.cols.is_multiple_of(BLOCK)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn group(&self, r: usize, b: usize, g: usize) -> __m256 {
+            _mm256_loadu_ps(self.data.as_ptr().add(r * self.cols + b * BLOCK + 8 * g))
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn block(&self, r: usize, b: usize) -> [__m256; 4] {
+            let p = self.data.as_ptr().add(r * self.cols + b * BLOCK);
+            [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ]
+        }
+    }
+
+    impl Rows for Bf16Rows<'_> {
+        fn get(&self, r: usize, i: usize) -> f32 {
+            bf16_to_f32(self.data[r * self.cols + i])
+        }
+        fn blocks(&self) -> bool {
+            self.cols.is_multiple_of(BLOCK)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn group(&self, r: usize, b: usize, g: usize) -> __m256 {
+            let p = self.data.as_ptr().add(r * self.cols + b * BLOCK + 8 * g) as *const __m128i;
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p),
+            )))
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn block(&self, r: usize, b: usize) -> [__m256; 4] {
+            let p = self.data.as_ptr().add(r * self.cols + b * BLOCK) as *const __m128i;
+            // A macro, not a closure: a closure would not inherit the caller's target
+            // features, and its intrinsics would become calls.
+            macro_rules! widen {
+                ($i:expr) => {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128(p.add($i)),
+                    )))
+                };
+            }
+            [widen!(0), widen!(1), widen!(2), widen!(3)]
+        }
+    }
+
+    impl Rows for Q8Rows<'_> {
+        fn get(&self, r: usize, i: usize) -> f32 {
+            let at = r * self.cols + i;
+            self.quants[at] as f32 * f16_to_f32(self.scales[at / BLOCK])
+        }
+        fn blocks(&self) -> bool {
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn group(&self, r: usize, b: usize, g: usize) -> __m256 {
+            let at = r * self.cols + b * BLOCK;
+            let bits = *self.scales.get_unchecked(at / BLOCK);
+            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            let q = _mm_loadl_epi64(self.quants.as_ptr().add(at + 8 * g) as *const __m128i);
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn block(&self, r: usize, b: usize) -> [__m256; 4] {
+            let at = r * self.cols + b * BLOCK;
+            let bits = *self.scales.get_unchecked(at / BLOCK);
+            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            let p = self.quants.as_ptr().add(at);
+            macro_rules! widen {
+                ($off:expr) => {
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            p.add($off) as *const __m128i
+                        ))),
+                        d,
+                    )
+                };
+            }
+            [widen!(0), widen!(8), widen!(16), widen!(24)]
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn simd() -> bool {
+        static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SIMD.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// Weight rows `j0 .. j0 + n` against the `mt` input rows of `x` (each `cols` long):
+    /// `part[j * m + r0 + t] = dot(row j0 + j of w, row t of x)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows<R: Rows>(
+        w: &R,
+        j0: usize,
+        n: usize,
+        x: &[f32],
+        mt: usize,
+        cols: usize,
+        part: &mut [f32],
+        m: usize,
+        r0: usize,
+    ) {
+        assert!(x.len() >= mt * cols && part.len() >= n * m && r0 + mt <= m);
+        #[cfg(target_arch = "x86_64")]
+        if simd() && w.blocks() {
+            let o = Out { part, m, r0 };
+            // SAFETY: the features were detected; the slices are checked above and the
+            // weight rows by the caller (j0 + n <= rows).
+            // Few input rows: one weight row at a time, so that the weights are read in
+            // order, one stream for the hardware prefetcher (interleaving 4 rows of a few
+            // hundred bytes each halved the streaming rate), with enough accumulators to
+            // hide the FMA latency.
+            unsafe {
+                match mt {
+                    1 => avx_rows::<R, 1, 1, 4>(w, j0, n, x, cols, o),
+                    2 => avx_tiles::<R, 2, 1>(w, j0, n, x, cols, o),
+                    3 => avx_tiles::<R, 3, 1>(w, j0, n, x, cols, o),
+                    _ => avx_tiles::<R, 4, 1>(w, j0, n, x, cols, o),
+                }
+            }
+            return;
+        }
+        for j in 0..n {
+            for t in 0..mt {
+                let xr = &x[t * cols..(t + 1) * cols];
+                part[j * m + r0 + t] = xr
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| w.get(j0 + j, i) * v)
+                    .sum();
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    struct Out<'a> {
+        part: &'a mut [f32],
+        m: usize,
+        r0: usize,
+    }
+
+    /// Tiles of `MT` (2 to 4) input rows against `NR` weight rows, the inputs held in
+    /// registers across the weight rows: fewer loads per FMA than streaming both (a tile
+    /// of 8 rows took 9 loads for 8 FMAs; batch-8 decoding went from 110-120 to about
+    /// 140 tokens/s in all with tiles of 4).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx_tiles<R: Rows, const MT: usize, const NR: usize>(
+        w: &R,
+        j0: usize,
+        n: usize,
+        x: &[f32],
+        cols: usize,
+        o: Out<'_>,
+    ) {
+        let xp = x.as_ptr();
+        let mut j = 0;
+        while j < n {
+            if j + NR > n {
+                avx_tiles::<R, MT, 1>(
+                    w,
+                    j0 + j,
+                    n - j,
+                    x,
+                    cols,
+                    Out {
+                        part: &mut o.part[j * o.m..],
+                        ..o
+                    },
+                );
+                return;
+            }
+            let mut acc = [[_mm256_setzero_ps(); MT]; NR];
+            for b in 0..cols / BLOCK {
+                for g in 0..4 {
+                    let mut xv = [_mm256_setzero_ps(); MT];
+                    for (t, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xp.add(t * cols + b * BLOCK + g * 8));
+                    }
+                    for (k, ak) in acc.iter_mut().enumerate() {
+                        let wv = w.group(j0 + j + k, b, g);
+                        for (a, v) in ak.iter_mut().zip(&xv) {
+                            *a = _mm256_fmadd_ps(wv, *v, *a);
+                        }
+                    }
+                }
+            }
+            for (k, ak) in acc.iter().enumerate() {
+                for (t, s) in ak.iter().enumerate() {
+                    let q = _mm_add_ps(_mm256_castps256_ps128(*s), _mm256_extractf128_ps::<1>(*s));
+                    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                    let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+                    *o.part.get_unchecked_mut((j + k) * o.m + o.r0 + t) = _mm_cvtss_f32(q);
+                }
+            }
+            j += NR;
+        }
+    }
+
+    /// `MT` input rows against `NR` weight rows at a time, `A` accumulators per pair:
+    /// enough independent FMA chains in flight to hide their latency when `MT` is small,
+    /// few enough to stay in the 16 registers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx_rows<R: Rows, const MT: usize, const NR: usize, const A: usize>(
+        w: &R,
+        j0: usize,
+        n: usize,
+        x: &[f32],
+        cols: usize,
+        o: Out<'_>,
+    ) {
+        let xp = x.as_ptr();
+        let mut j = 0;
+        while j < n {
+            if j + NR > n {
+                // The last rows, one at a time.
+                avx_rows::<R, MT, 1, 2>(
+                    w,
+                    j0 + j,
+                    n - j,
+                    x,
+                    cols,
+                    Out {
+                        part: &mut o.part[j * o.m..],
+                        ..o
+                    },
+                );
+                return;
+            }
+            let mut acc = [[[_mm256_setzero_ps(); A]; MT]; NR];
+            for b in 0..cols / BLOCK {
+                for (k, ak) in acc.iter_mut().enumerate() {
+                    let wv = w.block(j0 + j + k, b);
+                    for (g, wg) in wv.iter().enumerate() {
+                        for (t, a) in ak.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_ps(xp.add(t * cols + b * BLOCK + g * 8));
+                            a[g % A] = _mm256_fmadd_ps(*wg, xv, a[g % A]);
+                        }
+                    }
+                }
+            }
+            for (k, ak) in acc.iter().enumerate() {
+                for (t, a) in ak.iter().enumerate() {
+                    let mut s = a[0];
+                    for v in &a[1..] {
+                        s = _mm256_add_ps(s, *v);
+                    }
+                    let lo = _mm256_castps256_ps128(s);
+                    let hi = _mm256_extractf128_ps::<1>(s);
+                    let q = _mm_add_ps(lo, hi);
+                    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                    let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+                    *o.part.get_unchecked_mut((j + k) * o.m + o.r0 + t) = _mm_cvtss_f32(q);
+                }
+            }
+            j += NR;
+        }
+    }
+
+    /// `out = softmax(q . k_t * scale) . v_t` over the positions `t` of `visible`;
+    /// zeros when nothing is visible (a padding query whose output is never used).
+    pub fn attend(q: &[f32], keys: &super::Keys<'_>, visible: &[u32], scale: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd() {
+            // SAFETY: the features were detected.
+            unsafe { attend_avx(q, keys, visible, scale, out) };
+            return;
+        }
+        attend_body(q, keys, visible, scale, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx(
+        q: &[f32],
+        keys: &super::Keys<'_>,
+        visible: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        attend_body(q, keys, visible, scale, out);
+    }
+
+    /// Plain loops, vectorized by the compiler with whatever the caller enables.
+    #[inline(always)]
+    fn attend_body(
+        q: &[f32],
+        keys: &super::Keys<'_>,
+        visible: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        out.fill(0.0);
+        if visible.is_empty() {
+            return;
+        }
+        let at = |t: u32| t as usize * keys.stride + keys.offset;
+        // Plain loops rather than iterator adapters: those compile to functions of their
+        // own, outside this one's target features.
+        let mut scores = Vec::with_capacity(visible.len());
+        for &t in visible {
+            let k = &keys.k[at(t)..][..hd];
+            // Eight lanes summed apart: a reduction the compiler may vectorize.
+            let mut lanes = [0f32; 8];
+            let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
+            let mut tail = 0f32;
+            for (a, b) in qc.remainder().iter().zip(kc.remainder()) {
+                tail += a * b;
+            }
+            for (a, b) in qc.zip(kc) {
+                for i in 0..8 {
+                    lanes[i] += a[i] * b[i];
+                }
+            }
+            let mut dot = tail;
+            for l in lanes {
+                dot += l;
+            }
+            scores.push(dot * scale);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (&t, &p) in visible.iter().zip(&scores) {
+            let v = &keys.v[at(t)..][..hd];
+            for (o, &vv) in out.iter_mut().zip(v) {
+                *o += p * vv;
+            }
+        }
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// One batch row's cached keys and values of one key/value head: position `t`'s vector
+/// starts at `t * stride + offset`.
+struct Keys<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
+    let h = w.len();
+    for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let inv = 1.0 / (ms + eps as f32).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+fn add_bias(y: &mut [f32], bias: Option<&Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+fn vector(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+fn weight_of(lin: &Linear) -> Result<Tensor> {
+    lin.merged_weight()?.to_dtype(DType::F32)
+}
+
+fn bias_of(lins: &[&Linear]) -> Result<Option<Vec<f32>>> {
+    if lins.iter().all(|l| l.bias.is_none()) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for l in lins {
+        match &l.bias {
+            Some(b) => out.extend(vector(b.tensor())?),
+            None => out.extend(std::iter::repeat_n(0.0, l.out_features())),
+        }
+    }
+    Ok(Some(out))
+}
+
+struct Layer {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// q, k and v stacked: one pass over the input for the three.
+    qkv: Matrix,
+    qkv_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    o: Matrix,
+    o_bias: Option<Vec<f32>>,
+    /// gate and up stacked.
+    gate_up: Matrix,
+    gate_up_bias: Option<Vec<f32>>,
+    down: Matrix,
+    down_bias: Option<Vec<f32>>,
+}
+
+/// The CPU decoder.
+struct Engine {
+    layers: Vec<Layer>,
+    /// Embedding lookups; also the output projection when the embeddings are tied.
+    embed: Matrix,
+    head: Option<Matrix>,
+    norm: Vec<f32>,
+    inv_freq: Vec<f32>,
+}
+
+/// Keys and values of the tokens seen so far, per layer and batch row
+/// (position-major, `kv_heads * head_dim` floats a position).
+#[derive(Default)]
+pub struct EngineCache {
+    k: Vec<Vec<Vec<f32>>>,
+    v: Vec<Vec<Vec<f32>>>,
+    key_segments: Vec<Vec<u32>>,
+    len: usize,
+}
+
+enum Inner {
+    Cpu(Box<Engine>),
+    Composed(Box<CausalLm>),
+}
+
+/// A model for generation: the CPU engine with the chosen weight type, or the composed
+/// candle model on other devices.
+pub struct InferenceModel {
+    config: ModelConfig,
+    weights: WeightType,
+    inner: Inner,
+}
+
+/// The cache of an [`InferenceModel`].
+pub enum InferenceCache {
+    Cpu(EngineCache),
+    Composed(KvCache),
+}
+
+impl InferenceModel {
+    /// Converts a (merged or adapted) model. Off the CPU, only f32 is offered and the
+    /// model's own forward pass is used.
+    pub fn new(model: CausalLm, weights: WeightType) -> Result<Self> {
+        let config = model.config.clone();
+        if !model.device().is_cpu() {
+            if weights != WeightType::F32 {
+                candle_core::bail!(
+                    "{weights} inference weights are a CPU path; on {:?} use f32",
+                    model.device()
+                );
+            }
+            return Ok(InferenceModel {
+                config,
+                weights,
+                inner: Inner::Composed(Box::new(model)),
+            });
+        }
+        let CausalLm {
+            embed_tokens,
+            layers: decoder_layers,
+            norm,
+            lm_head,
+            ..
+        } = model;
+        let c = &config;
+        let mut layers = Vec::with_capacity(decoder_layers.len());
+        // One layer at a time, so that the f32 copy of a layer is dropped once converted.
+        for l in decoder_layers {
+            let a = &l.self_attn;
+            let qkv = Tensor::cat(
+                &[
+                    weight_of(&a.q_proj)?,
+                    weight_of(&a.k_proj)?,
+                    weight_of(&a.v_proj)?,
+                ],
+                0,
+            )?;
+            let m = &l.mlp;
+            let gate_up = Tensor::cat(&[weight_of(&m.gate_proj)?, weight_of(&m.up_proj)?], 0)?;
+            layers.push(Layer {
+                input_norm: vector(l.input_layernorm.tensor())?,
+                post_norm: vector(l.post_attention_layernorm.tensor())?,
+                qkv: Matrix::new(&qkv, weights)?,
+                qkv_bias: bias_of(&[&a.q_proj, &a.k_proj, &a.v_proj])?,
+                q_norm: a.q_norm.as_ref().map(|p| vector(p.tensor())).transpose()?,
+                k_norm: a.k_norm.as_ref().map(|p| vector(p.tensor())).transpose()?,
+                o: Matrix::new(&weight_of(&a.o_proj)?, weights)?,
+                o_bias: bias_of(&[&a.o_proj])?,
+                gate_up: Matrix::new(&gate_up, weights)?,
+                gate_up_bias: bias_of(&[&m.gate_proj, &m.up_proj])?,
+                down: Matrix::new(&weight_of(&m.down_proj)?, weights)?,
+                down_bias: bias_of(&[&m.down_proj])?,
+            });
+        }
+        let head = match lm_head {
+            Some(h) => Some(Matrix::new(&weight_of(&h)?, weights)?),
+            None => None,
+        };
+        let engine = Engine {
+            layers,
+            embed: Matrix::new(embed_tokens.tensor(), weights)?,
+            head,
+            norm: vector(norm.tensor())?,
+            inv_freq: c.inv_freq(),
+        };
+        Ok(InferenceModel {
+            config,
+            weights,
+            inner: Inner::Cpu(Box::new(engine)),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.weights
+    }
+
+    /// Bytes of weights one decoded token reads (every projection and the output head;
+    /// one embedding row and the norms are negligible).
+    pub fn bytes_per_token(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu(e) => {
+                let layers: usize = e
+                    .layers
+                    .iter()
+                    .map(|l| l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes())
+                    .sum();
+                layers + e.head.as_ref().unwrap_or(&e.embed).bytes()
+            }
+            Inner::Composed(m) => {
+                let per = m.dtype().size_in_bytes();
+                let embed = m.config.vocab_size * m.config.hidden_size;
+                (m.config.num_parameters() - if m.lm_head.is_some() { embed } else { 0 }) * per
+            }
+        }
+    }
+}
+
+impl Decoder for InferenceModel {
+    type Cache = InferenceCache;
+
+    fn new_cache(&self) -> InferenceCache {
+        match &self.inner {
+            Inner::Cpu(_) => InferenceCache::Cpu(EngineCache::default()),
+            Inner::Composed(m) => InferenceCache::Composed(m.new_cache()),
+        }
+    }
+
+    fn decode(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        positions: &[u32],
+        segments: &[u32],
+        cache: &mut InferenceCache,
+    ) -> Result<Vec<Vec<f32>>> {
+        match (&self.inner, cache) {
+            (Inner::Cpu(e), InferenceCache::Cpu(c)) => {
+                // The whole step on a pool thread: its hundreds of parallel products are
+                // then joins among the workers, not a cross-thread wake-up each.
+                rayon::scope(|_| e.decode(&self.config, ids, batch, positions, segments, c))
+            }
+            (Inner::Composed(m), InferenceCache::Composed(c)) => {
+                m.decode(ids, batch, positions, segments, c)
+            }
+            _ => candle_core::bail!("decode: the cache belongs to another kind of model"),
+        }
+    }
+}
+
+impl Engine {
+    fn decode(
+        &self,
+        c: &ModelConfig,
+        ids: &[u32],
+        batch: usize,
+        positions: &[u32],
+        segments: &[u32],
+        cache: &mut EngineCache,
+    ) -> Result<Vec<Vec<f32>>> {
+        let m = ids.len();
+        if batch == 0 || m == 0 || !m.is_multiple_of(batch) {
+            candle_core::bail!("decode: {m} ids do not make {batch} rows");
+        }
+        if positions.len() != m || segments.len() != m {
+            candle_core::bail!(
+                "decode: {m} ids but {} positions and {} segments",
+                positions.len(),
+                segments.len()
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            candle_core::bail!(
+                "decode: token id {bad} is outside the vocabulary ({})",
+                c.vocab_size
+            );
+        }
+        let n = m / batch;
+        if cache.key_segments.is_empty() {
+            cache.k = vec![vec![Vec::new(); batch]; self.layers.len()];
+            cache.v = vec![vec![Vec::new(); batch]; self.layers.len()];
+            cache.key_segments = vec![Vec::new(); batch];
+        } else if cache.key_segments.len() != batch {
+            candle_core::bail!(
+                "decode: the cache holds {} rows, not {batch}",
+                cache.key_segments.len()
+            );
+        }
+        let past = cache.len;
+        for (b, ks) in cache.key_segments.iter_mut().enumerate() {
+            ks.extend_from_slice(&segments[b * n..(b + 1) * n]);
+        }
+        let (h, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let inter = c.intermediate_size;
+        let half = hd / 2;
+        let mut cos = vec![0f32; m * half];
+        let mut sin = vec![0f32; m * half];
+        for (r, &p) in positions.iter().enumerate() {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let a = p as f32 * f;
+                cos[r * half + i] = a.cos();
+                sin[r * half + i] = a.sin();
+            }
+        }
+        let rope = |v: &mut [f32], r: usize| {
+            for head in v.chunks_exact_mut(hd) {
+                let (x1, x2) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (x1[i], x2[i]);
+                    let (co, si) = (cos[r * half + i], sin[r * half + i]);
+                    x1[i] = a * co - b * si;
+                    x2[i] = b * co + a * si;
+                }
+            }
+        };
+        // The keys each query sees (the same in every layer): its own sample's, up to
+        // its position; a padding query sees every real key before it, as transformers.
+        let visible: Vec<Vec<u32>> = (0..m)
+            .map(|r| {
+                let (b, qi) = (r / n, r % n);
+                let (qs, ks) = (segments[r], &cache.key_segments[b]);
+                (0..past + qi + 1)
+                    .filter(|&t| ks[t] != 0 && (qs == 0 || qs == ks[t]))
+                    .map(|t| t as u32)
+                    .collect()
+            })
+            .collect();
+        let eps = c.rms_norm_eps;
+        let mut x = vec![0f32; m * h];
+        for (r, &id) in ids.iter().enumerate() {
+            self.embed.row(id as usize, &mut x[r * h..(r + 1) * h])?;
+        }
+        let mut hbuf = vec![0f32; m * h];
+        let mut qkv = vec![0f32; m * (qd + 2 * kvd)];
+        let mut attn = vec![0f32; m * qd];
+        let mut obuf = vec![0f32; m * h];
+        let mut gu = vec![0f32; m * 2 * inter];
+        let mut act = vec![0f32; m * inter];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let total = past + n;
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &l.input_norm, eps, &mut hbuf);
+            l.qkv.matmul(&hbuf, m, &mut qkv)?;
+            add_bias(&mut qkv, l.qkv_bias.as_ref());
+            for (r, row) in qkv.chunks_exact_mut(qd + 2 * kvd).enumerate() {
+                let (q, rest) = row.split_at_mut(qd);
+                let k = &mut rest[..kvd];
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    let mut tmp = vec![0f32; hd];
+                    for head in q.chunks_exact_mut(hd) {
+                        rms_norm_rows(head, qn, eps, &mut tmp);
+                        head.copy_from_slice(&tmp);
+                    }
+                    for head in k.chunks_exact_mut(hd) {
+                        rms_norm_rows(head, kn, eps, &mut tmp);
+                        head.copy_from_slice(&tmp);
+                    }
+                }
+                rope(q, r);
+                rope(k, r);
+                let b = r / n;
+                cache.k[li][b].extend_from_slice(k);
+                cache.v[li][b].extend_from_slice(&rest[kvd..2 * kvd]);
+            }
+            let (keys, values) = (&cache.k[li], &cache.v[li]);
+            let (qkv_ref, visible_ref) = (&qkv, &visible);
+            let group = nh / nkv;
+            attn.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
+                let (r, head) = (idx / nh, idx % nh);
+                let q = &qkv_ref[r * (qd + 2 * kvd) + head * hd..][..hd];
+                let b = r / n;
+                let keys = Keys {
+                    k: &keys[b],
+                    v: &values[b],
+                    stride: kvd,
+                    offset: (head / group) * hd,
+                };
+                kernels::attend(q, &keys, &visible_ref[r], scale, out);
+            });
+            debug_assert!(total == cache.key_segments[0].len());
+            l.o.matmul(&attn, m, &mut obuf)?;
+            add_bias(&mut obuf, l.o_bias.as_ref());
+            x.iter_mut().zip(&obuf).for_each(|(a, b)| *a += b);
+            rms_norm_rows(&x, &l.post_norm, eps, &mut hbuf);
+            l.gate_up.matmul(&hbuf, m, &mut gu)?;
+            add_bias(&mut gu, l.gate_up_bias.as_ref());
+            for (g, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
+                let (gate, up) = g.split_at(inter);
+                for ((o, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
+                    *o = gv / (1.0 + (-gv).exp()) * uv;
+                }
+            }
+            l.down.matmul(&act, m, &mut obuf)?;
+            add_bias(&mut obuf, l.down_bias.as_ref());
+            x.iter_mut().zip(&obuf).for_each(|(a, b)| *a += b);
+        }
+        cache.len = total;
+        // Only each row's last position needs logits.
+        let mut last = vec![0f32; batch * h];
+        for b in 0..batch {
+            let r = b * n + n - 1;
+            rms_norm_rows(
+                &x[r * h..(r + 1) * h],
+                &self.norm,
+                eps,
+                &mut last[b * h..(b + 1) * h],
+            );
+        }
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        let vocab = head.rows();
+        let mut logits = vec![0f32; batch * vocab];
+        head.matmul(&last, batch, &mut logits)?;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+}

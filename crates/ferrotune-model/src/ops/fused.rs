@@ -1,0 +1,735 @@
+//! Fused CPU kernels for the element-wise chains of a training step, each one op with its
+//! own backward pass, split over rows on rayon's pool.
+//!
+//! Composed from candle ops, RMSNorm, the rotary embedding, `silu(gate) * up` and the
+//! cross-entropy make several passes over their tensors, each allocating a fresh tensor
+//! (several of them kept for the backward pass), mostly on one thread while the other
+//! waits. These make one pass forward and one backward. They cover f32 tensors on the CPU;
+//! `crate::ops` and `crate::loss` keep the composed versions for other devices and dtypes.
+
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Elements per parallel task: below this, handing work to another thread costs more
+/// than it saves.
+const TASK_ELEMS: usize = 16 * 1024;
+
+/// Whether the fused kernels apply: every tensor f32 and on the CPU.
+pub fn applies(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Rows of `width` elements per parallel task.
+fn rows_per_task(width: usize) -> usize {
+    (TASK_ELEMS / width.max(1)).max(1)
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+/// Runs `f` on the elements of a CPU f32 tensor, made contiguous first.
+pub(crate) fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(slice(s, layout, op)?),
+        _ => candle_core::bail!("{op}: expects a CPU tensor"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("fused op state lock poisoned".into()))
+}
+
+/// Sum of `a[i] * b[i]` in eight lanes, so that it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `exp(x)` for `x <= 0` (softmax and log-sum-exp arguments, shifted by their maximum),
+/// branch-free so that loops over it vectorise, unlike libm's `expf`: Cephes' `expf`
+/// (range reduction by `ln 2` in two parts, a degree-6 polynomial, the exponent set in
+/// the bits), within 2 ulp of the exact value. 0 below `-87.3`, where f32 `exp` leaves
+/// the normal range; NaN stays NaN.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a
+    // rounding instruction (absent from baseline x86-64 SIMD).
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 0.0);
+    let shifted = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_66;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // The integer n sits in the low mantissa bits of `shifted`; read it there rather than
+    // with a float-to-int conversion, which keeps the loops vectorisable. n is in
+    // [-126, 0], a normal exponent.
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// The largest element, in eight lanes.
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    tail.iter()
+        .chain(&acc)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum of the elements, in eight lanes.
+fn sum_of(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// `sum(exp(x - shift))` for `shift >= max(x)`: the exponentials of a block go to a
+/// buffer in a plain element-wise loop (which vectorises), then are summed.
+fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    let mut buf = [0f32; 256];
+    let mut total = 0f32;
+    for c in x.chunks(buf.len()) {
+        let b = &mut buf[..c.len()];
+        for (b, &v) in b.iter_mut().zip(c) {
+            *b = exp_neg(v - shift);
+        }
+        total += sum_of(b);
+    }
+    total
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * weight` over the last dimension of `x`, `weight` of
+/// that length. Keeps one `rsqrt` per row for the backward pass, which gives the
+/// gradients of `x` and of `weight` in one pass.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if d == 0 || weight.dims() != [d] {
+        candle_core::bail!(
+            "rms_norm: weight of shape {:?} for rows of {d} features",
+            weight.dims()
+        );
+    }
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        RmsNorm {
+            eps: eps as f32,
+            rstd: Mutex::new(None),
+        },
+    )
+}
+
+struct RmsNorm {
+    eps: f32,
+    /// `rsqrt(mean(x^2) + eps)` per row, from the forward pass.
+    rstd: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(xs, xl, self.name())?;
+        let w = slice(ws, wl, self.name())?;
+        let d = w.len();
+        let rows = x.len() / d;
+        let per = rows_per_task(d);
+        let mut y = vec![0f32; x.len()];
+        let mut rstd = vec![0f32; rows];
+        y.par_chunks_mut(per * d)
+            .zip(rstd.par_chunks_mut(per))
+            .zip(x.par_chunks(per * d))
+            .for_each(|((y, r), x)| {
+                for ((y, r), x) in y.chunks_exact_mut(d).zip(r).zip(x.chunks_exact(d)) {
+                    let s = 1.0 / (dot(x, x) / d as f32 + self.eps).sqrt();
+                    *r = s;
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                        *y = x * s * w;
+                    }
+                }
+            });
+        *lock(&self.rstd)? = Some(rstd);
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        if !want_x && !want_w {
+            return Ok((None, None));
+        }
+        let rstd = lock(&self.rstd)?;
+        let rstd = rstd
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("rms_norm: backward before forward".into()))?;
+        let name = self.name();
+        let (dx, dw) = with_data(x, name, |xv| {
+            with_data(w, name, |wv| {
+                with_data(grad, name, |gv| {
+                    let d = wv.len();
+                    let per = rows_per_task(d);
+                    let mut dx = vec![0f32; if want_x { xv.len() } else { 0 }];
+                    // Each task returns its rows' share of the weight gradient.
+                    let rows = |dx: &mut [f32], x: &[f32], g: &[f32], r: &[f32]| {
+                        let mut dw = vec![0f32; if want_w { d } else { 0 }];
+                        for (i, (x, g)) in x.chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
+                            let s = r[i];
+                            if want_x {
+                                // d/dx of x * s(x) * w: s * (g w - x s^2 mean(g w x)).
+                                let gwx: f32 =
+                                    g.iter().zip(wv).zip(x).map(|((g, w), x)| g * w * x).sum();
+                                let c = gwx * s / d as f32;
+                                let dx = &mut dx[i * d..(i + 1) * d];
+                                for (((dx, &g), &w), &x) in dx.iter_mut().zip(g).zip(wv).zip(x) {
+                                    *dx = s * (g * w - x * s * c);
+                                }
+                            }
+                            if want_w {
+                                for ((dw, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                                    *dw += g * x * s;
+                                }
+                            }
+                        }
+                        dw
+                    };
+                    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+                        if a.is_empty() {
+                            return b;
+                        }
+                        for (a, b) in a.iter_mut().zip(&b) {
+                            *a += b;
+                        }
+                        a
+                    };
+                    let tasks = xv
+                        .par_chunks(per * d)
+                        .zip(gv.par_chunks(per * d))
+                        .zip(rstd.par_chunks(per));
+                    let dw = if want_x {
+                        dx.par_chunks_mut(per * d)
+                            .zip(tasks)
+                            .map(|(dx, ((x, g), r))| rows(dx, x, g, r))
+                            .reduce(Vec::new, sum)
+                    } else {
+                        tasks
+                            .map(|((x, g), r)| rows(&mut [], x, g, r))
+                            .reduce(Vec::new, sum)
+                    };
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        let dx = if want_x {
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let dw = if want_w {
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Rotary embedding (transformers' `rotate_half` convention) of `x` (batch, heads, seq,
+/// head_dim) with `cos`/`sin` (batch, 1, seq, head_dim). The backward pass is the
+/// rotation by the opposite angle.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    if cos.dims() != [b, 1, s, d] || sin.dims() != [b, 1, s, d] || d % 2 != 0 {
+        candle_core::bail!(
+            "rope: cos {:?} and sin {:?} do not fit x {:?} (head_dim must be even)",
+            cos.dims(),
+            sin.dims(),
+            x.dims()
+        );
+    }
+    x.contiguous()?.apply_op1(Rope {
+        cos: cos.contiguous()?,
+        sin: sin.contiguous()?,
+        heads: h,
+        seq: s,
+    })
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    heads: usize,
+    seq: usize,
+}
+
+impl Rope {
+    /// `out = x cos + rotate_half(x) sin`, or with `inverse` the transposed map
+    /// `out = x cos + rotate_half^T(x sin)`, the gradient of the former.
+    fn apply(&self, x: &[f32], inverse: bool) -> Result<Vec<f32>> {
+        let name = if inverse { "rope backward" } else { "rope" };
+        with_data(&self.cos, name, |cos| {
+            with_data(&self.sin, name, |sin| {
+                let d = self.cos.dim(D::Minus1)?;
+                let half = d / 2;
+                let (heads, seq) = (self.heads, self.seq);
+                let per = rows_per_task(d);
+                let mut out = vec![0f32; x.len()];
+                out.par_chunks_mut(per * d)
+                    .zip(x.par_chunks(per * d))
+                    .enumerate()
+                    .for_each(|(task, (out, x))| {
+                        for (i, (o, x)) in
+                            out.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate()
+                        {
+                            let row = task * per + i;
+                            let (bi, si) = (row / (heads * seq), row % seq);
+                            let at = (bi * seq + si) * d;
+                            let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
+                            let (o1, o2) = o.split_at_mut(half);
+                            let (x1, x2) = x.split_at(half);
+                            if inverse {
+                                for j in 0..half {
+                                    o1[j] = x1[j] * c[j] + x2[j] * s[half + j];
+                                    o2[j] = x2[j] * c[half + j] + -x1[j] * s[j];
+                                }
+                            } else {
+                                for j in 0..half {
+                                    o1[j] = x1[j] * c[j] + -x2[j] * s[j];
+                                    o2[j] = x2[j] * c[half + j] + x1[j] * s[half + j];
+                                }
+                            }
+                        }
+                    });
+                Ok(out)
+            })
+        })
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = self.apply(slice(xs, xl, self.name())?, false)?;
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let dx = with_data(grad, "rope backward", |g| self.apply(g, true))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `silu(gate) * up`, the SwiGLU activation; the backward pass gives the gradients of
+/// `gate` and `up` in one pass.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!(
+            "swiglu: gate {:?} and up {:?} differ in shape",
+            gate.dims(),
+            up.dims()
+        );
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = slice(gs, gl, self.name())?;
+        let u = slice(us, ul, self.name())?;
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(TASK_ELEMS)
+            .zip(g.par_chunks(TASK_ELEMS))
+            .zip(u.par_chunks(TASK_ELEMS))
+            .for_each(|((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    // candle's silu, `x / (1 + exp(-x))`, so that both paths agree.
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_g, want_u) = (gate.track_op(), up.track_op());
+        if !want_g && !want_u {
+            return Ok((None, None));
+        }
+        let name = self.name();
+        let (dg, du) = with_data(gate, name, |g| {
+            with_data(up, name, |u| {
+                with_data(grad, name, |gr| {
+                    let mut dg = vec![0f32; g.len()];
+                    let mut du = vec![0f32; g.len()];
+                    dg.par_chunks_mut(TASK_ELEMS)
+                        .zip(du.par_chunks_mut(TASK_ELEMS))
+                        .zip(g.par_chunks(TASK_ELEMS))
+                        .zip(u.par_chunks(TASK_ELEMS))
+                        .zip(gr.par_chunks(TASK_ELEMS))
+                        .for_each(|((((dg, du), g), u), gr)| {
+                            for ((((dg, du), &g), &u), &gr) in
+                                dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(gr)
+                            {
+                                let s = sigmoid(g);
+                                *du = gr * g * s;
+                                // silu'(g) = s (1 + g (1 - s))
+                                *dg = gr * u * s * (1.0 + g * (1.0 - s));
+                            }
+                        });
+                    Ok((dg, du))
+                })
+            })
+        })?;
+        let dg = if want_g {
+            Some(Tensor::from_vec(dg, gate.shape(), gate.device())?)
+        } else {
+            None
+        };
+        let du = if want_u {
+            Some(Tensor::from_vec(du, up.shape(), up.device())?)
+        } else {
+            None
+        };
+        Ok((dg, du))
+    }
+}
+
+/// Per-row cross-entropy of `logits` (rows x vocab) against `targets` (each < vocab),
+/// scaled by `coef`: the values and the log-sum-exp of each row, in one parallel pass.
+pub(crate) fn cross_entropy_forward(
+    logits: &[f32],
+    vocab: usize,
+    targets: &[i64],
+    coef: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = targets.len();
+    let per = rows_per_task(vocab);
+    let mut value = vec![0f32; rows];
+    let mut lse = vec![0f32; rows];
+    value
+        .par_chunks_mut(per)
+        .zip(lse.par_chunks_mut(per))
+        .zip(logits.par_chunks(per * vocab))
+        .zip(targets.par_chunks(per).zip(coef.par_chunks(per)))
+        .for_each(|(((value, lse), x), (t, c))| {
+            for ((((v, l), x), &t), &c) in value
+                .iter_mut()
+                .zip(lse.iter_mut())
+                .zip(x.chunks_exact(vocab))
+                .zip(t)
+                .zip(c)
+            {
+                let max = max_of(x);
+                let sum = sum_exp(x, max);
+                *l = sum.ln() + max;
+                *v = (*l - x[t as usize]) * c;
+            }
+        });
+    (value, lse)
+}
+
+/// A running log-sum-exp per row over blocks of vocabulary columns: `max` and `sum`
+/// (of `exp(logit - max)`) so far, updated with the block `logits` (rows x width) of the
+/// columns `first..first + width`; `picked` receives each row's target logit when it
+/// falls in the block. Start from `max` -inf and `sum` 0; the log-sum-exp is then
+/// `max + ln(sum)`.
+pub(crate) fn log_sum_exp_block(
+    logits: &[f32],
+    width: usize,
+    first: usize,
+    targets: &[i64],
+    max: &mut [f32],
+    sum: &mut [f32],
+    picked: &mut [f32],
+) {
+    let per = rows_per_task(width);
+    max.par_chunks_mut(per)
+        .zip(sum.par_chunks_mut(per))
+        .zip(picked.par_chunks_mut(per))
+        .zip(logits.par_chunks(per * width).zip(targets.par_chunks(per)))
+        .for_each(|(((max, sum), picked), (x, t))| {
+            for ((((m, s), p), x), &t) in max
+                .iter_mut()
+                .zip(sum.iter_mut())
+                .zip(picked.iter_mut())
+                .zip(x.chunks_exact(width))
+                .zip(t)
+            {
+                let new_max = m.max(max_of(x));
+                let block_sum = sum_exp(x, new_max);
+                // The sum so far, rescaled to the new maximum (exp(-inf) = 0 at the start).
+                *s = *s * (*m - new_max).exp() + block_sum;
+                *m = new_max;
+                if let Some(t) = (t as usize).checked_sub(first).filter(|&t| t < width) {
+                    *p = x[t];
+                }
+            }
+        });
+}
+
+/// The gradient of `cross_entropy_forward` with respect to the logits,
+/// `(softmax - one_hot(target)) * scale`, in one parallel pass, for the columns
+/// `first..first + width` of the vocabulary (`logits` rows x width; all of it when
+/// `first` is 0 and `width` the vocabulary).
+pub(crate) fn cross_entropy_backward(
+    logits: &[f32],
+    width: usize,
+    first: usize,
+    targets: &[i64],
+    lse: &[f32],
+    scale: &[f32],
+) -> Vec<f32> {
+    let per = rows_per_task(width);
+    let mut out = vec![0f32; logits.len()];
+    out.par_chunks_mut(per * width)
+        .zip(logits.par_chunks(per * width))
+        .zip(targets.par_chunks(per))
+        .zip(lse.par_chunks(per).zip(scale.par_chunks(per)))
+        .for_each(|(((out, x), t), (lse, scale))| {
+            for ((((o, x), &t), &l), &k) in out
+                .chunks_exact_mut(width)
+                .zip(x.chunks_exact(width))
+                .zip(t)
+                .zip(lse)
+                .zip(scale)
+            {
+                // Unsupervised rows (weight 0) keep the zeros they start with.
+                if k == 0.0 {
+                    continue;
+                }
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = exp_neg(x - l) * k;
+                }
+                if let Some(t) = (t as usize).checked_sub(first).filter(|&t| t < width) {
+                    o[t] = (exp_neg(x[t] - l) - 1.0) * k;
+                }
+            }
+        });
+    out
+}
+
+/// The attention probabilities `softmax(raw * scale + bias)` over the last dimension of
+/// `raw` (b, h, s, t), `bias` (b, 1, s, t), in one parallel pass, with the log-sum-exp
+/// of each row (b, h, s, 1). With `lse` given (the backward pass), the probabilities are
+/// `exp(raw * scale + bias - lse)` and the same `lse` is handed back.
+pub(crate) fn attention_probs(
+    raw: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    lse: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, s, t) = raw.dims4()?;
+    if bias.dims() != [b, 1, s, t] {
+        candle_core::bail!(
+            "attention: bias {:?} does not fit scores {:?}",
+            bias.dims(),
+            raw.dims()
+        );
+    }
+    let scale = scale as f32;
+    let name = "fused attention softmax";
+    let (p, lse_out) = with_data(raw, name, |x| {
+        with_data(bias, name, |bias| {
+            let given = match lse {
+                Some(l) => Some(with_data(l, name, |l| Ok(l.to_vec()))?),
+                None => None,
+            };
+            let rows = b * h * s;
+            let per = rows_per_task(t);
+            let mut p = vec![0f32; rows * t];
+            let mut lse_out = given.clone().unwrap_or_else(|| vec![0f32; rows]);
+            p.par_chunks_mut(per * t)
+                .zip(x.par_chunks(per * t))
+                .zip(lse_out.par_chunks_mut(per))
+                .enumerate()
+                .for_each(|(task, ((p, x), lse))| {
+                    for (i, ((p, x), l)) in p
+                        .chunks_exact_mut(t)
+                        .zip(x.chunks_exact(t))
+                        .zip(lse.iter_mut())
+                        .enumerate()
+                    {
+                        let row = task * per + i;
+                        let (bi, si) = (row / (h * s), row % s);
+                        let bias = &bias[(bi * s + si) * t..(bi * s + si + 1) * t];
+                        for ((p, &x), &bias) in p.iter_mut().zip(x).zip(bias) {
+                            *p = x * scale + bias;
+                        }
+                        if given.is_some() {
+                            for p in p.iter_mut() {
+                                *p = exp_neg(*p - *l);
+                            }
+                            continue;
+                        }
+                        let max = max_of(p);
+                        for p in p.iter_mut() {
+                            *p = exp_neg(*p - max);
+                        }
+                        let sum = sum_of(p);
+                        let inv = 1.0 / sum;
+                        for p in p.iter_mut() {
+                            *p *= inv;
+                        }
+                        *l = max + sum.ln();
+                    }
+                });
+            Ok((p, lse_out))
+        })
+    })?;
+    let device = raw.device();
+    Ok((
+        Tensor::from_vec(p, (b, h, s, t), device)?,
+        Tensor::from_vec(lse_out, (b, h, s, 1), device)?,
+    ))
+}
+
+/// The gradient of the attention scores before scaling, `p * (dp - rowsum(g * o)) *
+/// scale`, from the probabilities `p` and their gradient `dp` (b, h, s, t) and the
+/// row sums `row` (b, h, s, 1), in one parallel pass.
+pub(crate) fn attention_score_grad(
+    p: &Tensor,
+    dp: &Tensor,
+    row: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let t = p.dim(D::Minus1)?;
+    let scale = scale as f32;
+    let name = "fused attention backward";
+    let ds = with_data(p, name, |p| {
+        with_data(dp, name, |dp| {
+            with_data(row, name, |row| {
+                let per = rows_per_task(t);
+                let mut ds = vec![0f32; p.len()];
+                ds.par_chunks_mut(per * t)
+                    .zip(p.par_chunks(per * t).zip(dp.par_chunks(per * t)))
+                    .zip(row.par_chunks(per))
+                    .for_each(|((ds, (p, dp)), row)| {
+                        for (((ds, p), dp), &r) in ds
+                            .chunks_exact_mut(t)
+                            .zip(p.chunks_exact(t))
+                            .zip(dp.chunks_exact(t))
+                            .zip(row)
+                        {
+                            for ((ds, &p), &dp) in ds.iter_mut().zip(p).zip(dp) {
+                                *ds = p * (dp - r) * scale;
+                            }
+                        }
+                    });
+                Ok(ds)
+            })
+        })
+    })?;
+    Tensor::from_vec(ds, p.shape(), p.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_neg;
+
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_exp() {
+        let mut worst = 0f64;
+        for i in 0..=873_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp();
+            let got = exp_neg(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        // 2 ulp of f32 is 2^-22 relative at worst.
+        assert!(
+            worst < 2.0 * f32::EPSILON as f64,
+            "relative error {worst:e}"
+        );
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert_eq!(exp_neg(-100.0), 0.0);
+        assert_eq!(exp_neg(f32::MIN), 0.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert!(exp_neg(f32::NAN).is_nan());
+    }
+}
