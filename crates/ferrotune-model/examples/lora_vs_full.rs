@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     start.elapsed().as_secs_f64(), rss_mib());
             }
         } else {
-            let (_, loss) = model.forward_loss(&batch_t, true)?;
+            let loss = model.loss(&batch_t, true)?;
             let after_forward = rss_mib();
             let forward_s = start.elapsed().as_secs_f64();
             let grads = loss.sum.affine(scale, 0.0)?.backward()?;

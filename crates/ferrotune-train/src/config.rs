@@ -80,10 +80,12 @@ pub struct TrainArgs {
     pub logging_steps: usize,
     pub save_steps: usize,
     /// `steps`, `epoch` or `no`.
+    #[serde(deserialize_with = "strategy")]
     pub save_strategy: String,
     pub save_total_limit: Option<usize>,
     pub eval_steps: Option<usize>,
     /// `no`, `steps` or `epoch`.
+    #[serde(deserialize_with = "strategy")]
     pub eval_strategy: String,
     /// A fraction (< 1) or a count of samples held out for evaluation.
     pub val_size: f64,
@@ -181,5 +183,42 @@ impl TrainArgs {
     /// Whether decoder layers are recomputed in the backward pass.
     pub fn checkpointing(&self) -> bool {
         self.gradient_checkpointing && !self.disable_gradient_checkpointing
+    }
+}
+
+/// A save or eval strategy. An unquoted `no` is the boolean false to YAML 1.1 readers
+/// (PyYAML, and `key=no` on our command line), so false is read as "no".
+fn strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Strategy {
+        Name(String),
+        Flag(bool),
+    }
+    match Strategy::deserialize(d)? {
+        Strategy::Name(s) => Ok(s),
+        Strategy::Flag(false) => Ok("no".into()),
+        Strategy::Flag(true) => Err(serde::de::Error::custom(
+            "a strategy is `no`, `steps` or `epoch`, not true",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unquoted_no_strategy_reads_as_no() {
+        let t: TrainArgs = serde_json::from_value(
+            serde_json::json!({"eval_strategy": false, "save_strategy": "epoch"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.eval_strategy.as_str(), t.save_strategy.as_str()),
+            ("no", "epoch")
+        );
+        let e = serde_json::from_value::<TrainArgs>(serde_json::json!({"save_strategy": true}));
+        assert!(e.unwrap_err().to_string().contains("not true"));
     }
 }
