@@ -103,6 +103,10 @@ pub struct GenerateArgs {
     repetition_penalty: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Inference weights: f32 (as stored), bf16 or q8_0, converted when the model loads
+    /// (as `chat --weights`).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
+    weights: ferrotune_model::infer::WeightType,
 }
 
 #[derive(Debug, Args)]
@@ -438,6 +442,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         stop_token_ids: stop_ids,
         seed: a.seed,
     };
+    let model = ferrotune_model::infer::InferenceModel::new(model, a.weights)?;
     let mut stdout = std::io::stdout();
     super::stream::complete(&model, &tok, &ids, &config, &stop_strings, false, |piece| {
         let _ = write!(stdout, "{piece}");
