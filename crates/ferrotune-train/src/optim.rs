@@ -75,20 +75,188 @@ impl AdamW {
             let var = p
                 .var()
                 .ok_or_else(|| candle_core::Error::Msg(format!("{} is not trainable", p.name())))?;
-            let g = g.to_dtype(DType::F32)?;
-            // torch: m.lerp_(g, 1 - beta1); v.mul_(beta2).addcmul_(g, g, 1 - beta2).
-            *m = (&*m + ((&g - &*m)? * (1.0 - c.beta1))?)?;
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let mut w = var.as_tensor().to_dtype(DType::F32)?;
-            if c.weight_decay != 0.0 && (c.decay_everything || decays(p.name())) {
-                w = (w * (1.0 - lr * c.weight_decay))?;
-            }
-            // torch: denom = sqrt(v) / sqrt(bias2) + eps; w -= lr / bias1 * m / denom.
-            let denom = ((v.sqrt()? / bias2.sqrt())? + c.eps)?;
-            let update = (m.div(&denom)? * (lr / bias1))?;
-            let w = (w - update)?;
+            let h = Hyper {
+                lr,
+                bias1,
+                bias2,
+                decay: c.weight_decay != 0.0 && (c.decay_everything || decays(p.name())),
+            };
+            let w = var.as_tensor();
+            let (w, m2, v2) = if fused_applies(w, g, m, v) {
+                fused_update(&c, &h, w, g, m, v)?
+            } else {
+                composed_update(&c, &h, w, g, m, v)?
+            };
             var.set(&w.to_dtype(var.dtype())?)?;
+            (*m, *v) = (m2, v2);
         }
         Ok(())
+    }
+}
+
+/// The step's scalars for one parameter.
+struct Hyper {
+    lr: f64,
+    bias1: f64,
+    bias2: f64,
+    decay: bool,
+}
+
+/// One parameter's update from candle ops (any device and dtype): the new f32 weight and
+/// moments.
+fn composed_update(
+    c: &AdamWConfig,
+    h: &Hyper,
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = g.to_dtype(DType::F32)?;
+    // torch: m.lerp_(g, 1 - beta1); v.mul_(beta2).addcmul_(g, g, 1 - beta2).
+    let m = (m + ((&g - m)? * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let mut w = w.to_dtype(DType::F32)?;
+    if h.decay {
+        w = (w * (1.0 - h.lr * c.weight_decay))?;
+    }
+    // torch: denom = sqrt(v) / sqrt(bias2) + eps; w -= lr / bias1 * m / denom.
+    let denom = ((v.sqrt()? / h.bias2.sqrt())? + c.eps)?;
+    let update = (m.div(&denom)? * (h.lr / h.bias1))?;
+    Ok(((w - update)?, m, v))
+}
+
+/// Elements per parallel task of the fused update.
+const TASK: usize = 1 << 15;
+
+/// The fused update applies to f32 CPU tensors, where the composed update's dozen candle
+/// ops (each a pass and a fresh tensor, several on one thread) cost a tenth of a full
+/// fine-tuning step of SmolLM2-135M (docs/PERFORMANCE.md).
+fn fused_applies(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    [w, g, m, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Runs `f` on the elements of four CPU f32 tensors, read in place (made contiguous first
+/// where they are not).
+fn with_slices<R>(ts: [&Tensor; 4], f: impl FnOnce([&[f32]; 4]) -> Result<R>) -> Result<R> {
+    let ts = ts.map(|t| t.contiguous());
+    let [a, b, c, d] = ts;
+    let (a, b, c, d) = (a?, b?, c?, d?);
+    let guards = [&a, &b, &c, &d].map(|t| t.storage_and_layout());
+    let mut slices: [&[f32]; 4] = [&[]; 4];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
+        *slot = match &**storage {
+            candle_core::Storage::Cpu(s) => &s.as_slice::<f32>()?[start..end],
+            _ => candle_core::bail!("AdamW: the fused update needs CPU tensors"),
+        };
+    }
+    f(slices)
+}
+
+/// The composed update in one pass over the elements, split over threads, with the same
+/// f32 operations in the same order (candle's `affine(mul, add)` is `x * mul + add` in
+/// f32, and `x / s` for a scalar is `x * (1 / s)`), so both paths give the same bits.
+fn fused_update(
+    c: &AdamWConfig,
+    h: &Hyper,
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    use rayon::prelude::*;
+    let shape = w.shape().clone();
+    let n = shape.elem_count();
+    let (mut w2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let a1 = (1.0 - c.beta1) as f32;
+    let b2 = c.beta2 as f32;
+    let a2 = (1.0 - c.beta2) as f32;
+    let keep = (1.0 - h.lr * c.weight_decay) as f32;
+    let inv_sqrt_bias2 = (1.0 / h.bias2.sqrt()) as f32;
+    let eps = c.eps as f32;
+    let step = (h.lr / h.bias1) as f32;
+    let decay = h.decay;
+    with_slices([w, g, m, v], |[w, g, m, v]| {
+        if [g.len(), m.len(), v.len()] != [n; 3] {
+            candle_core::bail!("AdamW: the gradient or moments do not match the parameter");
+        }
+        w2.par_chunks_mut(TASK)
+            .zip(m2.par_chunks_mut(TASK))
+            .zip(v2.par_chunks_mut(TASK))
+            .enumerate()
+            .for_each(|(k, ((wo, mo), vo))| {
+                let at = k * TASK;
+                for i in 0..wo.len() {
+                    let (gi, mi, vi, wi) = (g[at + i], m[at + i], v[at + i], w[at + i]);
+                    let mi = mi + ((gi - mi) * a1 + 0.0);
+                    let vi = (vi * b2 + 0.0) + (gi * gi * a2 + 0.0);
+                    let wi = if decay { wi * keep + 0.0 } else { wi };
+                    let denom = (vi.sqrt() * inv_sqrt_bias2 + 0.0) * 1.0 + eps;
+                    wo[i] = wi - ((mi / denom) * step + 0.0);
+                    mo[i] = mi;
+                    vo[i] = vi;
+                }
+            });
+        Ok(())
+    })?;
+    let (w_, m_, v_) = (w2, m2, v2);
+    let device = w.device();
+    Ok((
+        Tensor::from_vec(w_, shape.clone(), device)?,
+        Tensor::from_vec(m_, shape.clone(), device)?,
+        Tensor::from_vec(v_, shape, device)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_fused_update_gives_the_composed_update_bit_for_bit() {
+        let dev = Device::Cpu;
+        let n = 3 * TASK + 17; // several parallel tasks and a ragged end
+        let c = AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        };
+        for decay in [false, true] {
+            let w = Tensor::randn(0f32, 1.0, (n / 17, 17), &dev).unwrap();
+            let mut state = (w.clone(), w.zeros_like().unwrap(), w.zeros_like().unwrap());
+            let mut fused = state.clone();
+            for t in 1..=3 {
+                let g = Tensor::randn(0f32, 1e-2, w.shape(), &dev).unwrap();
+                let h = Hyper {
+                    lr: 1e-3,
+                    bias1: 1.0 - c.beta1.powi(t),
+                    bias2: 1.0 - c.beta2.powi(t),
+                    decay,
+                };
+                state = composed_update(&c, &h, &state.0, &g, &state.1, &state.2).unwrap();
+                fused = fused_update(&c, &h, &fused.0, &g, &fused.1, &fused.2).unwrap();
+                for (a, b) in [
+                    (&state.0, &fused.0),
+                    (&state.1, &fused.1),
+                    (&state.2, &fused.2),
+                ] {
+                    let (a, b) = (
+                        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    );
+                    let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "step {t}, decay {decay}: the two updates differ");
+                }
+            }
+            assert_ne!(
+                state.0.to_vec2::<f32>().unwrap(),
+                w.to_vec2::<f32>().unwrap()
+            );
+        }
     }
 }
