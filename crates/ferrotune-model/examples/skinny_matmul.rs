@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use ferrotune_model::infer::{Matrix, WeightType};
+use ferrotune_model::infer::{streaming_sum, Matrix, WeightType};
 
 fn best(mut f: impl FnMut(), reps: usize) -> f64 {
     let mut best = f64::INFINITY;
@@ -74,20 +74,7 @@ fn main() -> candle_core::Result<()> {
     let buffer: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let sum_s = best(
         || {
-            use rayon::prelude::*;
-            let s: f32 = buffer
-                .par_chunks(1 << 16)
-                .map(|c| {
-                    let mut acc = [0f32; 8];
-                    for v in c.chunks_exact(8) {
-                        for k in 0..8 {
-                            acc[k] += v[k];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum();
-            std::hint::black_box(s);
+            std::hint::black_box(streaming_sum(&buffer));
         },
         3,
     );

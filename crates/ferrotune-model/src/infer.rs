@@ -292,6 +292,24 @@ fn quantize_q8(w: &[f32]) -> (Vec<i8>, Vec<u16>) {
 
 mod kernels;
 
+/// The sum of `data`, read once in parallel with eight independent sums per task so that
+/// nothing but the loads limits it: the read-bandwidth probe that decoding speed is
+/// compared with (`ferrotune bench generate`, examples/skinny_matmul.rs).
+pub fn streaming_sum(data: &[f32]) -> f32 {
+    let chunk = (data.len() / (8 * rayon::current_num_threads())).max(1 << 14);
+    data.par_chunks(chunk)
+        .map(|c| {
+            let mut acc = [0f32; 8];
+            for v in c.chunks_exact(8) {
+                for k in 0..8 {
+                    acc[k] += v[k];
+                }
+            }
+            acc.iter().sum::<f32>()
+        })
+        .sum()
+}
+
 /// One batch row's cached keys and values of one key/value head: position `t`'s vector
 /// starts at `t * stride + offset`.
 struct Keys<'a> {

@@ -196,7 +196,7 @@ fn fused_update(
                     let mi = mi + ((gi - mi) * a1 + 0.0);
                     let vi = (vi * b2 + 0.0) + (gi * gi * a2 + 0.0);
                     let wi = if decay { wi * keep + 0.0 } else { wi };
-                    let denom = (vi.sqrt() * inv_sqrt_bias2 + 0.0) * 1.0 + eps;
+                    let denom = (vi.sqrt() * inv_sqrt_bias2 + 0.0) + eps;
                     wo[i] = wi - ((mi / denom) * step + 0.0);
                     mo[i] = mi;
                     vo[i] = vi;
@@ -204,12 +204,11 @@ fn fused_update(
             });
         Ok(())
     })?;
-    let (w_, m_, v_) = (w2, m2, v2);
     let device = w.device();
     Ok((
-        Tensor::from_vec(w_, shape.clone(), device)?,
-        Tensor::from_vec(m_, shape.clone(), device)?,
-        Tensor::from_vec(v_, shape, device)?,
+        Tensor::from_vec(w2, shape.clone(), device)?,
+        Tensor::from_vec(m2, shape.clone(), device)?,
+        Tensor::from_vec(v2, shape, device)?,
     ))
 }
 

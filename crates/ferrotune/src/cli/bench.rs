@@ -54,6 +54,22 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
+/// Fixes the compute threads for a benchmark: `requested`, else RAYON_NUM_THREADS, else
+/// `default`. candle's matmul, its element-wise pool and (with the openblas feature)
+/// OpenBLAS all size themselves from RAYON_NUM_THREADS, so it is set before any pool
+/// starts, and rayon's global pool is built with the same count.
+pub fn set_threads(requested: Option<usize>, default: usize) -> usize {
+    let threads = requested
+        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
+        .unwrap_or(default)
+        .max(1);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    threads
+}
+
 fn bench_data(a: BenchDataArgs) -> Result<()> {
     let mut args = data_args(&a.data)?;
     let once = args.dataset.clone();

@@ -10,8 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use ferrotune_model::generate::{argmax, Decoder};
-use ferrotune_model::infer::{InferenceModel, WeightType};
-use rayon::prelude::*;
+use ferrotune_model::infer::{streaming_sum, InferenceModel, WeightType};
 use serde_json::json;
 
 use super::loading::ModelSource;
@@ -83,24 +82,11 @@ fn time_decoding<M: Decoder>(
 pub fn read_bandwidth(mib: usize) -> (f64, f32) {
     let n = (mib.max(1) << 20) / 4;
     let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let chunk = (n / (8 * rayon::current_num_threads())).max(1 << 14);
     let mut best = f64::INFINITY;
     let mut total = 0.0;
     for _ in 0..5 {
         let started = Instant::now();
-        total = data
-            .par_chunks(chunk)
-            .map(|c| {
-                // Eight independent sums: no serial dependency to slow the loads.
-                let mut acc = [0f32; 8];
-                for v in c.chunks_exact(8) {
-                    for k in 0..8 {
-                        acc[k] += v[k];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum::<f32>();
+        total = streaming_sum(&data);
         best = best.min(started.elapsed().as_secs_f64());
         total = std::hint::black_box(total);
     }
@@ -111,15 +97,8 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     if a.batch == 0 || a.prompt_tokens == 0 || a.max_new_tokens == 0 {
         bail!("--batch, --prompt-tokens and --max-new-tokens must be at least 1");
     }
-    let threads = a
-        .threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    let all_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = super::bench::set_threads(a.threads, all_cores);
 
     if a.composed && a.weights != WeightType::F32 {
         bail!("--composed decodes with the f32 training model; leave out --weights");

@@ -84,20 +84,7 @@ struct Figures {
 }
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
-    let threads = match a.threads {
-        Some(t) => t,
-        None => std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
-    }
-    .max(1);
-    // candle's matmul, its element-wise pool and (with the openblas feature) OpenBLAS all
-    // size themselves from RAYON_NUM_THREADS; nothing has started a pool yet.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    let threads = super::bench::set_threads(a.threads, 2);
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
