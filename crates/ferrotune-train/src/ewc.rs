@@ -35,7 +35,7 @@ impl Ewc {
             .collect::<Result<_>>()?;
         let mut used = 0usize;
         for batch in batches.iter().filter(|b| b.supervised_tokens > 0) {
-            let (_, loss) = model.forward_loss(batch, false)?;
+            let loss = model.loss(batch, false)?;
             let grads = loss.mean()?.backward()?;
             for (f, p) in fisher.iter_mut().zip(&params) {
                 if let Some(g) = grads.get(p.tensor()) {

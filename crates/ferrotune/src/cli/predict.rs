@@ -433,7 +433,7 @@ fn eval_loss(
     for batch in examples.chunks(batch_size) {
         let owned: Vec<Example> = batch.iter().map(|e| (*e).clone()).collect();
         let batch = Batch::padded(&owned, pad, 8, model.device())?;
-        let (_, loss) = model.forward_loss(&batch, false)?;
+        let loss = model.loss(&batch, false)?;
         sum += f64::from(loss.sum.to_scalar::<f32>()?);
         tokens += loss.tokens;
     }
