@@ -168,6 +168,59 @@ impl Batch {
             .collect()
     }
 
+    /// The rows split into at most `parts` consecutive shards of near-equal size (the
+    /// first ones one row larger), for data parallelism. Each shard drops the trailing
+    /// columns that are padding in all of its rows: padding is masked out of attention and
+    /// loss, so a shard computes the same per-token values on fewer positions.
+    pub fn split_rows(&self, parts: usize) -> Result<Vec<Batch>> {
+        let parts = parts.clamp(1, self.batch.max(1));
+        let (base, extra) = (self.batch / parts, self.batch % parts);
+        let mut shards = Vec::with_capacity(parts);
+        let mut first = 0;
+        for k in 0..parts {
+            let rows = base + usize::from(k < extra);
+            let (lo, hi) = (first * self.seq_len, (first + rows) * self.seq_len);
+            let segments = &self.segment_ids[lo..hi];
+            // The longest row of the shard, up to its last non-padding token.
+            let len = segments
+                .chunks(self.seq_len)
+                .map(|row| row.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1))
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            let cut = |t: &Tensor| -> Result<Tensor> {
+                t.narrow(0, first, rows)?.narrow(1, 0, len)?.contiguous()
+            };
+            let targets = self.targets.as_ref().map(cut).transpose()?;
+            let supervised_tokens = match &targets {
+                Some(t) => t
+                    .ne(IGNORE_INDEX)?
+                    .to_dtype(candle_core::DType::U32)?
+                    .sum_all()?
+                    .to_scalar::<u32>()? as usize,
+                None => 0,
+            };
+            let columns = |v: &[u32]| -> Vec<u32> {
+                v[lo..hi]
+                    .chunks(self.seq_len)
+                    .flat_map(|row| row[..len].iter().copied())
+                    .collect()
+            };
+            shards.push(Batch {
+                batch: rows,
+                seq_len: len,
+                input_ids: cut(&self.input_ids)?,
+                targets,
+                target_weights: self.target_weights.as_ref().map(cut).transpose()?,
+                position_ids: columns(&self.position_ids),
+                segment_ids: columns(&self.segment_ids),
+                supervised_tokens,
+            });
+            first += rows;
+        }
+        Ok(shards)
+    }
+
     /// Ids only, for inference: one unpadded row.
     pub fn prompt(ids: &[u32], device: &Device) -> Result<Self> {
         let n = ids.len();

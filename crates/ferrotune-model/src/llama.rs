@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, IGNORE_INDEX};
 use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::loss::{
@@ -452,15 +452,20 @@ impl CausalLm {
             None,
             train,
         )?;
-        self.head_loss(&x, batch)
+        self.head_loss(&x, batch, train)
     }
 
     /// The summed loss from the final hidden states.
-    fn head_loss(&self, x: &Tensor, batch: &Batch) -> Result<LossSum> {
+    fn head_loss(&self, x: &Tensor, batch: &Batch, train: bool) -> Result<LossSum> {
         let targets = batch
             .targets
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
+        // Only the supervised positions need logits: a prompt or padding position adds
+        // nothing to the loss or its gradient, and in SFT it is often half the batch.
+        let (x, targets, weights) =
+            &supervised_positions(x, targets, batch.target_weights.as_ref())?;
+        let weights = weights.as_ref();
         // A plain head weight: the tied embeddings, or an untied head without bias.
         let w = match &self.lm_head {
             None => Some(self.embed_tokens.tensor()),
@@ -472,18 +477,14 @@ impl CausalLm {
                 x,
                 w,
                 targets,
-                batch.target_weights.as_ref(),
+                weights,
                 batch.supervised_tokens,
                 LOGITS_BUDGET,
+                train,
             );
         }
         let logits = self.head(x)?.to_dtype(DType::F32)?;
-        causal_lm_loss(
-            &logits,
-            targets,
-            batch.target_weights.as_ref(),
-            batch.supervised_tokens,
-        )
+        causal_lm_loss(&logits, targets, weights, batch.supervised_tokens)
     }
 
     /// Logits (batch, seq, vocab) in f32. `train` enables LoRA dropout.
@@ -553,7 +554,7 @@ impl CausalLm {
         // The head and the loss, from the last hidden state as a leaf with a gradient.
         let last = Var::from_tensor(&inputs.pop().expect("one output per layer"))?;
         let x = rms_norm(last.as_tensor(), self.norm.tensor(), eps)?;
-        let loss = self.head_loss(&x, batch)?;
+        let loss = self.head_loss(&x, batch, true)?;
         let grads = loss.sum.affine(scale, 0.0)?.backward()?;
         on_grads(&grads)?;
         let mut d_out = take_grad(&grads, last.as_tensor())?;
@@ -606,6 +607,40 @@ impl CausalLm {
 }
 
 /// The gradient of `t` in `grads`, detached (it is the next backward pass's constant).
+/// The final hidden states (b, s, h), targets and weights (b, s) of the supervised
+/// positions alone, as one row (1, n, ...); unchanged when every position is supervised
+/// or none is.
+fn supervised_positions(
+    x: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (b, s, h) = x.dims3()?;
+    let keep: Vec<u32> = targets
+        .flatten_all()?
+        .to_vec1::<i64>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t != IGNORE_INDEX)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if keep.is_empty() || keep.len() == b * s {
+        return Ok((x.clone(), targets.clone(), weights.cloned()));
+    }
+    let n = keep.len();
+    let index = Tensor::from_vec(keep, n, x.device())?;
+    let pick = |t: &Tensor| -> Result<Tensor> {
+        t.flatten_all()?.index_select(&index, 0)?.reshape((1, n))
+    };
+    Ok((
+        x.reshape((b * s, h))?
+            .index_select(&index, 0)?
+            .reshape((1, n, h))?,
+        pick(targets)?,
+        weights.map(pick).transpose()?,
+    ))
+}
+
 fn take_grad(grads: &GradStore, t: &Tensor) -> Result<Tensor> {
     grads.get(t).map(Tensor::detach).ok_or_else(|| {
         candle_core::Error::Msg("gradient checkpointing: a layer input got no gradient".into())

@@ -85,6 +85,9 @@ pub fn chunked_loss_applies(hidden: &Tensor, w: &Tensor, budget: usize) -> bool 
 /// the gradient of each block of `W` rows whole (and adds up the input's). At most `budget`
 /// logits exist at once, for one more head product than the plain path. f32 on the CPU
 /// (see `chunked_loss_applies`).
+///
+/// `train`: a training step, whose backward pass follows; with a frozen head the input's
+/// gradient is then computed in the forward pass (see `linear_cross_entropy`).
 pub fn causal_lm_loss_chunked(
     hidden: &Tensor,
     w: &Tensor,
@@ -92,10 +95,12 @@ pub fn causal_lm_loss_chunked(
     weights: Option<&Tensor>,
     tokens: usize,
     budget: usize,
+    train: bool,
 ) -> Result<LossSum> {
     let (b, s, h) = hidden.dims3()?;
     let (safe, coef) = targets_and_coef(targets, weights, b * s)?;
-    let per_token = linear_cross_entropy(&hidden.reshape((b * s, h))?, w, &safe, &coef, budget)?;
+    let x = hidden.reshape((b * s, h))?;
+    let per_token = linear_cross_entropy(&x, w, &safe, &coef, budget, train)?;
     Ok(LossSum {
         sum: per_token.sum_all()?,
         tokens,
@@ -126,12 +131,18 @@ fn target_vecs(
 
 /// Per-row cross-entropy of the logits `x W^T`, `x` (rows, h), `w` (vocab, h), in blocks
 /// of at most `budget` logits (see `causal_lm_loss_chunked`).
+///
+/// With `train`, a tracked `x` and a frozen `w` (LoRA, freeze tuning), the blocks are
+/// rows with all their logits instead, and each block's gradient for `x` is computed at
+/// once (`linear_cross_entropy_frozen_head`): the backward pass then needs no head
+/// product at all, one fewer than recomputing the logits.
 pub fn linear_cross_entropy(
     x: &Tensor,
     w: &Tensor,
     targets: &Tensor,
     coef: &Tensor,
     budget: usize,
+    train: bool,
 ) -> Result<Tensor> {
     let (rows, h) = x.dims2()?;
     let (vocab, h2) = w.dims2()?;
@@ -143,6 +154,9 @@ pub fn linear_cross_entropy(
         );
     }
     let (targets, coef) = target_vecs(targets, coef, rows, vocab)?;
+    if train && x.track_op() && !w.track_op() {
+        return linear_cross_entropy_frozen_head(x, w, &targets, &coef, budget);
+    }
     let (xd, wd) = (x.detach(), w.detach());
     // Blocks of vocabulary columns (all rows), so that each product reads `W` once.
     let block = (budget / rows.max(1)).max(1);
@@ -175,6 +189,64 @@ pub fn linear_cross_entropy(
             value: Mutex::new(Some(value)),
         },
     )
+}
+
+/// `linear_cross_entropy` for a training step with a frozen head: blocks of whole rows
+/// of logits, each giving its rows' values, log-sum-exp and, at once, the gradient
+/// `((softmax - one_hot) * coef) W` of those rows of `x` for an incoming gradient of 1.
+/// The backward pass scales each stored row by its incoming gradient: exact for any
+/// incoming gradient, since row r of the input's gradient depends on row r alone.
+fn linear_cross_entropy_frozen_head(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &[i64],
+    coef: &[f32],
+    budget: usize,
+) -> Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    let (vocab, _) = w.dims2()?;
+    let (xd, wd) = (x.detach(), w.detach());
+    let block = (budget / vocab.max(1)).max(1);
+    let mut value = Vec::with_capacity(rows);
+    let mut dx = Vec::with_capacity(rows.div_ceil(block));
+    for r0 in (0..rows).step_by(block) {
+        let n = block.min(rows - r0);
+        let (t, c) = (&targets[r0..r0 + n], &coef[r0..r0 + n]);
+        let logits = gemm::matmul(&xd.narrow(0, r0, n)?, &wd.t()?)?;
+        let d = fused::with_data(&logits, "linear cross-entropy", |lg| {
+            let (v, lse) = fused::cross_entropy_forward(lg, vocab, t, c);
+            value.extend_from_slice(&v);
+            Ok(fused::cross_entropy_backward(lg, vocab, 0, t, &lse, c))
+        })?;
+        drop(logits);
+        let d = Tensor::from_vec(d, (n, vocab), xd.device())?;
+        dx.push(gemm::matmul(&d, &wd)?);
+    }
+    let value = Tensor::from_vec(value, rows, x.device())?;
+    x.apply_op1(FrozenHeadCrossEntropy {
+        dx: Tensor::cat(&dx, 0)?,
+        value: Mutex::new(Some(value)),
+    })
+}
+
+struct FrozenHeadCrossEntropy {
+    /// The input's gradient for an incoming gradient of 1 on every row, (rows, h).
+    dx: Tensor,
+    value: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for FrozenHeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "frozen-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_storage(&take(&self.value)?)
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.dx.broadcast_mul(&grad.detach().unsqueeze(1)?)?))
+    }
 }
 
 struct LinearCrossEntropy {

@@ -203,7 +203,7 @@ fn the_chunked_head_and_loss_match_the_whole_logits() {
     let gw = weighted_sum(&whole, 19).unwrap().backward().unwrap();
     // Blocks of 14 vocabulary columns (the last one 10), and the whole vocabulary at once.
     for budget in [1000, rows * vocab] {
-        let chunked = linear_cross_entropy(&x, &w, &targets, &coef, budget).unwrap();
+        let chunked = linear_cross_entropy(&x, &w, &targets, &coef, budget, true).unwrap();
         assert!(rel_diff(&chunked, &whole) < 1e-6, "budget {budget}");
         let gc = weighted_sum(&chunked, 19).unwrap().backward().unwrap();
         let dx = rel_diff(gc.get(&x).unwrap(), gw.get(&x).unwrap());
@@ -211,15 +211,27 @@ fn the_chunked_head_and_loss_match_the_whole_logits() {
         assert!(dx < 1e-5, "budget {budget}: d_x differs by {dx}");
         assert!(dw < 1e-5, "budget {budget}: d_w differs by {dw}");
     }
-    // A frozen head gets no gradient; the input's is unchanged.
+    // A frozen head gets no gradient; the input's is unchanged, whether it is computed in
+    // the backward pass (evaluation) or in the forward pass (a training step: blocks of
+    // 2 rows and of all 70).
     let frozen = w.as_tensor().detach();
-    let chunked = linear_cross_entropy(&x, &frozen, &targets, &coef, 1000).unwrap();
-    let g = weighted_sum(&chunked, 19).unwrap().backward().unwrap();
-    assert!(g.get(&frozen).is_none());
-    assert!(rel_diff(g.get(&x).unwrap(), gw.get(&x).unwrap()) < 1e-5);
+    for (budget, train) in [(1000, false), (1000, true), (rows * vocab, true)] {
+        let chunked = linear_cross_entropy(&x, &frozen, &targets, &coef, budget, train).unwrap();
+        assert!(
+            rel_diff(&chunked, &whole) < 1e-6,
+            "budget {budget}, train {train}"
+        );
+        let g = weighted_sum(&chunked, 19).unwrap().backward().unwrap();
+        assert!(g.get(&frozen).is_none());
+        let dx = rel_diff(g.get(&x).unwrap(), gw.get(&x).unwrap());
+        assert!(
+            dx < 1e-5,
+            "budget {budget}, train {train}: d_x differs by {dx}"
+        );
+    }
 
     let outside = Tensor::new(&[vocab as i64; 70], &Device::Cpu).unwrap();
-    assert!(linear_cross_entropy(&x, &w, &outside, &coef, 1000).is_err());
+    assert!(linear_cross_entropy(&x, &w, &outside, &coef, 1000, true).is_err());
 }
 
 #[test]
@@ -262,7 +274,8 @@ fn large_vocab_model(tied: bool) -> ferrotune_model::CausalLm {
 fn the_model_loss_takes_the_chunked_path_with_the_same_loss_and_gradients() {
     use ferrotune_model::loss::{chunked_loss_applies, LOGITS_BUDGET};
     use ferrotune_model::{Batch, Example};
-    let ids: Vec<u32> = (0..128u32).map(|i| (i * 7919 + 13) % 70000).collect();
+    // 160 tokens, 139 of them supervised: 139 x 70,000 logits are over the budget.
+    let ids: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 70000).collect();
     let mut labels: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     labels[..20].fill(-100);
     let example = Example {
@@ -273,7 +286,7 @@ fn the_model_loss_takes_the_chunked_path_with_the_same_loss_and_gradients() {
     let batch = Batch::padded(&[example], 0, 1, &Device::Cpu).unwrap();
     for tied in [true, false] {
         let model = large_vocab_model(tied);
-        let hidden = Tensor::zeros((1, 128, 16), DType::F32, &Device::Cpu).unwrap();
+        let hidden = Tensor::zeros((1, 139, 16), DType::F32, &Device::Cpu).unwrap();
         assert!(chunked_loss_applies(
             &hidden,
             model.embed_tokens.tensor(),

@@ -40,6 +40,7 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "group_by_length",
     "gradient_checkpointing",
     "disable_gradient_checkpointing",
+    "cpu_data_parallel",
     "ewc_lambda",
     "ewc_dataset",
     "ewc_fisher",
@@ -102,6 +103,10 @@ pub struct TrainArgs {
     pub gradient_checkpointing: bool,
     /// LLaMA-Factory's switch; `true` wins over `gradient_checkpointing`.
     pub disable_gradient_checkpointing: bool,
+    /// On the CPU with several threads, split each micro-batch by rows into one shard per
+    /// thread and run the shards side by side (`ferrotune_train::parallel`); false runs
+    /// each micro-batch whole, every operation spread over the threads. ferrotune's key.
+    pub cpu_data_parallel: bool,
     /// EWC strength; 0 or absent: off.
     pub ewc_lambda: Option<f64>,
     /// Reference data (dataset names, comma-separated) for the EWC Fisher estimate.
@@ -153,6 +158,7 @@ impl Default for TrainArgs {
             group_by_length: false,
             gradient_checkpointing: false,
             disable_gradient_checkpointing: false,
+            cpu_data_parallel: true,
             ewc_lambda: None,
             ewc_dataset: None,
             ewc_fisher: None,

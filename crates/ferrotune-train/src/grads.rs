@@ -30,6 +30,20 @@ impl Accumulated {
         Ok(())
     }
 
+    /// Adds another window's sums, slot by slot (for data parallelism: the shards of one
+    /// micro-batch, merged in shard order so that the result does not depend on timing).
+    pub fn merge(&mut self, other: Accumulated) -> Result<()> {
+        for (slot, g) in self.grads.iter_mut().zip(other.grads) {
+            if let Some(g) = g {
+                *slot = Some(match slot.take() {
+                    Some(sum) => (sum + g)?,
+                    None => g,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The gradients, zero for parameters that received none (a frozen path this window).
     pub fn finish(self, params: &[&Param]) -> Result<Vec<Tensor>> {
         self.grads

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ewc;
 pub mod grads;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod recipe;
 pub mod rows;

@@ -25,6 +25,7 @@ use crate::config::TrainArgs;
 use crate::ewc::Ewc;
 use crate::grads::{clip, Accumulated};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::parallel::{Pass, Workers};
 use crate::rows::{epoch_order, to_example, Rows};
 use crate::schedule::{Schedule, ScheduleKind};
 
@@ -424,6 +425,13 @@ pub fn run(run: &Run) -> Result<Summary> {
             eval_loss.exp()
         );
     }
+    let workers = Workers::for_training(&device, t.cpu_data_parallel)?;
+    if workers.count() > 1 {
+        eprintln!(
+            "each micro-batch is split by rows over {} CPU threads (cpu_data_parallel: false turns this off)",
+            workers.count()
+        );
+    }
     // The shuffled order of the current epoch, computed once per epoch.
     let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
     while state.global_step < total_steps {
@@ -459,18 +467,16 @@ pub fn run(run: &Run) -> Result<Summary> {
         }
         let mut accumulated = Accumulated::new(params.len());
         let mut loss_sum = 0f64;
+        let pass = if t.checkpointing() {
+            Pass::Checkpointed
+        } else {
+            Pass::Plain
+        };
         for batch in &micro {
             let scale = 1.0 / tokens as f64;
-            let loss = if t.checkpointing() {
-                model.backward_checkpointed(batch, scale, true, |grads| {
-                    accumulated.add(&params, grads)
-                })?
-            } else {
-                let loss = model.loss(batch, true)?;
-                accumulated.add(&params, &loss.sum.affine(scale, 0.0)?.backward()?)?;
-                loss
-            };
-            loss_sum += loss.sum.to_scalar::<f32>()? as f64;
+            let part = workers.gradients(&model, batch, &params, scale, pass)?;
+            accumulated.merge(part.grads)?;
+            loss_sum += part.loss_sum;
         }
         let mut grads = accumulated.finish(&params)?;
         let mut ewc_penalty = None;

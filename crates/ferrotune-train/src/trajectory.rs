@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grads::{clip, Accumulated};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::parallel::{Pass, Workers};
 use crate::schedule::{Schedule, ScheduleKind};
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +138,7 @@ pub fn replay(model: &mut CausalLm, fixture_dir: &Path) -> Result<TrajectoryRepo
         weight_decay: h.weight_decay,
         decay_everything: true,
     });
+    let workers = Workers::for_training(&device, true)?;
     let mut steps = Vec::new();
     for r in &reference.steps {
         let s = r.step - 1;
@@ -155,10 +157,11 @@ pub fn replay(model: &mut CausalLm, fixture_dir: &Path) -> Result<TrajectoryRepo
         let mut accumulated = Accumulated::new(params.len());
         let mut loss_sum = 0.0;
         for batch in &micro {
-            let loss = model.loss(batch, true)?;
-            let scaled = loss.sum.affine(1.0 / tokens as f64, 0.0)?;
-            loss_sum += loss.sum.to_scalar::<f32>()? as f64;
-            accumulated.add(&params, &scaled.backward()?)?;
+            // The trainer's own path: on a multi-threaded CPU, shards side by side.
+            let part =
+                workers.gradients(model, batch, &params, 1.0 / tokens as f64, Pass::Plain)?;
+            loss_sum += part.loss_sum;
+            accumulated.merge(part.grads)?;
         }
         let mut grads = accumulated.finish(&params)?;
         let norm = clip(&mut grads, h.max_grad_norm)?;

@@ -30,8 +30,21 @@ fn keep_freed_memory() {
     unsafe { mi_option_set_default(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// Turns off candle's own element-wise thread pool (sized once per process from
+/// `CANDLE_NUM_THREADS`) unless the environment sets it. Training runs one shard of each
+/// batch per thread (`ferrotune_train::parallel`), and two shards sharing that pool would
+/// queue on its lock; the element-wise work that matters is in our fused kernels, which
+/// use rayon's pool, and the matrix products follow `RAYON_NUM_THREADS`.
+fn single_threaded_candle_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Set before any other thread exists and before candle reads it.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    single_threaded_candle_elementwise();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

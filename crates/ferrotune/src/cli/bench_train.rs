@@ -13,7 +13,7 @@ use clap::Args;
 use ferrotune_model::init::init_model;
 use ferrotune_model::tuning::{add_lora, train_everything, LoraConfig};
 use ferrotune_model::{Batch, Example, ModelConfig, Param};
-use ferrotune_train::grads::Accumulated;
+use ferrotune_train::parallel::{Pass, Workers};
 use ferrotune_train::recipe::peak_rss_mib;
 use ferrotune_train::{AdamW, AdamWConfig};
 use serde_json::{json, Value};
@@ -66,6 +66,10 @@ pub struct BenchTrainArgs {
     /// it was chunked for large vocabularies, to compare the two.
     #[arg(long)]
     whole_logits: bool,
+    /// Run each batch whole, every operation spread over the threads, instead of one
+    /// shard of rows per thread (the trainer's `cpu_data_parallel: false`).
+    #[arg(long)]
+    no_data_parallel: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -81,6 +85,8 @@ struct Figures {
     parameters: usize,
     trainable: usize,
     final_loss: f64,
+    /// Shards each batch was split into (1: none).
+    shards: usize,
 }
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
@@ -101,6 +107,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         "batch": a.batch,
         "seq": a.seq,
         "threads": threads,
+        "shards": ours.shards,
         "steps": a.steps,
         "tokens_per_s": ours.tokens_per_s,
         "step_s": ours.seconds / a.steps as f64,
@@ -134,13 +141,18 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let per = |s: f64| s / a.steps as f64 * 1e3;
     writeln!(
         out,
-        "ferrotune: {} {}, {:.2}M parameters ({:.2}M trainable), batch {} x {}, {threads} threads, gemm: {}",
+        "ferrotune: {} {}, {:.2}M parameters ({:.2}M trainable), batch {} x {}, {threads} threads ({}), gemm: {}",
         a.arch,
         if a.lora { "LoRA r=8" } else { "full" },
         ours.parameters as f64 / 1e6,
         ours.trainable as f64 / 1e6,
         a.batch,
         a.seq,
+        if ours.shards > 1 {
+            format!("{} shards of rows side by side", ours.shards)
+        } else {
+            "each operation split over them".to_string()
+        },
         gemm.as_deref().unwrap_or("candle (gemm crate)")
     )?;
     writeln!(
@@ -262,6 +274,12 @@ fn train(a: &BenchTrainArgs) -> Result<Figures> {
         ..AdamWConfig::default()
     });
     let all = batches(a, a.warmup + a.steps, &device)?;
+    let workers = Workers::for_training(&device, !a.no_data_parallel)?;
+    let pass = if a.whole_logits {
+        Pass::WholeLogits
+    } else {
+        Pass::Plain
+    };
     let (mut forward_s, mut backward_s, mut optimizer_s) = (0f64, 0f64, 0f64);
     let mut final_loss = f64::NAN;
     let mut started = Instant::now();
@@ -270,27 +288,17 @@ fn train(a: &BenchTrainArgs) -> Result<Figures> {
             (forward_s, backward_s, optimizer_s) = (0.0, 0.0, 0.0);
             started = Instant::now();
         }
+        // The trainer's path: on several CPU threads, one shard of rows per thread.
+        let tokens = batch.supervised_tokens.max(1) as f64;
+        let part = workers.gradients(&model, batch, &params, 1.0 / tokens, pass)?;
+        final_loss = part.loss_sum / tokens;
+        let grads = part.grads.finish(&params)?;
         let t = Instant::now();
-        let loss = if a.whole_logits {
-            model.forward_loss(batch, true)?.1
-        } else {
-            model.loss(batch, true)?
-        };
-        let mean = loss.mean()?;
-        final_loss = mean.to_scalar::<f32>()? as f64;
-        let t1 = Instant::now();
-        let store = mean.backward()?;
-        let mut accumulated = Accumulated::new(params.len());
-        accumulated.add(&params, &store)?;
-        drop(store);
-        let grads = accumulated.finish(&params)?;
-        let t2 = Instant::now();
         optimizer.step(&params, &grads, 1e-4)?;
         drop(grads);
-        let t3 = Instant::now();
-        forward_s += (t1 - t).as_secs_f64();
-        backward_s += (t2 - t1).as_secs_f64();
-        optimizer_s += (t3 - t2).as_secs_f64();
+        forward_s += part.forward_s;
+        backward_s += part.backward_s;
+        optimizer_s += t.elapsed().as_secs_f64();
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Figures {
@@ -302,6 +310,7 @@ fn train(a: &BenchTrainArgs) -> Result<Figures> {
         parameters,
         trainable,
         final_loss,
+        shards: workers.count().min(a.batch),
     })
 }
 

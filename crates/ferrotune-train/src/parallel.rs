@@ -1,0 +1,179 @@
+//! Data parallelism over CPU threads: a micro-batch is split by rows into one shard per
+//! thread, each thread runs the forward and backward pass of its shard alone, and the
+//! shards' gradients are summed in shard order.
+//!
+//! Why: with candle, one step on two threads splits every operation in two (the matrix
+//! products, the element-wise ops, our fused kernels) and waits at the end of each; the
+//! many small operations of a step and the serial parts between them leave a core idle
+//! for much of the step. Two shards on one thread each keep both cores busy with no
+//! waiting, and a single-threaded matrix product runs at the same GFLOP/s per core
+//! (docs/PERFORMANCE.md, "Data parallelism over threads").
+//!
+//! Each worker is a one-thread rayon pool: code that runs inside it and asks rayon for
+//! parallelism (our fused kernels, the gemm crate behind candle's matmul) runs inline on
+//! that thread. candle's separate element-wise pool is sized once per process from
+//! `CANDLE_NUM_THREADS`; the `ferrotune` binary sets it to 1 (see its main), since two
+//! workers sharing that pool would queue on its lock.
+//!
+//! The sum of the shards' gradients equals the micro-batch's gradient up to the order of
+//! floating-point additions; losses are sums over tokens, normalised by the caller's
+//! `scale`, so the split changes no loss or gradient beyond rounding.
+
+use std::time::Instant;
+
+use candle_core::{Device, Result};
+use ferrotune_model::{Batch, CausalLm, Param};
+
+use crate::grads::Accumulated;
+
+/// How a shard's gradients are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// `CausalLm::loss` (the chunked head for large vocabularies) and one backward pass.
+    Plain,
+    /// `CausalLm::forward_loss`, which keeps the whole logits (for benchmarks).
+    WholeLogits,
+    /// `CausalLm::backward_checkpointed`: each decoder layer recomputed in the backward.
+    Checkpointed,
+}
+
+/// One micro-batch's summed loss and gradients, with the time the passes took (for
+/// several shards, those of the slowest shard).
+#[derive(Debug)]
+pub struct Gradients {
+    /// Sum over the supervised targets of weight * cross-entropy (not scaled).
+    pub loss_sum: f64,
+    pub grads: Accumulated,
+    pub forward_s: f64,
+    pub backward_s: f64,
+}
+
+/// The worker threads; none when the model runs on one thread or off the CPU.
+pub struct Workers {
+    pools: Vec<rayon::ThreadPool>,
+}
+
+impl Workers {
+    /// One worker per thread of rayon's global pool when `device` is the CPU, there is
+    /// more than one thread and `enabled`; none otherwise (each pass then runs on the
+    /// calling thread, with the operations themselves spread over the threads).
+    pub fn for_training(device: &Device, enabled: bool) -> Result<Self> {
+        let threads = rayon::current_num_threads();
+        if !enabled || !device.is_cpu() {
+            return Ok(Workers { pools: Vec::new() });
+        }
+        Self::with_threads(threads)
+    }
+
+    /// `threads` workers (none below 2).
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        if threads < 2 {
+            return Ok(Workers { pools: Vec::new() });
+        }
+        let pools = (0..threads)
+            .map(|i| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("ferrotune-shard-{i}"))
+                    .build()
+                    .map_err(|e| candle_core::Error::Msg(format!("worker thread: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Workers { pools })
+    }
+
+    /// The number of shards a micro-batch is split into (1: no split).
+    pub fn count(&self) -> usize {
+        self.pools.len().max(1)
+    }
+
+    /// The loss and the gradients of `params` for `batch`, the loss scaled by `scale`
+    /// before the backward pass. `batch` is split into up to `count()` shards by rows.
+    pub fn gradients(
+        &self,
+        model: &CausalLm,
+        batch: &Batch,
+        params: &[&Param],
+        scale: f64,
+        pass: Pass,
+    ) -> Result<Gradients> {
+        let shards = if self.pools.len() > 1 && batch.batch > 1 {
+            batch.split_rows(self.pools.len())?
+        } else {
+            Vec::new()
+        };
+        if shards.len() < 2 {
+            return shard_gradients(model, batch, params, scale, pass);
+        }
+        let results: Vec<Result<Gradients>> = std::thread::scope(|s| {
+            let handles: Vec<_> = shards
+                .iter()
+                .zip(&self.pools)
+                .map(|(shard, pool)| {
+                    s.spawn(move || {
+                        pool.install(|| shard_gradients(model, shard, params, scale, pass))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(candle_core::Error::Msg("a training worker panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut total: Option<Gradients> = None;
+        for part in results {
+            let part = part?;
+            total = Some(match total {
+                None => part,
+                Some(mut t) => {
+                    t.loss_sum += part.loss_sum;
+                    t.forward_s = t.forward_s.max(part.forward_s);
+                    t.backward_s = t.backward_s.max(part.backward_s);
+                    t.grads.merge(part.grads)?;
+                    t
+                }
+            });
+        }
+        total.ok_or_else(|| candle_core::Error::Msg("no shard".into()))
+    }
+}
+
+/// Forward and backward of one shard on the calling thread.
+fn shard_gradients(
+    model: &CausalLm,
+    batch: &Batch,
+    params: &[&Param],
+    scale: f64,
+    pass: Pass,
+) -> Result<Gradients> {
+    let mut grads = Accumulated::new(params.len());
+    let started = Instant::now();
+    let (loss, forward_s) = match pass {
+        Pass::Checkpointed => {
+            // Forward and backward interleave; the whole pass counts as backward.
+            let loss = model.backward_checkpointed(batch, scale, true, |g| grads.add(params, g))?;
+            (loss, 0.0)
+        }
+        Pass::Plain | Pass::WholeLogits => {
+            let loss = if pass == Pass::Plain {
+                model.loss(batch, true)?
+            } else {
+                model.forward_loss(batch, true)?.1
+            };
+            let forward_s = started.elapsed().as_secs_f64();
+            let store = loss.sum.affine(scale, 0.0)?.backward()?;
+            grads.add(params, &store)?;
+            (loss, forward_s)
+        }
+    };
+    Ok(Gradients {
+        loss_sum: loss.sum.to_scalar::<f32>()? as f64,
+        grads,
+        forward_s,
+        backward_s: started.elapsed().as_secs_f64() - forward_s,
+    })
+}

@@ -1,0 +1,141 @@
+//! Data parallelism over threads changes no loss and no gradient: a micro-batch split
+//! into shards of rows (each trimmed of its trailing padding) and run side by side gives
+//! the loss and, for every trainable parameter, the gradient of the whole micro-batch,
+//! on the three fixture models, full fine-tuning and LoRA, plain and checkpointed.
+
+use candle_core::{DType, Device, Tensor};
+use ferrotune_data::rng::SplitMix64;
+use ferrotune_model::tuning::{load_peft_adapter, train_everything};
+use ferrotune_model::weights::load_model;
+use ferrotune_model::{Batch, CausalLm, Example, Param, IGNORE_INDEX};
+use ferrotune_testing::shared;
+use ferrotune_train::parallel::{Pass, Workers};
+
+const MODELS: [&str; 3] = ["llama_gqa_untied", "qwen2_bias_tied", "qwen3_qknorm_tied"];
+
+/// Five right-padded rows of 4 to 23 tokens, the first part of each unsupervised.
+fn batch(vocab: u32) -> Batch {
+    let mut rng = SplitMix64(5);
+    let examples: Vec<Example> = (0..5)
+        .map(|_| {
+            let len = 4 + (rng.next_u64() % 20) as usize;
+            let prompt = 1 + (rng.next_u64() % (len as u64 - 2)) as usize;
+            let ids: Vec<u32> = (0..len)
+                .map(|_| 1 + (rng.next_u64() % (vocab as u64 - 1)) as u32)
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i < prompt { IGNORE_INDEX } else { t as i64 })
+                .collect();
+            Example {
+                input_ids: ids,
+                labels,
+                weights: None,
+            }
+        })
+        .collect();
+    Batch::padded(&examples, 0, 1, &Device::Cpu).unwrap()
+}
+
+fn model(name: &str, lora: bool) -> CausalLm {
+    let dir = shared(&format!("fixtures/models/{name}"));
+    let mut model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
+    if lora {
+        load_peft_adapter(&mut model, &dir.join("lora")).unwrap();
+    } else {
+        train_everything(&mut model).unwrap();
+    }
+    model
+}
+
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let den = b.sqr().unwrap().sum_all().unwrap();
+    let num = num.to_scalar::<f32>().unwrap() as f64;
+    let den = den.to_scalar::<f32>().unwrap() as f64;
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn shards_keep_every_row_and_supervised_token_and_drop_only_padding() {
+    let whole = batch(100);
+    for parts in [2, 3, 5, 8] {
+        let shards = whole.split_rows(parts).unwrap();
+        assert_eq!(shards.len(), parts.min(5));
+        assert_eq!(shards.iter().map(|s| s.batch).sum::<usize>(), 5);
+        let tokens: usize = shards.iter().map(|s| s.supervised_tokens).sum();
+        assert_eq!(tokens, whole.supervised_tokens, "{parts} parts");
+        let mut row = 0;
+        for shard in &shards {
+            for r in 0..shard.batch {
+                let (w, s) = (row * whole.seq_len, r * shard.seq_len);
+                let real = whole.segment_ids[w..w + whole.seq_len]
+                    .iter()
+                    .filter(|&&x| x != 0)
+                    .count();
+                // Every real token is kept, in place; only padding is cut.
+                assert!(real <= shard.seq_len);
+                assert_eq!(
+                    &whole.segment_ids[w..w + shard.seq_len],
+                    &shard.segment_ids[s..s + shard.seq_len]
+                );
+                let ids = |b: &Batch, at: usize| {
+                    b.input_ids.get(at).unwrap().to_vec1::<u32>().unwrap()[..real].to_vec()
+                };
+                assert_eq!(ids(&whole, row), ids(shard, r));
+                row += 1;
+            }
+            // The longest row of the shard sets its length.
+            let longest = (0..shard.batch)
+                .map(|r| {
+                    shard.segment_ids[r * shard.seq_len..(r + 1) * shard.seq_len]
+                        .iter()
+                        .filter(|&&x| x != 0)
+                        .count()
+                })
+                .max()
+                .unwrap();
+            assert_eq!(shard.seq_len, longest);
+        }
+    }
+}
+
+#[test]
+fn shards_side_by_side_give_the_whole_batch_loss_and_gradients() {
+    for name in MODELS {
+        for lora in [false, true] {
+            let model = model(name, lora);
+            let batch = batch(model.config.vocab_size as u32);
+            let scale = 1.0 / batch.supervised_tokens as f64;
+            let params: Vec<&Param> = model
+                .params()
+                .into_iter()
+                .filter(|p| p.is_trainable())
+                .collect();
+            let whole = Workers::with_threads(1)
+                .unwrap()
+                .gradients(&model, &batch, &params, scale, Pass::Plain)
+                .unwrap();
+            let whole_grads = whole.grads.finish(&params).unwrap();
+            for threads in [2, 3] {
+                for pass in [Pass::Plain, Pass::Checkpointed] {
+                    let workers = Workers::with_threads(threads).unwrap();
+                    assert_eq!(workers.count(), threads);
+                    let split = workers
+                        .gradients(&model, &batch, &params, scale, pass)
+                        .unwrap();
+                    let what = format!("{name}, lora {lora}, {threads} threads, {pass:?}");
+                    let loss = (split.loss_sum - whole.loss_sum).abs() / whole.loss_sum;
+                    assert!(loss < 1e-6, "{what}: loss differs by {loss}");
+                    assert!(split.grads.grads.iter().all(Option::is_some), "{what}");
+                    let grads = split.grads.finish(&params).unwrap();
+                    for ((p, a), b) in params.iter().zip(&grads).zip(&whole_grads) {
+                        let d = rel_diff(a, b);
+                        assert!(d < 1e-5, "{what}: {} differs by {d}", p.name());
+                    }
+                }
+            }
+        }
+    }
+}
