@@ -267,16 +267,16 @@ fn attention_with(
     fused: bool,
 ) -> Result<Tensor> {
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let raw = qd.matmul(&kd.t()?)?;
+    let raw = gemm::matmul(&qd, &kd.t()?)?;
     let (out, lse) = if fused {
         let (p, lse) = fused::attention_probs(&raw, bias, scale, None)?;
-        (p.matmul(&vd)?, lse)
+        (gemm::matmul(&p, &vd)?, lse)
     } else {
         let scores = raw.affine(scale, 0.0)?.broadcast_add(bias)?;
         let max = scores.max_keepdim(D::Minus1)?;
         let exp = scores.broadcast_sub(&max)?.exp()?;
         let sum = exp.sum_keepdim(D::Minus1)?;
-        let out = exp.matmul(&vd)?.broadcast_div(&sum)?;
+        let out = gemm::matmul(&exp, &vd)?.broadcast_div(&sum)?;
         (out, (max + sum.log()?)?)
     };
     drop(raw);
@@ -352,15 +352,15 @@ impl CustomOp3 for AttentionOp {
             grad.detach(),
         );
         if self.fused {
-            let raw = q.matmul(&k.t()?)?;
+            let raw = gemm::matmul(&q, &k.t()?)?;
             let (p, _) = fused::attention_probs(&raw, &self.bias, self.scale, Some(&self.lse))?;
             drop(raw);
-            let dv = p.t()?.matmul(&g)?;
-            let dp = g.matmul(&v.t()?)?;
+            let dv = gemm::matmul(&p.t()?, &g)?;
+            let dp = gemm::matmul(&g, &v.t()?)?;
             let row = (&g * &o)?.sum_keepdim(D::Minus1)?;
             let ds = fused::attention_score_grad(&p, &dp, &row, self.scale)?;
-            let dq = ds.matmul(&k)?;
-            let dk = ds.t()?.matmul(&q)?;
+            let dq = gemm::matmul(&ds, &k)?;
+            let dk = gemm::matmul(&ds.t()?, &q)?;
             return Ok((Some(dq), Some(dk), Some(dv)));
         }
         let scores = q
@@ -368,12 +368,12 @@ impl CustomOp3 for AttentionOp {
             .affine(self.scale, 0.0)?
             .broadcast_add(&self.bias)?;
         let p = scores.broadcast_sub(&self.lse)?.exp()?;
-        let dv = p.t()?.matmul(&g)?;
-        let dp = g.matmul(&v.t()?)?;
+        let dv = gemm::matmul(&p.t()?, &g)?;
+        let dp = gemm::matmul(&g, &v.t()?)?;
         let row = (&g * &o)?.sum_keepdim(D::Minus1)?;
         let ds = (p * dp.broadcast_sub(&row)?)?;
-        let dq = ds.matmul(&k)?.affine(self.scale, 0.0)?;
-        let dk = ds.t()?.matmul(&q)?.affine(self.scale, 0.0)?;
+        let dq = gemm::matmul(&ds, &k)?.affine(self.scale, 0.0)?;
+        let dk = gemm::matmul(&ds.t()?, &q)?.affine(self.scale, 0.0)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

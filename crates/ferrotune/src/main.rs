@@ -42,9 +42,21 @@ fn single_threaded_candle_elementwise() {
     }
 }
 
+/// Fixes RAYON_NUM_THREADS, when unset, to candle's default (the physical cores): candle
+/// reads it before every matrix product and, unset, works the default out again from
+/// /proc/cpuinfo each time (2% of a LoRA training step's samples). rayon's pool then
+/// gets the same count.
+fn fixed_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     single_threaded_candle_elementwise();
+    fixed_thread_count();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

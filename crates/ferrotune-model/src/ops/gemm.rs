@@ -1,76 +1,102 @@
-//! The matrix products of the linear layers (`x W^T`, and in the backward pass `g W` and
-//! `g^T x`), routed through the system OpenBLAS when the `openblas` feature is on and the
-//! operands are f32 CPU tensors; candle's own (pure-Rust) matmul otherwise.
+//! The matrix products of the model: the linear layers (`x W^T`, and in the backward
+//! pass `g W` and `g^T x`) and the attention's batched products.
 //!
-//! With the feature off (the default) this module is a thin layer over `Tensor::matmul`,
-//! so the default build computes exactly what it computed before. The feature is opt-in:
-//! at the training shapes, on the AVX-512 development machine, candle's gemm crate and
-//! OpenBLAS run at the same speed (docs/PERFORMANCE.md; re-measure with
-//! `cargo run --release -p ferrotune-model --features openblas --example gemm_shapes`).
+//! f32 CPU products call the gemm crate (the kernels inside candle's matmul) directly,
+//! or the system OpenBLAS for 2-D products when the `openblas` feature is on; other
+//! devices and dtypes take candle's matmul. Calling gemm directly instead of through
+//! `Tensor::matmul` does three things candle does not:
 //!
-//! Threads: OpenBLAS keeps its own thread pool; it is sized like candle's matmul, from
+//! * the thread count follows the calling rayon pool (`rayon::current_num_threads`), not
+//!   the process-wide RAYON_NUM_THREADS: inside a one-thread training worker
+//!   (`ferrotune_train::parallel`) products take gemm's single-thread path;
+//! * the output is not zero-filled first (gemm writes every element);
+//! * a batched product (attention's (batch, heads) products) on several threads splits
+//!   the batch between them, each product single-threaded, instead of splitting each
+//!   small product in two.
+//!
+//! The OpenBLAS option: at the training shapes, on the AVX-512 development machine,
+//! candle's gemm crate and OpenBLAS run at the same speed (docs/PERFORMANCE.md;
+//! re-measure with `cargo run --release -p ferrotune-model --features openblas --example
+//! gemm_shapes`). OpenBLAS keeps its own thread pool, sized like candle's matmul from
 //! `RAYON_NUM_THREADS` (the physical core count when unset), checked before every product.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 
-/// Whether `a` and `b` take the OpenBLAS path.
-#[cfg(feature = "openblas")]
-fn use_blas(a: &Tensor, b: &Tensor) -> bool {
-    use candle_core::DType;
+/// Whether `a @ b` takes our CPU path: f32 CPU tensors of the same rank, at least 2.
+fn on_cpu_path(a: &Tensor, b: &Tensor) -> bool {
     a.device().is_cpu()
         && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
-        && a.rank() == 2
-        && b.rank() == 2
+        && a.rank() >= 2
+        && a.rank() == b.rank()
 }
 
-/// `a @ b` for `a` (m, k) and `b` (k, n) with any 2-D layout (transposed views such as
-/// `w.t()` need no copy), not tracked for gradients.
+/// `a @ b` for `a` (..., m, k) and `b` (..., k, n) with the same leading (batch)
+/// dimensions and any layout (transposed views such as `w.t()` need no copy), not
+/// tracked for gradients.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
-    if use_blas(a, b) {
-        return a.apply_op2_no_bwd(b, &blas::Sgemm);
+    if on_cpu_path(a, b) {
+        return a.apply_op2_no_bwd(b, &Product);
     }
     a.matmul(b)
 }
 
-/// `a @ b` on CPU storages inside a custom op's forward pass: `a` (m, k), `b` (k, n)
-/// with any 2-D layouts; OpenBLAS for f32 with the feature, candle's matmul otherwise.
+/// `a @ b` on CPU storages inside a custom op's forward pass, with the layouts
+/// `matmul` accepts.
 pub fn cpu_matmul(
     a: &CpuStorage,
     al: &Layout,
     b: &CpuStorage,
     bl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (m, k) = al.shape().dims2()?;
-    let (_, n) = bl.shape().dims2()?;
-    #[cfg(feature = "openblas")]
     if let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) {
-        let (out, shape) = blas::sgemm(a, al, b, bl)?;
+        #[cfg(feature = "openblas")]
+        if al.dims().len() == 2 && bl.dims().len() == 2 {
+            let (out, shape) = blas::sgemm(a, al, b, bl)?;
+            return Ok((CpuStorage::F32(out), shape));
+        }
+        let (out, shape) = direct::sgemm(a, al, b, bl)?;
         return Ok((CpuStorage::F32(out), shape));
     }
+    let (m, k) = al.shape().dims2()?;
+    let (_, n) = bl.shape().dims2()?;
     Ok((a.matmul(b, (1, m, n, k), al, bl)?, Shape::from((m, n))))
 }
 
-/// The differentiable `x @ w^T` of a trainable weight `w` (out, in), `x` (n, in): candle's
-/// matmul by default; with the `openblas` feature, one op whose backward computes `g w`
-/// and `g^T x` through OpenBLAS too.
+/// `a @ b`, forward only.
+struct Product;
+
+impl candle_core::CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "f32-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_matmul(a, al, b, bl)
+    }
+}
+
+/// The differentiable `x @ w^T` of a trainable weight `w` (out, in), `x` (n, in): on the
+/// CPU in f32 one op whose backward computes `g w` (when `x` needs it) and `g^T x`
+/// directly in the weight's layout; candle's matmul and its backward elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "openblas")]
-    if use_blas(x, w) {
+    if on_cpu_path(x, w) && x.rank() == 2 {
         return x.apply_op2(w, Linear);
     }
     x.matmul(&w.t()?)
 }
 
-/// `x @ w^T` with its backward pass (`g w` for x, `g^T x` for w, computed directly in the
-/// weight's layout).
-#[cfg(feature = "openblas")]
+/// `x @ w^T` with its backward pass.
 struct Linear;
 
-#[cfg(feature = "openblas")]
 impl candle_core::CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "linear"
@@ -117,12 +143,127 @@ pub fn backend_info() -> Option<String> {
     }
 }
 
+/// f32 products through the gemm crate.
+mod direct {
+    use std::mem::MaybeUninit;
+
+    use candle_core::{Layout, Result, Shape};
+    use gemm::Parallelism;
+    use rayon::prelude::*;
+
+    /// The offset of the element at `index` (row-major over `dims`) of the leading
+    /// `dims.len()` dimensions.
+    fn offset(mut index: usize, dims: &[usize], stride: &[usize]) -> usize {
+        let mut at = 0;
+        for (&d, &s) in dims.iter().zip(stride).rev() {
+            at += (index % d) * s;
+            index /= d;
+        }
+        at
+    }
+
+    /// One past the furthest element a layout reaches (0 for an empty one).
+    fn reach(l: &Layout) -> usize {
+        if l.dims().contains(&0) {
+            return 0;
+        }
+        l.start_offset()
+            + l.dims()
+                .iter()
+                .zip(l.stride())
+                .map(|(&d, &s)| (d - 1) * s)
+                .sum::<usize>()
+            + 1
+    }
+
+    /// `a (..., m, k) @ b (..., k, n)` into a new row-major buffer.
+    pub(super) fn sgemm(
+        a: &[f32],
+        al: &Layout,
+        b: &[f32],
+        bl: &Layout,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let r = al.dims().len();
+        if r < 2 || bl.dims().len() != r || al.dims()[..r - 2] != bl.dims()[..r - 2] {
+            candle_core::bail!("matmul: shapes {:?} and {:?}", al.dims(), bl.dims());
+        }
+        let batch_dims = &al.dims()[..r - 2];
+        let (m, k) = (al.dims()[r - 2], al.dims()[r - 1]);
+        let (k2, n) = (bl.dims()[r - 2], bl.dims()[r - 1]);
+        if k != k2 {
+            candle_core::bail!("matmul: ({m}, {k}) @ ({k2}, {n})");
+        }
+        if reach(al) > a.len() || reach(bl) > b.len() {
+            candle_core::bail!("matmul: an operand's layout reaches past its storage");
+        }
+        let batches: usize = batch_dims.iter().product();
+        let mut shape = batch_dims.to_vec();
+        shape.extend([m, n]);
+        let size = m * n;
+        if batches * size == 0 || k == 0 {
+            return Ok((vec![0f32; batches * size], Shape::from(shape)));
+        }
+        let (sa, sb) = (al.stride(), bl.stride());
+        let a_at = |i: usize| al.start_offset() + offset(i, batch_dims, &sa[..r - 2]);
+        let b_at = |i: usize| bl.start_offset() + offset(i, batch_dims, &sb[..r - 2]);
+        let product = |dst: &mut [MaybeUninit<f32>], i: usize, parallelism: Parallelism| {
+            // Safety: `reach` checked that every element of both operands lies inside
+            // their buffers, and `dst` holds exactly the m x n row-major output, every
+            // element of which gemm writes without reading it (`read_dst` false).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr() as *mut f32,
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr().add(a_at(i)),
+                    sa[r - 1] as isize,
+                    sa[r - 2] as isize,
+                    b.as_ptr().add(b_at(i)),
+                    sb[r - 1] as isize,
+                    sb[r - 2] as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            }
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(batches * size);
+        let dst = &mut out.spare_capacity_mut()[..batches * size];
+        let threads = rayon::current_num_threads();
+        if threads > 1 && batches >= threads {
+            // Whole products per thread.
+            dst.par_chunks_mut(size)
+                .enumerate()
+                .for_each(|(i, d)| product(d, i, Parallelism::None));
+        } else {
+            let parallelism = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            for (i, d) in dst.chunks_mut(size).enumerate() {
+                product(d, i, parallelism);
+            }
+        }
+        // Safety: the products above wrote all of these elements.
+        unsafe { out.set_len(batches * size) };
+        Ok((out, Shape::from(shape)))
+    }
+}
+
 #[cfg(feature = "openblas")]
 mod blas {
     use std::ffi::{c_char, c_int, CStr};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+    use candle_core::{Layout, Result, Shape};
 
     const ROW_MAJOR: c_int = 101;
     const NO_TRANS: c_int = 111;
@@ -279,34 +420,6 @@ mod blas {
         }
         out
     }
-
-    fn f32_data<'a>(s: &'a CpuStorage, what: &str) -> Result<&'a [f32]> {
-        match s {
-            CpuStorage::F32(v) => Ok(v),
-            _ => candle_core::bail!("{what}: expected f32 storage"),
-        }
-    }
-
-    /// `a @ b`, forward only.
-    pub(super) struct Sgemm;
-
-    impl CustomOp2 for Sgemm {
-        fn name(&self) -> &'static str {
-            "openblas-sgemm"
-        }
-
-        fn cpu_fwd(
-            &self,
-            a: &CpuStorage,
-            al: &Layout,
-            b: &CpuStorage,
-            bl: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            let (a, b) = (f32_data(a, "sgemm")?, f32_data(b, "sgemm")?);
-            let (out, shape) = sgemm(a, al, b, bl)?;
-            Ok((CpuStorage::F32(out), shape))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -368,6 +481,43 @@ mod tests {
             let got = matmul(&a, &b).unwrap();
             assert_eq!(got.dims(), want.dims(), "{name}");
             assert!(max_diff(&got, &want) < 1e-5, "{name}");
+        }
+    }
+
+    /// The attention's batched products, with transposed and narrowed operands, on one
+    /// and two threads (whole products per thread, or each product split).
+    #[test]
+    fn batched_products_match_candle() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 7, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 9, 4), &dev).unwrap();
+        let wide = Tensor::randn(0f32, 1.0, (2, 3, 9, 6), &dev).unwrap();
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            ("q k^T", q.clone(), k.t().unwrap()),
+            ("p v", q.matmul(&k.t().unwrap()).unwrap(), k.clone()),
+            ("p^T g", k.t().unwrap(), wide.clone()),
+            (
+                "narrowed",
+                q.clone(),
+                wide.narrow(3, 1, 4).unwrap().t().unwrap(),
+            ),
+            (
+                "3-D",
+                q.flatten_to(1).unwrap(),
+                k.flatten_to(1).unwrap().t().unwrap(),
+            ),
+        ];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (name, a, b) in &cases {
+                let want = a.matmul(b).unwrap();
+                let got = pool.install(|| matmul(a, b)).unwrap();
+                assert_eq!(got.dims(), want.dims(), "{name}");
+                assert!(max_diff(&got, &want) < 1e-5, "{name}, {threads} threads");
+            }
         }
     }
 
