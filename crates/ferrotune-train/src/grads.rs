@@ -3,6 +3,52 @@
 
 use candle_core::{backprop::GradStore, DType, Result, Tensor};
 use ferrotune_model::Param;
+use rayon::prelude::*;
+
+use crate::optim::{with_slices, TASK};
+
+/// Whether the f32 CPU kernels below apply (elsewhere: candle's ops).
+fn on_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `a + b`: for f32 CPU tensors one pass split over the threads (candle's add runs on one
+/// thread in the binary, and a full fine-tuning step of a large vocabulary sums gradients
+/// of hundreds of MB).
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !on_cpu_f32(&[a, b]) || a.shape() != b.shape() {
+        return a + b;
+    }
+    let mut out = vec![0f32; a.elem_count()];
+    with_slices([a, b], |[x, y]| {
+        out.par_chunks_mut(TASK)
+            .zip(x.par_chunks(TASK).zip(y.par_chunks(TASK)))
+            .for_each(|(o, (x, y))| {
+                for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                    *o = x + y;
+                }
+            });
+        Ok(())
+    })?;
+    Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// The sum of squares of a tensor's elements, in f64 (f32 partial sums per task).
+fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    if !on_cpu_f32(&[t]) {
+        return Ok(t
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64);
+    }
+    with_slices([t], |[x]| {
+        Ok(x.par_chunks(TASK)
+            .map(|c| c.iter().map(|v| v * v).sum::<f32>() as f64)
+            .sum())
+    })
+}
 
 /// Summed gradients of the trainable parameters, in a fixed order.
 #[derive(Debug, Default)]
@@ -22,7 +68,7 @@ impl Accumulated {
         for (slot, p) in self.grads.iter_mut().zip(params) {
             if let Some(g) = store.get(p.tensor()) {
                 *slot = Some(match slot.take() {
-                    Some(sum) => (sum + g)?,
+                    Some(sum) => add(&sum, g)?,
                     None => g.clone(),
                 });
             }
@@ -36,7 +82,7 @@ impl Accumulated {
         for (slot, g) in self.grads.iter_mut().zip(other.grads) {
             if let Some(g) = g {
                 *slot = Some(match slot.take() {
-                    Some(sum) => (sum + g)?,
+                    Some(sum) => add(&sum, &g)?,
                     None => g,
                 });
             }
@@ -61,11 +107,7 @@ impl Accumulated {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
-        total += g
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
+        total += sum_of_squares(g)?;
     }
     Ok(total.sqrt())
 }

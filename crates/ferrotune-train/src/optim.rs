@@ -127,7 +127,7 @@ fn composed_update(
 }
 
 /// Elements per parallel task of the fused update.
-const TASK: usize = 1 << 15;
+pub(crate) const TASK: usize = 1 << 15;
 
 /// The fused update applies to f32 CPU tensors, where the composed update's dozen candle
 /// ops (each a pass and a fresh tensor, several on one thread) cost a tenth of a full
@@ -138,21 +138,25 @@ fn fused_applies(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
-/// Runs `f` on the elements of four CPU f32 tensors, read in place (made contiguous first
+/// Runs `f` on the elements of `N` CPU f32 tensors, read in place (made contiguous first
 /// where they are not).
-fn with_slices<R>(ts: [&Tensor; 4], f: impl FnOnce([&[f32]; 4]) -> Result<R>) -> Result<R> {
-    let ts = ts.map(|t| t.contiguous());
-    let [a, b, c, d] = ts;
-    let (a, b, c, d) = (a?, b?, c?, d?);
-    let guards = [&a, &b, &c, &d].map(|t| t.storage_and_layout());
-    let mut slices: [&[f32]; 4] = [&[]; 4];
+pub(crate) fn with_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let mut owned = Vec::with_capacity(N);
+    for t in ts {
+        owned.push(t.contiguous()?);
+    }
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
     for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
         let (start, end) = layout
             .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("AdamW: a non-contiguous tensor".into()))?;
+            .ok_or_else(|| candle_core::Error::Msg("a non-contiguous tensor".into()))?;
         *slot = match &**storage {
             candle_core::Storage::Cpu(s) => &s.as_slice::<f32>()?[start..end],
-            _ => candle_core::bail!("AdamW: the fused update needs CPU tensors"),
+            _ => candle_core::bail!("the fused f32 kernels need CPU tensors"),
         };
     }
     f(slices)
