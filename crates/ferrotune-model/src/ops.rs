@@ -172,8 +172,10 @@ macro_rules! precomputed_forward {
 ///
 /// Composed from candle ops, the graph would keep three (rows, out) tensors per layer (the
 /// base output, the adapter output and their sum) and candle would compute a gradient for
-/// the frozen weight. This op keeps only its output and computes gradients for `x`, `A`
-/// and `B` alone, recomputing the small (rows, rank) product `x A^T` in the backward pass.
+/// the frozen weight. This op keeps only its output and the small (rows, rank) product
+/// `x A^T`, and computes gradients for `x`, `A` and `B` alone. The two-term sums (the
+/// output, and the input's gradient `g W + s (g B) A`) accumulate in one buffer
+/// (`gemm::sum_of_products`).
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -184,16 +186,16 @@ pub fn lora_linear(
 ) -> Result<Tensor> {
     // The value, computed outside the graph.
     let (xd, ad, bd) = (x.detach(), a.detach(), b.detach());
-    let mut y = gemm::matmul(&xd, &w.t()?)?;
+    let u = gemm::matmul(&xd, &ad.t()?)?;
+    let mut y = gemm::sum_of_products(&[(&xd, &w.t()?, 1.0), (&u, &bd.t()?, scale)])?;
     if let Some(bias) = bias {
         y = y.broadcast_add(bias)?;
     }
-    let u = gemm::matmul(&xd, &ad.t()?)?.affine(scale, 0.0)?;
-    let y = (y + gemm::matmul(&u, &bd.t()?)?)?.contiguous()?;
     let op = LoraOp {
         w: w.clone(),
         scale,
-        value: Mutex::new(Some(y)),
+        u,
+        value: Mutex::new(Some(y.contiguous()?)),
     };
     x.apply_op3(a, b, op)
 }
@@ -201,6 +203,8 @@ pub fn lora_linear(
 struct LoraOp {
     w: Tensor,
     scale: f64,
+    /// `x A^T`, (rows, rank).
+    u: Tensor,
     /// The forward result, handed over (and released) by the forward call.
     value: Mutex<Option<Tensor>>,
 }
@@ -221,12 +225,13 @@ impl CustomOp3 for LoraOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x_in, a, b, g) = (x.detach(), a.detach(), b.detach(), grad.detach());
-        let u = gemm::matmul(&x_in, &a.t()?)?;
-        let db = gemm::matmul(&g.t()?, &u)?.affine(self.scale, 0.0)?;
-        let gu = gemm::matmul(&g, &b)?.affine(self.scale, 0.0)?;
+        let s = self.scale;
+        let db = gemm::sum_of_products(&[(&g.t()?, &self.u, s)])?;
+        let gu = gemm::sum_of_products(&[(&g, &b, s)])?;
         let da = gemm::matmul(&gu.t()?, &x_in)?;
         let dx = if x.track_op() {
-            Some((gemm::matmul(&g, &self.w.detach())? + gemm::matmul(&gu, &a)?)?)
+            let w = self.w.detach();
+            Some(gemm::sum_of_products(&[(&g, &w, 1.0), (&gu, &a, 1.0)])?)
         } else {
             None
         };

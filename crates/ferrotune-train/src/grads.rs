@@ -34,7 +34,8 @@ fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
-/// The sum of squares of a tensor's elements, in f64 (f32 partial sums per task).
+/// The sum of squares of a tensor's elements, each square added in f64 (the clipping
+/// coefficient then depends on no summation order but the split into tasks).
 fn sum_of_squares(t: &Tensor) -> Result<f64> {
     if !on_cpu_f32(&[t]) {
         return Ok(t
@@ -45,7 +46,7 @@ fn sum_of_squares(t: &Tensor) -> Result<f64> {
     }
     with_slices([t], |[x]| {
         Ok(x.par_chunks(TASK)
-            .map(|c| c.iter().map(|v| v * v).sum::<f32>() as f64)
+            .map(|c| c.iter().map(|&v| (v * v) as f64).sum::<f64>())
             .sum())
     })
 }

@@ -43,6 +43,42 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
+/// `sum_i s_i * (a_i @ b_i)` for 2-D products of one output shape: on the CPU in f32 the
+/// products accumulate into one buffer (gemm's `dst = dst + s * a b`), with no tensor
+/// per product and no pass to add them; candle's ops elsewhere. Not tracked for
+/// gradients. For a LoRA layer, `x W^T + s (x A^T) B^T` and `g W + (g B) A`.
+pub fn sum_of_products(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
+    let Some(&(a0, b0, _)) = terms.first() else {
+        candle_core::bail!("sum_of_products: no term");
+    };
+    let cpu = terms
+        .iter()
+        .all(|(a, b, _)| on_cpu_path(a, b) && a.rank() == 2 && b.device().same_device(a0.device()));
+    if !cpu {
+        let mut sum = (matmul(a0, b0)? * terms[0].2)?;
+        for (a, b, s) in &terms[1..] {
+            sum = (sum + (matmul(a, b)? * *s)?)?;
+        }
+        return Ok(sum);
+    }
+    let guards: Vec<_> = terms
+        .iter()
+        .map(|(a, b, _)| (a.storage_and_layout(), b.storage_and_layout()))
+        .collect();
+    let mut operands = Vec::with_capacity(terms.len());
+    for (((sa, la), (sb, lb)), (_, _, s)) in guards.iter().zip(terms) {
+        match (&**sa, &**sb) {
+            (
+                candle_core::Storage::Cpu(CpuStorage::F32(a)),
+                candle_core::Storage::Cpu(CpuStorage::F32(b)),
+            ) => operands.push((a.as_slice(), *la, b.as_slice(), *lb, *s as f32)),
+            _ => candle_core::bail!("sum_of_products: expected f32 CPU tensors"),
+        }
+    }
+    let (out, shape) = direct::sum_2d(&operands)?;
+    Tensor::from_vec(out, shape, a0.device())
+}
+
 /// `a @ b` on CPU storages inside a custom op's forward pass, with the layouts
 /// `matmul` accepts.
 pub fn cpu_matmul(
@@ -176,6 +212,75 @@ mod direct {
             + 1
     }
 
+    /// The threads gemm may use for one product called from this thread.
+    fn parallelism() -> Parallelism {
+        match rayon::current_num_threads() {
+            0 | 1 => Parallelism::None,
+            n => Parallelism::Rayon(n),
+        }
+    }
+
+    /// One 2-D operand: its elements, layout and the coefficient of its product.
+    pub(super) type Term<'a> = (&'a [f32], &'a Layout, &'a [f32], &'a Layout, f32);
+
+    /// `sum_i s_i * (a_i @ b_i)` of 2-D products with the same output shape, into a new
+    /// row-major buffer: the first product writes it, the others add to it.
+    pub(super) fn sum_2d(terms: &[Term<'_>]) -> Result<(Vec<f32>, Shape)> {
+        let Some(&(_, al, _, bl, _)) = terms.first() else {
+            candle_core::bail!("sum of products: no term");
+        };
+        let (m, n) = (al.dims()[0], bl.dims()[1]);
+        for &(a, al, b, bl, _) in terms {
+            let (&[am, k], &[k2, bn]) = (al.dims(), bl.dims()) else {
+                candle_core::bail!("sum of products: 2-D operands expected");
+            };
+            if am != m || bn != n || k != k2 {
+                candle_core::bail!("sum of products: ({am}, {k}) @ ({k2}, {bn}) into ({m}, {n})");
+            }
+            if reach(al) > a.len() || reach(bl) > b.len() {
+                candle_core::bail!("sum of products: an operand's layout reaches past its storage");
+            }
+        }
+        let mut out = vec![0f32; m * n];
+        if m * n == 0 {
+            return Ok((out, Shape::from((m, n))));
+        }
+        for (i, &(a, al, b, bl, s)) in terms.iter().enumerate() {
+            let k = al.dims()[1];
+            if k == 0 {
+                continue;
+            }
+            let (sa, sb) = (al.stride(), bl.stride());
+            // Safety: `reach` checked every operand element lies inside its buffer, and
+            // `out` holds the m x n row-major output (zeros before the first product,
+            // which overwrites them without reading: `read_dst` false).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    i > 0,
+                    a.as_ptr().add(al.start_offset()),
+                    sa[1] as isize,
+                    sa[0] as isize,
+                    b.as_ptr().add(bl.start_offset()),
+                    sb[1] as isize,
+                    sb[0] as isize,
+                    1.0,
+                    s,
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                )
+            }
+        }
+        Ok((out, Shape::from((m, n))))
+    }
+
     /// `a (..., m, k) @ b (..., k, n)` into a new row-major buffer.
     pub(super) fn sgemm(
         a: &[f32],
@@ -243,13 +348,8 @@ mod direct {
                 .enumerate()
                 .for_each(|(i, d)| product(d, i, Parallelism::None));
         } else {
-            let parallelism = if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
-            };
             for (i, d) in dst.chunks_mut(size).enumerate() {
-                product(d, i, parallelism);
+                product(d, i, parallelism());
             }
         }
         // Safety: the products above wrote all of these elements.
@@ -426,7 +526,7 @@ mod blas {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::{linear, matmul};
+    use super::{linear, matmul, sum_of_products};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -519,6 +619,39 @@ mod tests {
                 assert!(max_diff(&got, &want) < 1e-5, "{name}, {threads} threads");
             }
         }
+    }
+
+    /// LoRA's two-term sums, with transposed operands and coefficients.
+    #[test]
+    fn sums_of_products_match_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (9, 5), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let a = Tensor::randn(0f32, 1.0, (2, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (6, 2), &dev).unwrap();
+        let u = x.matmul(&a.t().unwrap()).unwrap();
+        let want = (x.matmul(&w.t().unwrap()).unwrap()
+            + (u.matmul(&b.t().unwrap()).unwrap() * 0.5).unwrap())
+        .unwrap();
+        let wt = w.t().unwrap();
+        let bt = b.t().unwrap();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool
+                .install(|| sum_of_products(&[(&x, &wt, 1.0), (&u, &bt, 0.5)]))
+                .unwrap();
+            assert!(max_diff(&got, &want) < 1e-5, "{threads} threads");
+            let one = pool.install(|| sum_of_products(&[(&u, &bt, 3.0)])).unwrap();
+            let want_one = (u.matmul(&bt).unwrap() * 3.0).unwrap();
+            assert!(max_diff(&one, &want_one) < 1e-5);
+        }
+        assert!(
+            sum_of_products(&[(&x, &wt, 1.0), (&x, &wt.narrow(1, 0, 5).unwrap(), 1.0)]).is_err()
+        );
+        assert!(sum_of_products(&[]).is_err());
     }
 
     #[test]
