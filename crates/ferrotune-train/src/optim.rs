@@ -1,7 +1,9 @@
 //! AdamW with decoupled weight decay, f32 master weights and moments, as torch.optim.AdamW
 //! computes it.
 
-use candle_core::{DType, Result, Tensor};
+use std::cell::RefCell;
+
+use candle_core::{DType, Layout, Result, Tensor};
 use ferrotune_model::Param;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,8 +58,10 @@ impl AdamW {
         let c = self.config;
         if self.moments.is_empty() {
             for p in params {
-                let z = p.tensor().zeros_like()?.to_dtype(DType::F32)?;
-                self.moments.push((z.clone(), z));
+                // Two storages: the fused update writes each moment in place.
+                let m = p.tensor().zeros_like()?.to_dtype(DType::F32)?;
+                let v = m.zeros_like()?;
+                self.moments.push((m, v));
             }
         }
         if self.moments.len() != params.len() || grads.len() != params.len() {
@@ -82,11 +86,11 @@ impl AdamW {
                 decay: c.weight_decay != 0.0 && (c.decay_everything || decays(p.name())),
             };
             let w = var.as_tensor();
-            let (w, m2, v2) = if fused_applies(w, g, m, v) {
-                fused_update(&c, &h, w, g, m, v)?
-            } else {
-                composed_update(&c, &h, w, g, m, v)?
-            };
+            if fused_applies(w, g, m, v) {
+                fused_update(&c, &h, w, g, m, v)?;
+                continue;
+            }
+            let (w, m2, v2) = composed_update(&c, &h, w, g, m, v)?;
             var.set(&w.to_dtype(var.dtype())?)?;
             (*m, *v) = (m2, v2);
         }
@@ -162,9 +166,49 @@ pub(crate) fn with_slices<const N: usize, R>(
     f(slices)
 }
 
-/// The composed update in one pass over the elements, split over threads, with the same
-/// f32 operations in the same order (candle's `affine(mul, add)` is `x * mul + add` in
-/// f32, and `x / s` for a scalar is `x * (1 / s)`), so both paths give the same bits.
+/// Runs `f` on the elements of a contiguous f32 CPU tensor, written in place: its storage
+/// is locked for writing, and every tensor sharing it sees the change (as with
+/// `Var::set`, which copies a new value into the same storage).
+fn with_mut_slice<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+    type Body<'a, R> = Box<dyn FnOnce(&mut [f32]) -> Result<R> + 'a>;
+    struct InPlace<'a, R> {
+        body: RefCell<Option<Body<'a, R>>>,
+        out: RefCell<Option<R>>,
+    }
+    impl<R> candle_core::InplaceOp1 for InPlace<'_, R> {
+        fn name(&self) -> &'static str {
+            "adamw-in-place"
+        }
+        fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &Layout) -> Result<()> {
+            let (start, end) = layout
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("a non-contiguous tensor".into()))?;
+            let data = match storage {
+                candle_core::CpuStorage::F32(v) => &mut v[start..end],
+                _ => candle_core::bail!("the fused AdamW update needs f32 tensors"),
+            };
+            let body = self.body.borrow_mut().take();
+            let body = body.ok_or_else(|| candle_core::Error::Msg("applied twice".into()))?;
+            *self.out.borrow_mut() = Some(body(data)?);
+            Ok(())
+        }
+    }
+    let op = InPlace {
+        body: RefCell::new(Some(Box::new(f) as Body<'_, R>)),
+        out: RefCell::new(None),
+    };
+    t.inplace_op1(&op)?;
+    op.out
+        .into_inner()
+        .ok_or_else(|| candle_core::Error::Msg("in-place op did not run".into()))
+}
+
+/// The composed update in one pass over the elements, split over threads, writing the
+/// weight and both moments in place (no new tensors, no copy into the variable), with
+/// the composed update's f32 operations in the same order (candle's `affine(mul, add)`
+/// is `x * mul + add` in f32, and `x / s` for a scalar is `x * (1 / s)`), so both paths
+/// give the same bits. `w`, `m` and `v` must not share storage (the moments are made
+/// apart in `AdamW::step` and by the checkpoint loader).
 fn fused_update(
     c: &AdamWConfig,
     h: &Hyper,
@@ -172,11 +216,9 @@ fn fused_update(
     g: &Tensor,
     m: &Tensor,
     v: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<()> {
     use rayon::prelude::*;
-    let shape = w.shape().clone();
-    let n = shape.elem_count();
-    let (mut w2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let n = w.elem_count();
     let a1 = (1.0 - c.beta1) as f32;
     let b2 = c.beta2 as f32;
     let a2 = (1.0 - c.beta2) as f32;
@@ -185,35 +227,37 @@ fn fused_update(
     let eps = c.eps as f32;
     let step = (h.lr / h.bias1) as f32;
     let decay = h.decay;
-    with_slices([w, g, m, v], |[w, g, m, v]| {
-        if [g.len(), m.len(), v.len()] != [n; 3] {
-            candle_core::bail!("AdamW: the gradient or moments do not match the parameter");
-        }
-        w2.par_chunks_mut(TASK)
-            .zip(m2.par_chunks_mut(TASK))
-            .zip(v2.par_chunks_mut(TASK))
-            .enumerate()
-            .for_each(|(k, ((wo, mo), vo))| {
-                let at = k * TASK;
-                for i in 0..wo.len() {
-                    let (gi, mi, vi, wi) = (g[at + i], m[at + i], v[at + i], w[at + i]);
-                    let mi = mi + ((gi - mi) * a1 + 0.0);
-                    let vi = (vi * b2 + 0.0) + (gi * gi * a2 + 0.0);
-                    let wi = if decay { wi * keep + 0.0 } else { wi };
-                    let denom = (vi.sqrt() * inv_sqrt_bias2 + 0.0) + eps;
-                    wo[i] = wi - ((mi / denom) * step + 0.0);
-                    mo[i] = mi;
-                    vo[i] = vi;
-                }
-            });
-        Ok(())
-    })?;
-    let device = w.device();
-    Ok((
-        Tensor::from_vec(w2, shape.clone(), device)?,
-        Tensor::from_vec(m2, shape.clone(), device)?,
-        Tensor::from_vec(v2, shape, device)?,
-    ))
+    with_slices([g], |[g]| {
+        with_mut_slice(w, |w| {
+            with_mut_slice(m, |m| {
+                with_mut_slice(v, |v| {
+                    if [g.len(), w.len(), m.len(), v.len()] != [n; 4] {
+                        candle_core::bail!(
+                            "AdamW: the gradient or moments do not match the parameter"
+                        );
+                    }
+                    w.par_chunks_mut(TASK)
+                        .zip(m.par_chunks_mut(TASK))
+                        .zip(v.par_chunks_mut(TASK))
+                        .zip(g.par_chunks(TASK))
+                        .for_each(|(((w, m), v), g)| {
+                            for (((wi, mi), vi), &gi) in
+                                w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g)
+                            {
+                                let m2 = *mi + ((gi - *mi) * a1 + 0.0);
+                                let v2 = (*vi * b2 + 0.0) + (gi * gi * a2 + 0.0);
+                                let w2 = if decay { *wi * keep + 0.0 } else { *wi };
+                                let denom = (v2.sqrt() * inv_sqrt_bias2 + 0.0) + eps;
+                                *wi = w2 - ((m2 / denom) * step + 0.0);
+                                *mi = m2;
+                                *vi = v2;
+                            }
+                        });
+                    Ok(())
+                })
+            })
+        })
+    })
 }
 
 #[cfg(test)]
@@ -232,7 +276,12 @@ mod tests {
         for decay in [false, true] {
             let w = Tensor::randn(0f32, 1.0, (n / 17, 17), &dev).unwrap();
             let mut state = (w.clone(), w.zeros_like().unwrap(), w.zeros_like().unwrap());
-            let mut fused = state.clone();
+            // Apart from `state`'s storages: the fused update writes in place.
+            let fused = (
+                w.copy().unwrap(),
+                w.zeros_like().unwrap(),
+                w.zeros_like().unwrap(),
+            );
             for t in 1..=3 {
                 let g = Tensor::randn(0f32, 1e-2, w.shape(), &dev).unwrap();
                 let h = Hyper {
@@ -242,7 +291,7 @@ mod tests {
                     decay,
                 };
                 state = composed_update(&c, &h, &state.0, &g, &state.1, &state.2).unwrap();
-                fused = fused_update(&c, &h, &fused.0, &g, &fused.1, &fused.2).unwrap();
+                fused_update(&c, &h, &fused.0, &g, &fused.1, &fused.2).unwrap();
                 for (a, b) in [
                     (&state.0, &fused.0),
                     (&state.1, &fused.1),
