@@ -221,6 +221,48 @@ impl Batch {
         Ok(shards)
     }
 
+    /// All rows as one row without padding: each row's tokens end to end, its samples
+    /// given segment ids of their own (numbered on from the previous row's) and their
+    /// position ids kept. Attention stays inside each sample and every target stays with
+    /// its token, so the per-token losses are those of the padded rows; the padding's
+    /// compute is gone, for attention over one longer row.
+    pub fn concat_rows(&self) -> Result<Batch> {
+        let keep: Vec<usize> = (0..self.batch * self.seq_len)
+            .filter(|&i| self.segment_ids[i] != 0)
+            .collect();
+        let mut segment_ids = Vec::with_capacity(keep.len());
+        let (mut offset, mut row, mut row_max) = (0u32, 0usize, 0u32);
+        for &i in &keep {
+            if i / self.seq_len != row {
+                offset += row_max;
+                row = i / self.seq_len;
+                row_max = 0;
+            }
+            let s = self.segment_ids[i];
+            row_max = row_max.max(s);
+            segment_ids.push(offset + s);
+        }
+        let n = keep.len();
+        let index = Tensor::from_vec(
+            keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            n,
+            self.input_ids.device(),
+        )?;
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            t.flatten_all()?.index_select(&index, 0)?.reshape((1, n))
+        };
+        Ok(Batch {
+            batch: 1,
+            seq_len: n,
+            input_ids: pick(&self.input_ids)?,
+            targets: self.targets.as_ref().map(pick).transpose()?,
+            target_weights: self.target_weights.as_ref().map(pick).transpose()?,
+            position_ids: keep.iter().map(|&i| self.position_ids[i]).collect(),
+            segment_ids,
+            supervised_tokens: self.supervised_tokens,
+        })
+    }
+
     /// Ids only, for inference: one unpadded row.
     pub fn prompt(ids: &[u32], device: &Device) -> Result<Self> {
         let n = ids.len();

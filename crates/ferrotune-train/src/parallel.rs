@@ -98,7 +98,12 @@ impl Workers {
         pass: Pass,
     ) -> Result<Gradients> {
         let shards = if self.pools.len() > 1 && batch.batch > 1 {
-            batch.split_rows(self.pools.len())?
+            let shards = batch.split_rows(self.pools.len())?;
+            let cost = Cost::of(model);
+            shards
+                .into_iter()
+                .map(|s| cost.cheapest(s))
+                .collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
@@ -139,6 +144,49 @@ impl Workers {
             });
         }
         total.ok_or_else(|| candle_core::Error::Msg("no shard".into()))
+    }
+}
+
+/// The relative compute of a decoder stack over rows: per token, the projections; per
+/// token and key of its row, the attention's two products (computed over the whole row,
+/// the mask applied after).
+struct Cost {
+    per_token: f64,
+    per_key: f64,
+}
+
+impl Cost {
+    fn of(model: &CausalLm) -> Self {
+        let c = &model.config;
+        let (h, q, kv) = (
+            c.hidden_size as f64,
+            (c.num_attention_heads * c.head_dim) as f64,
+            (c.num_key_value_heads * c.head_dim) as f64,
+        );
+        let projections = h * q * 2.0 + h * kv * 2.0 + 3.0 * h * c.intermediate_size as f64;
+        Cost {
+            per_token: 2.0 * projections,
+            per_key: 4.0 * q,
+        }
+    }
+
+    fn rows(&self, rows: usize, len: usize) -> f64 {
+        let (rows, len) = (rows as f64, len as f64);
+        rows * len * (self.per_token + self.per_key * len)
+    }
+
+    /// The shard as it is, or its rows end to end without padding (`Batch::concat_rows`)
+    /// when that costs clearly less: rows of unequal length, short enough that the
+    /// longer attention row does not eat the saving.
+    fn cheapest(&self, shard: Batch) -> Result<Batch> {
+        if shard.batch < 2 {
+            return Ok(shard);
+        }
+        let tokens = shard.segment_ids.iter().filter(|&&s| s != 0).count();
+        if self.rows(1, tokens) < 0.95 * self.rows(shard.batch, shard.seq_len) {
+            return shard.concat_rows();
+        }
+        Ok(shard)
     }
 }
 

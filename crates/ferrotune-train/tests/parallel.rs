@@ -1,5 +1,6 @@
 //! Data parallelism over threads changes no loss and no gradient: a micro-batch split
-//! into shards of rows (each trimmed of its trailing padding) and run side by side gives
+//! into shards of rows (each trimmed of its trailing padding, or its rows put end to end
+//! where that is cheaper) and run side by side gives
 //! the loss and, for every trainable parameter, the gradient of the whole micro-batch,
 //! on the three fixture models, full fine-tuning and LoRA, plain and checkpointed.
 
@@ -98,6 +99,29 @@ fn shards_keep_every_row_and_supervised_token_and_drop_only_padding() {
                 .unwrap();
             assert_eq!(shard.seq_len, longest);
         }
+    }
+}
+
+#[test]
+fn rows_end_to_end_keep_every_token_and_the_loss() {
+    for name in MODELS {
+        let model = model(name, false);
+        let whole = batch(model.config.vocab_size as u32);
+        let one = whole.concat_rows().unwrap();
+        let real = whole.segment_ids.iter().filter(|&&s| s != 0).count();
+        assert_eq!((one.batch, one.seq_len), (1, real));
+        assert_eq!(one.supervised_tokens, whole.supervised_tokens);
+        // One segment per sample, numbered on from row to row.
+        let mut segments = one.segment_ids.clone();
+        segments.dedup();
+        assert_eq!(segments, (1..=5).collect::<Vec<u32>>());
+        let (_, a) = model.forward_loss(&whole, false).unwrap();
+        let (_, b) = model.forward_loss(&one, false).unwrap();
+        let (a, b) = (
+            a.sum.to_scalar::<f32>().unwrap() as f64,
+            b.sum.to_scalar::<f32>().unwrap() as f64,
+        );
+        assert!((a - b).abs() / a < 1e-6, "{name}: {a} vs {b}");
     }
 }
 
