@@ -1,6 +1,7 @@
 //! Data parallelism over CPU threads: a micro-batch is split by rows into one shard per
-//! thread, each thread runs the forward and backward pass of its shard alone, and the
-//! shards' gradients are summed in shard order.
+//! thread (each cut to its longest row, or its rows put end to end where a cost estimate
+//! says that is cheaper), each thread runs the forward and backward pass of its shard
+//! alone, and the shards' gradients are summed in shard order.
 //!
 //! Why: with candle, one step on two threads splits every operation in two (the matrix
 //! products, the element-wise ops, our fused kernels) and waits at the end of each; the

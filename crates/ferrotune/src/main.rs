@@ -42,13 +42,13 @@ fn single_threaded_candle_elementwise() {
     }
 }
 
-/// Fixes RAYON_NUM_THREADS, when unset, to candle's default (the physical cores): candle
-/// reads it before every matrix product and, unset, works the default out again from
-/// /proc/cpuinfo each time (2% of a LoRA training step's samples). rayon's pool then
-/// gets the same count.
+/// Fixes RAYON_NUM_THREADS, when unset, to rayon's own default (the logical CPUs), so
+/// that candle's matrix products use the threads everything else uses: candle reads the
+/// variable before every product and, unset, works out its own default (the physical
+/// cores) again from /proc/cpuinfo each time, 2% of a LoRA training step's samples.
 fn fixed_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
