@@ -606,7 +606,6 @@ impl CausalLm {
     }
 }
 
-/// The gradient of `t` in `grads`, detached (it is the next backward pass's constant).
 /// The final hidden states (b, s, h), targets and weights (b, s) of the supervised
 /// positions alone, as one row (1, n, ...); unchanged when every position is supervised
 /// or none is.
@@ -641,6 +640,7 @@ fn supervised_positions(
     ))
 }
 
+/// The gradient of `t` in `grads`, detached (it is the next backward pass's constant).
 fn take_grad(grads: &GradStore, t: &Tensor) -> Result<Tensor> {
     grads.get(t).map(Tensor::detach).ok_or_else(|| {
         candle_core::Error::Msg("gradient checkpointing: a layer input got no gradient".into())
