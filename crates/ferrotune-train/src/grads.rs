@@ -2,22 +2,17 @@
 //! norm and clipped as torch's `clip_grad_norm_` does.
 
 use candle_core::{backprop::GradStore, DType, Result, Tensor};
+use ferrotune_model::ops::fused;
 use ferrotune_model::Param;
 use rayon::prelude::*;
 
 use crate::optim::{with_slices, TASK};
 
-/// Whether the f32 CPU kernels below apply (elsewhere: candle's ops).
-fn on_cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-}
-
 /// `a + b`: for f32 CPU tensors one pass split over the threads (candle's add runs on one
 /// thread in the binary, and a full fine-tuning step of a large vocabulary sums gradients
 /// of hundreds of MB).
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !on_cpu_f32(&[a, b]) || a.shape() != b.shape() {
+    if !fused::applies(&[a, b]) || a.shape() != b.shape() {
         return a + b;
     }
     let mut out = vec![0f32; a.elem_count()];
@@ -37,7 +32,7 @@ fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// The sum of squares of a tensor's elements, each square added in f64 (the clipping
 /// coefficient then depends on no summation order but the split into tasks).
 fn sum_of_squares(t: &Tensor) -> Result<f64> {
-    if !on_cpu_f32(&[t]) {
+    if !fused::applies(&[t]) {
         return Ok(t
             .to_dtype(DType::F32)?
             .sqr()?
@@ -49,6 +44,15 @@ fn sum_of_squares(t: &Tensor) -> Result<f64> {
             .map(|c| c.iter().map(|&v| (v * v) as f64).sum::<f64>())
             .sum())
     })
+}
+
+/// Adds `g` to the sum in `slot`, or starts it.
+fn sum_into(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        Some(sum) => add(&sum, &g)?,
+        None => g,
+    });
+    Ok(())
 }
 
 /// Summed gradients of the trainable parameters, in a fixed order.
@@ -68,10 +72,7 @@ impl Accumulated {
     pub fn add(&mut self, params: &[&Param], store: &GradStore) -> Result<()> {
         for (slot, p) in self.grads.iter_mut().zip(params) {
             if let Some(g) = store.get(p.tensor()) {
-                *slot = Some(match slot.take() {
-                    Some(sum) => add(&sum, g)?,
-                    None => g.clone(),
-                });
+                sum_into(slot, g.clone())?;
             }
         }
         Ok(())
@@ -82,10 +83,7 @@ impl Accumulated {
     pub fn merge(&mut self, other: Accumulated) -> Result<()> {
         for (slot, g) in self.grads.iter_mut().zip(other.grads) {
             if let Some(g) = g {
-                *slot = Some(match slot.take() {
-                    Some(sum) => add(&sum, &g)?,
-                    None => g,
-                });
+                sum_into(slot, g)?;
             }
         }
         Ok(())

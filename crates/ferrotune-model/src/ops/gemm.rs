@@ -220,6 +220,43 @@ mod direct {
         }
     }
 
+    /// `dst = s * (a @ b)`, or `dst += s * (a @ b)` with `accumulate`, for a row-major
+    /// (m, n) `dst` and operands given as (first element, row stride, column stride).
+    ///
+    /// Safety: every element the operands' strides reach lies inside their buffers, and
+    /// `dst` holds m * n elements (initialised when `accumulate`).
+    unsafe fn product(
+        dst: *mut f32,
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+        s: f32,
+        (a, a_rs, a_cs): (*const f32, usize, usize),
+        (b, b_rs, b_cs): (*const f32, usize, usize),
+        parallelism: Parallelism,
+    ) {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            s,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+
     /// One 2-D operand: its elements, layout and the coefficient of its product.
     pub(super) type Term<'a> = (&'a [f32], &'a Layout, &'a [f32], &'a Layout, f32);
 
@@ -252,28 +289,16 @@ mod direct {
             }
             let (sa, sb) = (al.stride(), bl.stride());
             // Safety: `reach` checked every operand element lies inside its buffer, and
-            // `out` holds the m x n row-major output (zeros before the first product,
-            // which overwrites them without reading: `read_dst` false).
+            // `out` holds the m x n output (zeros before the first product, which
+            // overwrites them without reading).
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
+                product(
                     out.as_mut_ptr(),
-                    1,
-                    n as isize,
+                    (m, n, k),
                     i > 0,
-                    a.as_ptr().add(al.start_offset()),
-                    sa[1] as isize,
-                    sa[0] as isize,
-                    b.as_ptr().add(bl.start_offset()),
-                    sb[1] as isize,
-                    sb[0] as isize,
-                    1.0,
                     s,
-                    false,
-                    false,
-                    false,
+                    (a.as_ptr().add(al.start_offset()), sa[0], sa[1]),
+                    (b.as_ptr().add(bl.start_offset()), sb[0], sb[1]),
                     parallelism(),
                 )
             }
@@ -311,30 +336,18 @@ mod direct {
         let (sa, sb) = (al.stride(), bl.stride());
         let a_at = |i: usize| al.start_offset() + offset(i, batch_dims, &sa[..r - 2]);
         let b_at = |i: usize| bl.start_offset() + offset(i, batch_dims, &sb[..r - 2]);
-        let product = |dst: &mut [MaybeUninit<f32>], i: usize, parallelism: Parallelism| {
+        let batch = |dst: &mut [MaybeUninit<f32>], i: usize, parallelism: Parallelism| {
             // Safety: `reach` checked that every element of both operands lies inside
-            // their buffers, and `dst` holds exactly the m x n row-major output, every
-            // element of which gemm writes without reading it (`read_dst` false).
+            // their buffers, and `dst` holds exactly the m x n output, written without
+            // being read.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
+                product(
                     dst.as_mut_ptr() as *mut f32,
-                    1,
-                    n as isize,
+                    (m, n, k),
                     false,
-                    a.as_ptr().add(a_at(i)),
-                    sa[r - 1] as isize,
-                    sa[r - 2] as isize,
-                    b.as_ptr().add(b_at(i)),
-                    sb[r - 1] as isize,
-                    sb[r - 2] as isize,
-                    0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
+                    (a.as_ptr().add(a_at(i)), sa[r - 2], sa[r - 1]),
+                    (b.as_ptr().add(b_at(i)), sb[r - 2], sb[r - 1]),
                     parallelism,
                 )
             }
@@ -346,10 +359,10 @@ mod direct {
             // Whole products per thread.
             dst.par_chunks_mut(size)
                 .enumerate()
-                .for_each(|(i, d)| product(d, i, Parallelism::None));
+                .for_each(|(i, d)| batch(d, i, Parallelism::None));
         } else {
             for (i, d) in dst.chunks_mut(size).enumerate() {
-                product(d, i, parallelism());
+                batch(d, i, parallelism());
             }
         }
         // Safety: the products above wrote all of these elements.
