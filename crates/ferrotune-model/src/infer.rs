@@ -65,8 +65,6 @@ impl FromStr for WeightType {
 }
 
 const BLOCK: usize = 32;
-/// Input rows a kernel call holds in registers at once.
-const TILE: usize = 4;
 /// Beyond this many input rows (prompts), f32 products go through candle's GEMM, whose
 /// cache blocking beats streaming the weights once per tile.
 const GEMM_ROWS: usize = 32;
@@ -268,8 +266,8 @@ fn run_chunks<R: kernels::Rows>(
         .for_each(|(c, part)| {
             let j0 = c * chunk;
             let n = part.len() / m;
-            for r0 in (0..m).step_by(TILE) {
-                let mt = TILE.min(m - r0);
+            for r0 in (0..m).step_by(kernels::TILE) {
+                let mt = kernels::TILE.min(m - r0);
                 let xt = &x[r0 * cols..(r0 + mt) * cols];
                 kernels::rows(w, j0, n, xt, mt, cols, part, m, r0);
             }
