@@ -123,8 +123,11 @@ impl Rows for Q8Rows<'_> {
     /// The block's 32 products summed unscaled, then scaled once: a multiply per block
     /// instead of one per 8 weights. The path is bound by the instructions that widen the
     /// int8 weights; saving the multiplies measured within the noise (15-17 GB/s on one
-    /// thread either way), and an integer path (activations quantized, AVX-512 VNNI)
-    /// about 15% faster on two threads in a standalone test, at 8-bit activations.
+    /// thread either way). An integer path (activations quantized per block as llama.cpp
+    /// does, AVX-512 VNNI) decoded SmolLM2 10-17% faster but answered "What is the
+    /// capital of France?" with "L'Étoile, la Cité, la France, la France, ..." (the
+    /// prompt's rows quantized), and drifted from f32 sooner even when used for decoded
+    /// tokens only, so q8_0 keeps f32 activations (docs/PERFORMANCE.md).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn accumulate(&self, r: usize, b: usize, x: *const f32, acc: &mut [__m256; 4]) {
