@@ -168,6 +168,14 @@ impl Batch {
             .collect()
     }
 
+    /// The real (non-padding) tokens of each row.
+    pub fn row_tokens(&self) -> Vec<usize> {
+        self.segment_ids
+            .chunks(self.seq_len.max(1))
+            .map(|row| row.iter().filter(|&&s| s != 0).count())
+            .collect()
+    }
+
     /// The rows split into at most `parts` consecutive shards of near-equal size (the
     /// first ones one row larger), for data parallelism. Each shard drops the trailing
     /// columns that are padding in all of its rows: padding is masked out of attention and
@@ -179,46 +187,87 @@ impl Batch {
         let mut first = 0;
         for k in 0..parts {
             let rows = base + usize::from(k < extra);
-            let (lo, hi) = (first * self.seq_len, (first + rows) * self.seq_len);
-            let segments = &self.segment_ids[lo..hi];
-            // The longest row of the shard, up to its last non-padding token.
-            let len = segments
-                .chunks(self.seq_len)
-                .map(|row| row.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1))
-                .max()
-                .unwrap_or(0)
-                .max(1);
-            let cut = |t: &Tensor| -> Result<Tensor> {
-                t.narrow(0, first, rows)?.narrow(1, 0, len)?.contiguous()
-            };
-            let targets = self.targets.as_ref().map(cut).transpose()?;
-            let supervised_tokens = match &targets {
-                Some(t) => t
-                    .ne(IGNORE_INDEX)?
-                    .to_dtype(candle_core::DType::U32)?
-                    .sum_all()?
-                    .to_scalar::<u32>()? as usize,
-                None => 0,
-            };
-            let columns = |v: &[u32]| -> Vec<u32> {
-                v[lo..hi]
-                    .chunks(self.seq_len)
-                    .flat_map(|row| row[..len].iter().copied())
-                    .collect()
-            };
-            shards.push(Batch {
-                batch: rows,
-                seq_len: len,
-                input_ids: cut(&self.input_ids)?,
-                targets,
-                target_weights: self.target_weights.as_ref().map(cut).transpose()?,
-                position_ids: columns(&self.position_ids),
-                segment_ids: columns(&self.segment_ids),
-                supervised_tokens,
-            });
+            shards.push(self.select_rows(&(first..first + rows).collect::<Vec<_>>())?);
             first += rows;
         }
         Ok(shards)
+    }
+
+    /// The rows split into at most `parts` shards of near-equal real tokens: the longest
+    /// row first, each to the shard with the fewest tokens so far (rows keep their order
+    /// within a shard). Shards run side by side and the step waits for the slowest, so
+    /// on rows of unequal length this beats equal row counts: over 30 shuffled epochs of
+    /// the quickstart's identity data (46-257 tokens a row, batches of 4 in two shards)
+    /// the larger shard held on average 14% more than half the tokens split by count, 6%
+    /// split by tokens.
+    pub fn split_rows_balanced(&self, parts: usize) -> Result<Vec<Batch>> {
+        let parts = parts.clamp(1, self.batch.max(1));
+        let tokens = self.row_tokens();
+        let mut order: Vec<usize> = (0..self.batch).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(tokens[r]));
+        let mut groups = vec![Vec::new(); parts];
+        let mut load = vec![0usize; parts];
+        for r in order {
+            let k = (0..parts).min_by_key(|&k| load[k]).unwrap_or(0);
+            groups[k].push(r);
+            load[k] += tokens[r];
+        }
+        groups
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .map(|mut g| {
+                g.sort_unstable();
+                self.select_rows(&g)
+            })
+            .collect()
+    }
+
+    /// The given rows, in that order, as a batch of their own, cut after the last
+    /// column that is not padding in all of them.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Batch> {
+        if rows.is_empty() || rows.iter().any(|&r| r >= self.batch) {
+            candle_core::bail!("select_rows: rows {rows:?} of a batch of {}", self.batch);
+        }
+        let row = |r: usize| &self.segment_ids[r * self.seq_len..(r + 1) * self.seq_len];
+        // The longest row, up to its last non-padding token.
+        let len = rows
+            .iter()
+            .map(|&r| row(r).iter().rposition(|&s| s != 0).map_or(0, |i| i + 1))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let index = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            self.input_ids.device(),
+        )?;
+        let cut = |t: &Tensor| -> Result<Tensor> {
+            t.index_select(&index, 0)?.narrow(1, 0, len)?.contiguous()
+        };
+        let targets = self.targets.as_ref().map(cut).transpose()?;
+        let supervised_tokens = match &targets {
+            Some(t) => t
+                .ne(IGNORE_INDEX)?
+                .to_dtype(candle_core::DType::U32)?
+                .sum_all()?
+                .to_scalar::<u32>()? as usize,
+            None => 0,
+        };
+        let columns = |v: &[u32]| -> Vec<u32> {
+            rows.iter()
+                .flat_map(|&r| v[r * self.seq_len..r * self.seq_len + len].iter().copied())
+                .collect()
+        };
+        Ok(Batch {
+            batch: rows.len(),
+            seq_len: len,
+            input_ids: cut(&self.input_ids)?,
+            targets,
+            target_weights: self.target_weights.as_ref().map(cut).transpose()?,
+            position_ids: columns(&self.position_ids),
+            segment_ids: columns(&self.segment_ids),
+            supervised_tokens,
+        })
     }
 
     /// All rows as one row without padding: each row's tokens end to end, its samples

@@ -89,7 +89,8 @@ impl Workers {
     }
 
     /// The loss and the gradients of `params` for `batch`, the loss scaled by `scale`
-    /// before the backward pass. `batch` is split into up to `count()` shards by rows.
+    /// before the backward pass. `batch` is split into up to `count()` shards of rows
+    /// holding near-equal numbers of tokens (`Batch::split_rows_balanced`).
     pub fn gradients(
         &self,
         model: &CausalLm,
@@ -99,7 +100,7 @@ impl Workers {
         pass: Pass,
     ) -> Result<Gradients> {
         let shards = if self.pools.len() > 1 && batch.batch > 1 {
-            let shards = batch.split_rows(self.pools.len())?;
+            let shards = batch.split_rows_balanced(self.pools.len())?;
             let cost = Cost::of(model);
             shards
                 .into_iter()

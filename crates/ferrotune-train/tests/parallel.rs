@@ -103,6 +103,54 @@ fn shards_keep_every_row_and_supervised_token_and_drop_only_padding() {
 }
 
 #[test]
+fn balanced_shards_keep_every_row_once_and_even_out_the_tokens() {
+    let whole = batch(100);
+    let tokens = whole.row_tokens();
+    let ids = |b: &Batch, r: usize, n: usize| {
+        b.input_ids.get(r).unwrap().to_vec1::<u32>().unwrap()[..n].to_vec()
+    };
+    for parts in [2, 3, 5, 8] {
+        let shards = whole.split_rows_balanced(parts).unwrap();
+        assert_eq!(shards.len(), parts.min(5));
+        let supervised: usize = shards.iter().map(|s| s.supervised_tokens).sum();
+        assert_eq!(supervised, whole.supervised_tokens, "{parts} parts");
+        // Each row of the whole batch is found once, whole, in some shard.
+        let mut found = vec![0; whole.batch];
+        for shard in &shards {
+            for (r, &n) in shard.row_tokens().iter().enumerate() {
+                let row = ids(shard, r, n);
+                let at = (0..whole.batch)
+                    .find(|&w| tokens[w] == n && ids(&whole, w, n) == row)
+                    .expect("a row of the whole batch");
+                found[at] += 1;
+            }
+        }
+        assert_eq!(found, vec![1; whole.batch], "{parts} parts");
+    }
+    // Rows of 23, 20, 5 and 4 tokens: by count {23, 20} and {5, 4}; by tokens
+    // {23, 4} and {20, 5}.
+    let lengths = [23usize, 20, 5, 4];
+    let examples: Vec<Example> = lengths
+        .iter()
+        .map(|&n| Example {
+            input_ids: vec![7; n],
+            labels: vec![7; n],
+            weights: None,
+        })
+        .collect();
+    let rows = Batch::padded(&examples, 0, 1, &Device::Cpu).unwrap();
+    let largest = |shards: Vec<Batch>| {
+        shards
+            .iter()
+            .map(|s| s.row_tokens().iter().sum::<usize>())
+            .max()
+            .unwrap()
+    };
+    assert_eq!(largest(rows.split_rows(2).unwrap()), 43);
+    assert_eq!(largest(rows.split_rows_balanced(2).unwrap()), 27);
+}
+
+#[test]
 fn rows_end_to_end_keep_every_token_and_the_loss() {
     for name in MODELS {
         let model = model(name, false);
