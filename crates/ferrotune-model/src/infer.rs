@@ -388,14 +388,40 @@ struct Engine {
     inv_freq: Vec<f32>,
 }
 
-/// Keys and values of the tokens seen so far, per layer and batch row
-/// (position-major, `kv_heads * head_dim` floats a position).
+/// Keys and values of the tokens seen so far, per layer and batch row, head-major: key/value
+/// head `h`'s vector for position `t` at `(h * cap + t) * head_dim`, so that attention
+/// reads each head's positions as one stream (position-major rows interleave the heads).
 #[derive(Default)]
 pub struct EngineCache {
     k: Vec<Vec<Vec<f32>>>,
     v: Vec<Vec<Vec<f32>>>,
     key_segments: Vec<Vec<u32>>,
     len: usize,
+    /// Positions each head has room for.
+    cap: usize,
+}
+
+impl EngineCache {
+    /// Room for `total` positions a head, each row's buffers laid out anew when it grows
+    /// (by half again at least, so that growing costs little per decoded token).
+    fn reserve(&mut self, total: usize, kv_heads: usize, head_dim: usize) {
+        if total <= self.cap {
+            return;
+        }
+        let cap = total.max(self.cap + self.cap / 2).max(64);
+        let (old, past) = (self.cap, self.len);
+        for buffers in self.k.iter_mut().chain(self.v.iter_mut()) {
+            for buffer in buffers.iter_mut() {
+                let mut grown = vec![0f32; kv_heads * cap * head_dim];
+                for h in 0..kv_heads {
+                    grown[h * cap * head_dim..][..past * head_dim]
+                        .copy_from_slice(&buffer[h * old * head_dim..][..past * head_dim]);
+                }
+                *buffer = grown;
+            }
+        }
+        self.cap = cap;
+    }
 }
 
 enum Inner {
@@ -601,6 +627,8 @@ impl Engine {
         );
         let (qd, kvd) = (nh * hd, nkv * hd);
         let inter = c.intermediate_size;
+        cache.reserve(past + n, nkv, hd);
+        let cap = cache.cap;
         let half = hd / 2;
         let mut cos = vec![0f32; m * half];
         let mut sin = vec![0f32; m * half];
@@ -653,7 +681,7 @@ impl Engine {
             add_bias(&mut qkv, l.qkv_bias.as_ref());
             for (r, row) in qkv.chunks_exact_mut(qd + 2 * kvd).enumerate() {
                 let (q, rest) = row.split_at_mut(qd);
-                let k = &mut rest[..kvd];
+                let (k, v) = rest.split_at_mut(kvd);
                 if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                     let mut tmp = vec![0f32; hd];
                     for head in q.chunks_exact_mut(hd) {
@@ -667,9 +695,12 @@ impl Engine {
                 }
                 rope(q, r);
                 rope(k, r);
-                let b = r / n;
-                cache.k[li][b].extend_from_slice(k);
-                cache.v[li][b].extend_from_slice(&rest[kvd..2 * kvd]);
+                let (b, t) = (r / n, past + r % n);
+                for h in 0..nkv {
+                    let at = (h * cap + t) * hd;
+                    cache.k[li][b][at..at + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+                    cache.v[li][b][at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+                }
             }
             let (keys, values) = (&cache.k[li], &cache.v[li]);
             let (qkv_ref, visible_ref) = (&qkv, &visible);
@@ -681,8 +712,8 @@ impl Engine {
                 let keys = Keys {
                     k: &keys[b],
                     v: &values[b],
-                    stride: kvd,
-                    offset: (head / group) * hd,
+                    stride: hd,
+                    offset: (head / group) * cap * hd,
                 };
                 kernels::attend(q, &keys, &visible_ref[r], scale, out);
             });

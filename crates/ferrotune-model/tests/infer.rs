@@ -131,6 +131,39 @@ fn engine_generation_equals_the_composed_model_in_f32() {
     }
 }
 
+/// Two rows of 60 prompt tokens, then 40 single-token steps: the engine's cache grows
+/// twice (room for 64 positions a head, then half again) and keeps every key and value.
+#[test]
+fn a_growing_cache_keeps_its_keys_and_values() {
+    for name in MODELS {
+        let composed = model(name);
+        let engine = InferenceModel::new(model(name), WeightType::F32).unwrap();
+        let (a, b) = (decode_long(&engine), decode_long(&composed));
+        let (diff, scale) = compare(&a, &b);
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "{name}: logits differ by {diff}"
+        );
+    }
+}
+
+fn decode_long<M: Decoder>(m: &M) -> Vec<Vec<Vec<f32>>> {
+    let ids: Vec<u32> = (0..120).map(|i| (i * 29 + 3) % 300).collect();
+    let positions: Vec<u32> = (0..60).chain(0..60).collect();
+    let mut cache = m.new_cache();
+    let mut out = vec![m
+        .decode(&ids, 2, &positions, &[1; 120], &mut cache)
+        .unwrap()];
+    for t in 0..40u32 {
+        let next = [(t * 7 + 1) % 300, (t * 11 + 2) % 300];
+        out.push(
+            m.decode(&next, 2, &[60 + t, 60 + t], &[1, 1], &mut cache)
+                .unwrap(),
+        );
+    }
+    out
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let engine = InferenceModel::new(model("llama_gqa_untied"), WeightType::Q8_0).unwrap();
