@@ -176,26 +176,12 @@ impl Batch {
             .collect()
     }
 
-    /// The rows split into at most `parts` consecutive shards of near-equal size (the
-    /// first ones one row larger), for data parallelism. Each shard drops the trailing
-    /// columns that are padding in all of its rows: padding is masked out of attention and
-    /// loss, so a shard computes the same per-token values on fewer positions.
-    pub fn split_rows(&self, parts: usize) -> Result<Vec<Batch>> {
-        let parts = parts.clamp(1, self.batch.max(1));
-        let (base, extra) = (self.batch / parts, self.batch % parts);
-        let mut shards = Vec::with_capacity(parts);
-        let mut first = 0;
-        for k in 0..parts {
-            let rows = base + usize::from(k < extra);
-            shards.push(self.select_rows(&(first..first + rows).collect::<Vec<_>>())?);
-            first += rows;
-        }
-        Ok(shards)
-    }
-
-    /// The rows split into at most `parts` shards of near-equal real tokens: the longest
-    /// row first, each to the shard with the fewest tokens so far (rows keep their order
-    /// within a shard). Shards run side by side and the step waits for the slowest, so
+    /// The rows split into at most `parts` shards of near-equal real tokens, for data
+    /// parallelism: the longest row first, each to the shard with the fewest tokens so far
+    /// (rows keep their order within a shard). Each shard drops the trailing columns that
+    /// are padding in all of its rows: padding is masked out of attention and loss, so a
+    /// shard computes the same per-token values on fewer positions. Shards run side by
+    /// side and the step waits for the slowest, so
     /// on rows of unequal length this beats equal row counts: over 30 shuffled epochs of
     /// the quickstart's identity data (46-257 tokens a row, batches of 4 in two shards)
     /// the larger shard held on average 14% more than half the tokens split by count, 6%

@@ -59,51 +59,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 #[test]
-fn shards_keep_every_row_and_supervised_token_and_drop_only_padding() {
-    let whole = batch(100);
-    for parts in [2, 3, 5, 8] {
-        let shards = whole.split_rows(parts).unwrap();
-        assert_eq!(shards.len(), parts.min(5));
-        assert_eq!(shards.iter().map(|s| s.batch).sum::<usize>(), 5);
-        let tokens: usize = shards.iter().map(|s| s.supervised_tokens).sum();
-        assert_eq!(tokens, whole.supervised_tokens, "{parts} parts");
-        let mut row = 0;
-        for shard in &shards {
-            for r in 0..shard.batch {
-                let (w, s) = (row * whole.seq_len, r * shard.seq_len);
-                let real = whole.segment_ids[w..w + whole.seq_len]
-                    .iter()
-                    .filter(|&&x| x != 0)
-                    .count();
-                // Every real token is kept, in place; only padding is cut.
-                assert!(real <= shard.seq_len);
-                assert_eq!(
-                    &whole.segment_ids[w..w + shard.seq_len],
-                    &shard.segment_ids[s..s + shard.seq_len]
-                );
-                let ids = |b: &Batch, at: usize| {
-                    b.input_ids.get(at).unwrap().to_vec1::<u32>().unwrap()[..real].to_vec()
-                };
-                assert_eq!(ids(&whole, row), ids(shard, r));
-                row += 1;
-            }
-            // The longest row of the shard sets its length.
-            let longest = (0..shard.batch)
-                .map(|r| {
-                    shard.segment_ids[r * shard.seq_len..(r + 1) * shard.seq_len]
-                        .iter()
-                        .filter(|&&x| x != 0)
-                        .count()
-                })
-                .max()
-                .unwrap();
-            assert_eq!(shard.seq_len, longest);
-        }
-    }
-}
-
-#[test]
-fn balanced_shards_keep_every_row_once_and_even_out_the_tokens() {
+fn shards_keep_every_row_once_drop_only_padding_and_even_out_the_tokens() {
     let whole = batch(100);
     let tokens = whole.row_tokens();
     let ids = |b: &Batch, r: usize, n: usize| {
@@ -114,21 +70,29 @@ fn balanced_shards_keep_every_row_once_and_even_out_the_tokens() {
         assert_eq!(shards.len(), parts.min(5));
         let supervised: usize = shards.iter().map(|s| s.supervised_tokens).sum();
         assert_eq!(supervised, whole.supervised_tokens, "{parts} parts");
-        // Each row of the whole batch is found once, whole, in some shard.
+        // Each row of the whole batch is found once, whole and in place (only padding is
+        // cut), in some shard; the longest row of a shard sets its length.
         let mut found = vec![0; whole.batch];
         for shard in &shards {
-            for (r, &n) in shard.row_tokens().iter().enumerate() {
+            let lengths = shard.row_tokens();
+            for (r, &n) in lengths.iter().enumerate() {
                 let row = ids(shard, r, n);
                 let at = (0..whole.batch)
                     .find(|&w| tokens[w] == n && ids(&whole, w, n) == row)
                     .expect("a row of the whole batch");
+                let (w, s) = (at * whole.seq_len, r * shard.seq_len);
+                assert_eq!(
+                    &whole.segment_ids[w..w + shard.seq_len],
+                    &shard.segment_ids[s..s + shard.seq_len]
+                );
                 found[at] += 1;
             }
+            assert_eq!(shard.seq_len, *lengths.iter().max().unwrap());
         }
         assert_eq!(found, vec![1; whole.batch], "{parts} parts");
     }
-    // Rows of 23, 20, 5 and 4 tokens: by count {23, 20} and {5, 4}; by tokens
-    // {23, 4} and {20, 5}.
+    // Rows of 23, 20, 5 and 4 tokens: two shards by row count would hold {23, 20} and
+    // {5, 4}, 43 tokens at most; by tokens {23, 4} and {20, 5}.
     let lengths = [23usize, 20, 5, 4];
     let examples: Vec<Example> = lengths
         .iter()
@@ -139,15 +103,13 @@ fn balanced_shards_keep_every_row_once_and_even_out_the_tokens() {
         })
         .collect();
     let rows = Batch::padded(&examples, 0, 1, &Device::Cpu).unwrap();
-    let largest = |shards: Vec<Batch>| {
-        shards
-            .iter()
-            .map(|s| s.row_tokens().iter().sum::<usize>())
-            .max()
-            .unwrap()
-    };
-    assert_eq!(largest(rows.split_rows(2).unwrap()), 43);
-    assert_eq!(largest(rows.split_rows_balanced(2).unwrap()), 27);
+    let tokens: Vec<usize> = rows
+        .split_rows_balanced(2)
+        .unwrap()
+        .iter()
+        .map(|s| s.row_tokens().iter().sum())
+        .collect();
+    assert_eq!(tokens, vec![27, 25]);
 }
 
 #[test]
