@@ -3,9 +3,10 @@
 //! f32 in registers. At batch 1 every decoded token reads every weight once, so decoding
 //! is bound by memory bandwidth and the bytes per weight set the speed.
 //!
-//! The products are skinny (a few rows against a wide weight): they run over the output
-//! features in parallel (rayon), each weight row read in order, once for a tile of up to
-//! 4 input rows held in registers. Training keeps its own f32 model ([`CausalLm`]);
+//! The weights are held in panels of 32 output rows stored input column by input column
+//! (module `panels`): one load of 32 weights serves every input row of a tile (up to 8, the
+//! batch), so batched decoding costs little more than one row. Panels run in parallel
+//! (rayon). Training keeps its own f32 model ([`CausalLm`]);
 //! [`InferenceModel`] is built from one, and falls back to its composed candle path off
 //! the CPU.
 
@@ -19,6 +20,10 @@ use crate::config::ModelConfig;
 use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
+use panels::Panels;
+
+mod attention;
+mod panels;
 
 /// How inference weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,26 +70,13 @@ impl FromStr for WeightType {
 }
 
 const BLOCK: usize = 32;
-/// Beyond this many input rows (prompts), f32 products go through candle's GEMM, whose
-/// cache blocking beats streaming the weights once per tile.
-const GEMM_ROWS: usize = 32;
 
-enum Store {
-    /// Kept as a tensor so that long prompts can go through candle's GEMM.
-    F32(Tensor),
-    Bf16(Vec<u16>),
-    Q8 {
-        quants: Vec<i8>,
-        /// f16 bits, one per block of 32 weights, row-major.
-        scales: Vec<u16>,
-    },
-}
-
-/// A weight matrix (rows = output features, cols = input features) for inference.
+/// A weight matrix (rows = output features, cols = input features) for inference, in
+/// panels ([`panels`]).
 pub struct Matrix {
     rows: usize,
     cols: usize,
-    store: Store,
+    panels: Panels,
 }
 
 fn f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -113,25 +105,18 @@ impl Matrix {
             .to_dtype(DType::F32)?
             .contiguous()?;
         let (rows, cols) = w.dims2()?;
-        let store = match ty {
-            WeightType::F32 => Store::F32(w),
-            WeightType::Bf16 => Store::Bf16(f32_slice(&w, |v| {
-                v.iter()
-                    .map(|&x| half::bf16::from_f32(x).to_bits())
-                    .collect()
-            })?),
-            WeightType::Q8_0 => {
-                if !cols.is_multiple_of(BLOCK) {
-                    candle_core::bail!(
-                        "q8_0 weights need rows that are a multiple of {BLOCK} long; this \
-                         model has a {rows} x {cols} weight (use f32 or bf16)"
-                    );
-                }
-                let (quants, scales) = f32_slice(&w, quantize_q8)?;
-                Store::Q8 { quants, scales }
-            }
-        };
-        Ok(Matrix { rows, cols, store })
+        if ty == WeightType::Q8_0 && !cols.is_multiple_of(BLOCK) {
+            candle_core::bail!(
+                "q8_0 weights need rows that are a multiple of {BLOCK} long; this model has \
+                 a {rows} x {cols} weight (use f32 or bf16)"
+            );
+        }
+        let panels = f32_slice(&w, |v| match ty {
+            WeightType::F32 => Panels::f32(v, rows, cols),
+            WeightType::Bf16 => Panels::bf16(v, rows, cols),
+            WeightType::Q8_0 => Panels::q8(v, rows, cols),
+        })?;
+        Ok(Matrix { rows, cols, panels })
     }
 
     pub fn rows(&self) -> usize {
@@ -144,32 +129,14 @@ impl Matrix {
 
     /// Bytes one pass over the matrix reads.
     pub fn bytes(&self) -> usize {
-        let n = self.rows * self.cols;
-        match &self.store {
-            Store::F32(_) => 4 * n,
-            Store::Bf16(_) => 2 * n,
-            Store::Q8 { .. } => n + 2 * (n / BLOCK),
-        }
+        self.panels.bytes(self.rows, self.cols)
     }
 
     /// Row `r` widened to f32 (embedding lookups).
-    fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
-        let c = self.cols;
-        match &self.store {
-            Store::F32(t) => f32_slice(t, |v| out.copy_from_slice(&v[r * c..(r + 1) * c]))?,
-            Store::Bf16(v) => {
-                for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
-                    *o = bf16_to_f32(b);
-                }
-            }
-            Store::Q8 { quants, scales } => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let d = f16_to_f32(scales[(r * c + i) / BLOCK]);
-                    *o = quants[r * c + i] as f32 * d;
-                }
-            }
+    fn row(&self, r: usize, out: &mut [f32]) {
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = self.panels.get(r, k, self.cols);
         }
-        Ok(())
     }
 
     /// `y (m, rows) = x (m, cols) W^T`.
@@ -182,96 +149,9 @@ impl Matrix {
                 y.len()
             );
         }
-        if let Store::F32(w) = &self.store {
-            // Long prompts: the GEMM's cache blocking beats re-reading rows per tile.
-            if m > GEMM_ROWS {
-                let xt = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
-                let out = xt.matmul(&w.t()?)?;
-                return f32_slice(&out, |v| y.copy_from_slice(v));
-            }
-        }
-        if m == 1 {
-            return self.skinny(x, 1, y);
-        }
-        // Computed as (rows, m) so that parallel tasks own contiguous output, then
-        // transposed (small next to the weight it took to compute).
-        let mut yt = vec![0f32; rows * m];
-        self.skinny(x, m, &mut yt)?;
-        for (j, col) in yt.chunks_exact(m).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[r * rows + j] = v;
-            }
-        }
+        self.panels.matmul(rows, cols, x, m, y);
         Ok(())
     }
-
-    /// `yt (rows, m)`: rows of the weight in parallel chunks; within a chunk, every
-    /// tile of input rows against every weight row of the chunk (kept in cache).
-    fn skinny(&self, x: &[f32], m: usize, yt: &mut [f32]) -> Result<()> {
-        let threads = rayon::current_num_threads().max(1);
-        // Several tasks a thread, so that a thread the machine slows down is made up for
-        // by the others.
-        let chunk = (self.rows / (8 * threads)).clamp(8, 64);
-        match &self.store {
-            Store::F32(t) => f32_slice(t, |w| {
-                run_chunks(
-                    yt,
-                    m,
-                    chunk,
-                    self.cols,
-                    x,
-                    &kernels::F32Rows {
-                        data: w,
-                        cols: self.cols,
-                    },
-                )
-            }),
-            Store::Bf16(w) => {
-                run_chunks(
-                    yt,
-                    m,
-                    chunk,
-                    self.cols,
-                    x,
-                    &kernels::Bf16Rows {
-                        data: w,
-                        cols: self.cols,
-                    },
-                );
-                Ok(())
-            }
-            Store::Q8 { quants, scales } => {
-                let rows = kernels::Q8Rows {
-                    quants,
-                    scales,
-                    cols: self.cols,
-                };
-                run_chunks(yt, m, chunk, self.cols, x, &rows);
-                Ok(())
-            }
-        }
-    }
-}
-
-fn run_chunks<R: kernels::Rows>(
-    yt: &mut [f32],
-    m: usize,
-    chunk: usize,
-    cols: usize,
-    x: &[f32],
-    w: &R,
-) {
-    yt.par_chunks_mut(chunk * m)
-        .enumerate()
-        .for_each(|(c, part)| {
-            let j0 = c * chunk;
-            let n = part.len() / m;
-            for r0 in (0..m).step_by(kernels::TILE) {
-                let mt = kernels::TILE.min(m - r0);
-                let xt = &x[r0 * cols..(r0 + mt) * cols];
-                kernels::rows(w, j0, n, xt, mt, cols, part, m, r0);
-            }
-        });
 }
 
 /// ggml's Q8_0 rounding: scale = max |w| / 127 per block, weights rounded to nearest.
@@ -287,8 +167,6 @@ fn quantize_q8(w: &[f32]) -> (Vec<i8>, Vec<u16>) {
     }
     (quants, scales)
 }
-
-mod kernels;
 
 /// The sum of `data`, read once in parallel with eight independent sums per task so that
 /// nothing but the loads limits it: the read-bandwidth probe that decoding speed is
@@ -665,7 +543,7 @@ impl Engine {
         let eps = c.rms_norm_eps;
         let mut x = vec![0f32; m * h];
         for (r, &id) in ids.iter().enumerate() {
-            self.embed.row(id as usize, &mut x[r * h..(r + 1) * h])?;
+            self.embed.row(id as usize, &mut x[r * h..(r + 1) * h]);
         }
         let mut hbuf = vec![0f32; m * h];
         let mut qkv = vec![0f32; m * (qd + 2 * kvd)];
@@ -715,7 +593,7 @@ impl Engine {
                     stride: hd,
                     offset: (head / group) * cap * hd,
                 };
-                kernels::attend(q, &keys, &visible_ref[r], scale, out);
+                attention::attend(q, &keys, &visible_ref[r], scale, out);
             });
             debug_assert!(total == cache.key_segments[0].len());
             l.o.matmul(&attn, m, &mut obuf)?;

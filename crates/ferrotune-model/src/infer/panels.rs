@@ -1,0 +1,578 @@
+//! Inference weights in panels, and their products with a few input rows.
+//!
+//! A panel is [`PANEL`] output rows of a weight stored input column by input column:
+//! weight `(r, k)` lives at `[r / PANEL][k][r % PANEL]`. A decoding step multiplies each
+//! weight by 1 to 8 input rows (the batch); with a panel's rows side by side, one load of
+//! 32 weights feeds an FMA for every input row (its value at `k` broadcast), and the sums
+//! land in the output's own lanes, with no horizontal sums. Row-major weights (a dot
+//! product per weight row, tiles of 4 input rows) took 31-34 ms for all of SmolLM2's
+//! products at batch 8 where panels take 18-21, about as long as one pass at batch 1
+//! (docs/PERFORMANCE.md, "Panels").
+//!
+//! The tile body is written once over plain arrays and compiled per instruction set
+//! (AVX-512, AVX2 + FMA, portable), chosen once at run time; the compiler keeps the
+//! arrays in vector registers (as fast as hand-written intrinsics, measured).
+
+use rayon::prelude::*;
+
+use super::{bf16_to_f32, f16_to_f32, BLOCK};
+
+/// Output rows a panel holds: two AVX-512 registers.
+pub const PANEL: usize = 32;
+
+/// A weight in panels, padded with zero rows to whole panels.
+pub enum Panels {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    /// ggml's Q8_0 blocks (32 weights along the input, one f16 scale), quants in panels
+    /// and each panel row's block scales as `[panel][block][row]`.
+    Q8 {
+        quants: Vec<i8>,
+        scales: Vec<u16>,
+    },
+}
+
+/// Reorders a row-major `(rows, cols)` array into panels, zero rows padding the last.
+fn into_panels<T: Copy + Default>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let panels = rows.div_ceil(PANEL);
+    let mut out = vec![T::default(); panels * cols * PANEL];
+    for (p, panel) in out.chunks_exact_mut(cols * PANEL).enumerate() {
+        for l in 0..PANEL.min(rows - p * PANEL) {
+            let row = &w[(p * PANEL + l) * cols..][..cols];
+            for (k, &v) in row.iter().enumerate() {
+                panel[k * PANEL + l] = v;
+            }
+        }
+    }
+    out
+}
+
+impl Panels {
+    pub fn f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        Panels::F32(into_panels(w, rows, cols))
+    }
+
+    pub fn bf16(w: &[f32], rows: usize, cols: usize) -> Self {
+        let bits: Vec<u16> = w
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect();
+        Panels::Bf16(into_panels(&bits, rows, cols))
+    }
+
+    /// ggml's Q8_0 rounding (`cols` a multiple of [`BLOCK`]), then reordered.
+    pub fn q8(w: &[f32], rows: usize, cols: usize) -> Self {
+        let (quants, scales) = super::quantize_q8(w);
+        Panels::Q8 {
+            quants: into_panels(&quants, rows, cols),
+            scales: into_panels(&scales, rows, cols / BLOCK),
+        }
+    }
+
+    /// Bytes of a `(rows, cols)` weight (the padding rows of the last panel left out).
+    pub fn bytes(&self, rows: usize, cols: usize) -> usize {
+        let n = rows * cols;
+        match self {
+            Panels::F32(_) => 4 * n,
+            Panels::Bf16(_) => 2 * n,
+            Panels::Q8 { .. } => n + 2 * (n / BLOCK),
+        }
+    }
+
+    /// Weight `(r, k)` as f32.
+    pub fn get(&self, r: usize, k: usize, cols: usize) -> f32 {
+        let (p, l) = (r / PANEL, r % PANEL);
+        let at = (p * cols + k) * PANEL + l;
+        match self {
+            Panels::F32(v) => v[at],
+            Panels::Bf16(v) => bf16_to_f32(v[at]),
+            Panels::Q8 { quants, scales } => {
+                quants[at] as f32 * f16_to_f32(scales[(p * (cols / BLOCK) + k / BLOCK) * PANEL + l])
+            }
+        }
+    }
+
+    /// `y (m, rows) = x (m, cols) W^T`; the caller checks the lengths.
+    pub fn matmul(&self, rows: usize, cols: usize, x: &[f32], m: usize, y: &mut [f32]) {
+        self.matmul_on(Isa::detected(), rows, cols, x, m, y);
+    }
+
+    fn matmul_on(&self, isa: Isa, rows: usize, cols: usize, x: &[f32], m: usize, y: &mut [f32]) {
+        assert!(x.len() == m * cols && y.len() == m * rows);
+        match self {
+            Panels::F32(data) => product(isa, &F32Panels { data, cols }, rows, x, m, y),
+            Panels::Bf16(data) => product(isa, &Bf16Panels { data, cols }, rows, x, m, y),
+            Panels::Q8 { quants, scales } => {
+                let w = Q8Panels {
+                    quants,
+                    scales,
+                    cols,
+                };
+                product(isa, &w, rows, x, m, y)
+            }
+        }
+    }
+}
+
+/// A weight type's view of its panels for the tile body. The methods read without bounds
+/// checks: the tile stays inside panel `p` and column `k < cols`, which [`product`] checks.
+trait Weights: Sync {
+    fn cols(&self) -> usize;
+    fn panels(&self) -> usize;
+    /// Whether the weights carry a scale per [`BLOCK`] input columns.
+    const SCALED: bool;
+    /// Column `k` of panel `p`, widened to f32 (unscaled).
+    ///
+    /// # Safety
+    /// `p < panels()` and `k < cols()`.
+    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL];
+    /// The scales of block `b` of panel `p` (ones where unscaled).
+    ///
+    /// # Safety
+    /// As [`Weights::column`], `b < cols() / BLOCK`.
+    unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL];
+}
+
+struct F32Panels<'a> {
+    data: &'a [f32],
+    cols: usize,
+}
+
+struct Bf16Panels<'a> {
+    data: &'a [u16],
+    cols: usize,
+}
+
+struct Q8Panels<'a> {
+    quants: &'a [i8],
+    scales: &'a [u16],
+    cols: usize,
+}
+
+/// `PANEL` values of `T` at `at` (an unaligned read of an array).
+///
+/// # Safety
+/// `at + PANEL <= v.len()`.
+#[inline(always)]
+unsafe fn read<T: Copy>(v: &[T], at: usize) -> [T; PANEL] {
+    debug_assert!(at + PANEL <= v.len());
+    std::ptr::read_unaligned(v.as_ptr().add(at) as *const [T; PANEL])
+}
+
+impl Weights for F32Panels<'_> {
+    const SCALED: bool = false;
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn panels(&self) -> usize {
+        self.data.len() / (self.cols * PANEL)
+    }
+    #[inline(always)]
+    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
+        read(self.data, (p * self.cols + k) * PANEL)
+    }
+    #[inline(always)]
+    unsafe fn scales(&self, _: usize, _: usize) -> [f32; PANEL] {
+        [1.0; PANEL]
+    }
+}
+
+impl Weights for Bf16Panels<'_> {
+    const SCALED: bool = false;
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn panels(&self) -> usize {
+        self.data.len() / (self.cols * PANEL)
+    }
+    #[inline(always)]
+    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
+        // Loops, not `array::map`: the map was not vectorised (5x slower decoding).
+        let bits: [u16; PANEL] = read(self.data, (p * self.cols + k) * PANEL);
+        let mut out = [0f32; PANEL];
+        for l in 0..PANEL {
+            out[l] = bf16_to_f32(bits[l]);
+        }
+        out
+    }
+    #[inline(always)]
+    unsafe fn scales(&self, _: usize, _: usize) -> [f32; PANEL] {
+        [1.0; PANEL]
+    }
+}
+
+impl Weights for Q8Panels<'_> {
+    const SCALED: bool = true;
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn panels(&self) -> usize {
+        self.quants.len() / (self.cols * PANEL)
+    }
+    #[inline(always)]
+    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
+        let q: [i8; PANEL] = read(self.quants, (p * self.cols + k) * PANEL);
+        let mut out = [0f32; PANEL];
+        for l in 0..PANEL {
+            out[l] = q[l] as f32;
+        }
+        out
+    }
+    #[inline(always)]
+    unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL] {
+        let bits: [u16; PANEL] = read(self.scales, (p * (self.cols / BLOCK) + b) * PANEL);
+        let mut out = [0f32; PANEL];
+        for l in 0..PANEL {
+            out[l] = f16_widened(bits[l]);
+        }
+        out
+    }
+}
+
+/// A finite f16 as f32 in plain arithmetic, so that the compiler vectorises it: exponent
+/// and mantissa shifted into place read as an f32 whose exponent is short by the biases'
+/// difference (127 - 15), which the multiply restores; subnormals come out right too.
+#[inline(always)]
+fn f16_widened(bits: u16) -> f32 {
+    let magnitude = f32::from_bits(((bits & 0x7fff) as u32) << 13) * f32::from_bits(0x7780_0000);
+    if bits & 0x8000 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// The instruction set the tiles are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detected() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+
+    /// Input rows a tile holds: two accumulators a row, in 32 AVX-512 registers (16 for
+    /// 8 rows, the rest for weights); AVX2's 16 registers take 4 a row.
+    fn tile_rows(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            Isa::Avx2 | Isa::Portable => 2,
+        }
+    }
+}
+
+#[inline(always)]
+fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    // Without FMA hardware `mul_add` is a library call.
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Panel `p` against the `MT` input rows of `x` (row `t` at `t * cols`): the `MT x PANEL`
+/// outputs.
+///
+/// # Safety
+/// `p < w.panels()` and `x.len() >= MT * w.cols()`.
+#[inline(always)]
+unsafe fn tile<W: Weights, const MT: usize, const FUSED: bool>(
+    w: &W,
+    p: usize,
+    x: &[f32],
+) -> [[f32; PANEL]; MT] {
+    let cols = w.cols();
+    let xv = |t: usize, k: usize| *x.get_unchecked(t * cols + k);
+    let mut acc = [[0f32; PANEL]; MT];
+    if !W::SCALED && MT == 1 {
+        // One row: two sets of sums for alternate columns, or each column would wait
+        // for the last one's FMA.
+        let mut odd = [0f32; PANEL];
+        let mut k = 0;
+        while k + 1 < cols {
+            let (w0, w1) = (w.column(p, k), w.column(p, k + 1));
+            let (v0, v1) = (xv(0, k), xv(0, k + 1));
+            for l in 0..PANEL {
+                acc[0][l] = fma::<FUSED>(w0[l], v0, acc[0][l]);
+                odd[l] = fma::<FUSED>(w1[l], v1, odd[l]);
+            }
+            k += 2;
+        }
+        if k < cols {
+            let (wk, v) = (w.column(p, k), xv(0, k));
+            for l in 0..PANEL {
+                acc[0][l] = fma::<FUSED>(wk[l], v, acc[0][l]);
+            }
+        }
+        for l in 0..PANEL {
+            acc[0][l] += odd[l];
+        }
+    } else if !W::SCALED {
+        for k in 0..cols {
+            let wk = w.column(p, k);
+            for (t, a) in acc.iter_mut().enumerate() {
+                let v = xv(t, k);
+                for l in 0..PANEL {
+                    a[l] = fma::<FUSED>(wk[l], v, a[l]);
+                }
+            }
+        }
+    } else if MT <= 2 {
+        // Few rows: each block's sums unscaled, then scaled once (a multiply per 32
+        // columns instead of one per column; the widening bounds this loop).
+        for b in 0..cols / BLOCK {
+            let mut part = [[0f32; PANEL]; MT];
+            for k in b * BLOCK..(b + 1) * BLOCK {
+                let wk = w.column(p, k);
+                for (t, s) in part.iter_mut().enumerate() {
+                    let v = xv(t, k);
+                    for l in 0..PANEL {
+                        s[l] = fma::<FUSED>(wk[l], v, s[l]);
+                    }
+                }
+            }
+            let d = w.scales(p, b);
+            for (a, s) in acc.iter_mut().zip(&part) {
+                for l in 0..PANEL {
+                    a[l] = fma::<FUSED>(s[l], d[l], a[l]);
+                }
+            }
+        }
+    } else {
+        // Many rows: no room for a second set of sums, so each column is scaled once and
+        // shared by the rows.
+        for b in 0..cols / BLOCK {
+            let d = w.scales(p, b);
+            for k in b * BLOCK..(b + 1) * BLOCK {
+                let mut wk = w.column(p, k);
+                for l in 0..PANEL {
+                    wk[l] *= d[l];
+                }
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let v = xv(t, k);
+                    for l in 0..PANEL {
+                        a[l] = fma::<FUSED>(wk[l], v, a[l]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tile_avx512<W: Weights, const MT: usize>(
+    w: &W,
+    p: usize,
+    x: &[f32],
+) -> [[f32; PANEL]; MT] {
+    tile::<W, MT, true>(w, p, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<W: Weights, const MT: usize>(w: &W, p: usize, x: &[f32]) -> [[f32; PANEL]; MT] {
+    tile::<W, MT, true>(w, p, x)
+}
+
+/// Panel `p` against `mt <= isa.tile_rows()` input rows, written to `out` (`mt` rows of
+/// `PANEL`).
+///
+/// # Safety
+/// `isa` was detected (or is portable), `p < w.panels()`, `x.len() >= mt * w.cols()`.
+unsafe fn tile_into<W: Weights>(isa: Isa, w: &W, p: usize, x: &[f32], mt: usize, out: &mut [f32]) {
+    macro_rules! run {
+        ($f:ident, $mt:literal) => {{
+            let acc = $f::<W, $mt>(w, p, x);
+            out[..$mt * PANEL].copy_from_slice(acc.as_flattened());
+        }};
+    }
+    #[cfg(target_arch = "x86_64")]
+    match (isa, mt) {
+        (Isa::Avx512, 1) => return run!(tile_avx512, 1),
+        (Isa::Avx512, 2) => return run!(tile_avx512, 2),
+        (Isa::Avx512, 3) => return run!(tile_avx512, 3),
+        (Isa::Avx512, 4) => return run!(tile_avx512, 4),
+        (Isa::Avx512, 5) => return run!(tile_avx512, 5),
+        (Isa::Avx512, 6) => return run!(tile_avx512, 6),
+        (Isa::Avx512, 7) => return run!(tile_avx512, 7),
+        (Isa::Avx512, 8) => return run!(tile_avx512, 8),
+        (Isa::Avx2, 1) => return run!(tile_avx2, 1),
+        (Isa::Avx2, 2) => return run!(tile_avx2, 2),
+        _ => {}
+    }
+    match mt {
+        1 => run!(tile_portable, 1),
+        _ => run!(tile_portable, 2),
+    }
+}
+
+/// # Safety
+/// As [`tile`].
+unsafe fn tile_portable<W: Weights, const MT: usize>(
+    w: &W,
+    p: usize,
+    x: &[f32],
+) -> [[f32; PANEL]; MT] {
+    tile::<W, MT, false>(w, p, x)
+}
+
+/// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (several a thread, so that a
+/// thread the machine slows down is made up for by the others), each panel against the
+/// input rows a tile at a time, the panel read from cache after the first tile.
+fn product<W: Weights>(isa: Isa, w: &W, rows: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let (cols, panels) = (w.cols(), w.panels());
+    assert!(panels * PANEL >= rows && x.len() >= m * cols && y.len() >= m * rows);
+    let per = (panels / (8 * rayon::current_num_threads().max(1))).clamp(1, 2);
+    let step = isa.tile_rows();
+    // Outputs panel-major, `[panel][row][lane]`, so that tasks own contiguous memory.
+    let mut yt = vec![0f32; panels * m * PANEL];
+    yt.par_chunks_mut(per * m * PANEL)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (i, panel_out) in out.chunks_exact_mut(m * PANEL).enumerate() {
+                let p = task * per + i;
+                for r0 in (0..m).step_by(step) {
+                    let mt = step.min(m - r0);
+                    // SAFETY: p < panels (yt has `panels` of them), the rows are inside
+                    // x (checked above), mt <= the tile's rows.
+                    unsafe {
+                        tile_into(isa, w, p, &x[r0 * cols..], mt, &mut panel_out[r0 * PANEL..]);
+                    }
+                }
+            }
+        });
+    for (p, panel_out) in yt.chunks_exact(m * PANEL).enumerate() {
+        let width = PANEL.min(rows - p * PANEL);
+        for (r, lanes) in panel_out.chunks_exact(PANEL).enumerate() {
+            y[r * rows + p * PANEL..][..width].copy_from_slice(&lanes[..width]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every instruction set this CPU runs, the portable one included.
+    fn isas() -> Vec<Isa> {
+        let mut out = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.push(Isa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                out.push(Isa::Avx512);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn panel_products_match_plain_loops_on_every_instruction_set() {
+        // 75 rows leave a partial last panel; 40 columns are not whole q8_0 blocks.
+        for (rows, cols) in [(75, 64), (64, 576), (33, 1536), (75, 40)] {
+            let w = noise(rows * cols, (rows + cols) as u32);
+            let mut kinds = vec![
+                ("f32", Panels::f32(&w, rows, cols)),
+                ("bf16", Panels::bf16(&w, rows, cols)),
+            ];
+            if cols.is_multiple_of(BLOCK) {
+                kinds.push(("q8_0", Panels::q8(&w, rows, cols)));
+            }
+            for (name, panels) in &kinds {
+                // The reference: the stored weights read one by one, dot products in order.
+                let stored: Vec<f32> = (0..rows * cols)
+                    .map(|i| panels.get(i / cols, i % cols, cols))
+                    .collect();
+                // Every tile height of every instruction set, and several tiles a panel.
+                for m in (1..=8).chain([11, 19]) {
+                    let x = noise(m * cols, 7 + m as u32);
+                    let mut want = vec![0f32; m * rows];
+                    for t in 0..m {
+                        for r in 0..rows {
+                            want[t * rows + r] = (0..cols)
+                                .map(|k| stored[r * cols + k] * x[t * cols + k])
+                                .sum();
+                        }
+                    }
+                    for isa in isas() {
+                        let mut got = vec![f32::NAN; m * rows];
+                        panels.matmul_on(isa, rows, cols, &x, m, &mut got);
+                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                                "{name} {rows}x{cols}, m {m}, {isa:?}, output {i}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_scales_widen_exactly() {
+        for bits in (0..=0xffffu16).filter(|b| b & 0x7c00 != 0x7c00) {
+            assert_eq!(
+                f16_widened(bits).to_bits(),
+                f16_to_f32(bits).to_bits(),
+                "{bits:#06x}"
+            );
+        }
+    }
+
+    #[test]
+    fn panels_keep_every_weight_where_it_was() {
+        let (rows, cols) = (45, 64);
+        let mut w = noise(rows * cols, 3);
+        // A block whose f16 scale is subnormal (below 6.1e-5).
+        w[cols..cols + BLOCK].iter_mut().for_each(|v| *v *= 1e-4);
+        let (f, b, q) = (
+            Panels::f32(&w, rows, cols),
+            Panels::bf16(&w, rows, cols),
+            Panels::q8(&w, rows, cols),
+        );
+        let (quants, scales) = crate::infer::quantize_q8(&w);
+        for r in 0..rows {
+            for k in 0..cols {
+                let i = r * cols + k;
+                assert_eq!(f.get(r, k, cols), w[i]);
+                assert_eq!(b.get(r, k, cols), half::bf16::from_f32(w[i]).to_f32());
+                let dq = quants[i] as f32 * f16_to_f32(scales[i / BLOCK]);
+                assert_eq!(q.get(r, k, cols), dq, "q8_0 ({r}, {k})");
+            }
+        }
+    }
+}
