@@ -186,6 +186,20 @@ pub fn streaming_sum(data: &[f32]) -> f32 {
         .sum()
 }
 
+/// Deterministic values in [-1, 1] for the kernels' tests (xorshift).
+#[cfg(test)]
+fn test_noise(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 /// One batch row's cached keys and values of one key/value head: position `t`'s vector
 /// starts at `t * stride + offset`.
 struct Keys<'a> {

@@ -178,19 +178,8 @@ fn attend_body(q: &[f32], keys: &super::Keys<'_>, visible: &[u32], scale: f32, o
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::test_noise as noise;
     use crate::infer::Keys;
-
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn the_vector_attention_matches_plain_loops() {

@@ -99,12 +99,13 @@ impl Panels {
 
     fn matmul_on(&self, isa: Isa, rows: usize, cols: usize, x: &[f32], m: usize, y: &mut [f32]) {
         assert!(x.len() == m * cols && y.len() == m * rows);
+        let scales: &[u16] = &[];
         match self {
-            Panels::F32(data) => product(isa, &F32Panels { data, cols }, rows, x, m, y),
-            Panels::Bf16(data) => product(isa, &Bf16Panels { data, cols }, rows, x, m, y),
+            Panels::F32(data) => product(isa, &Weights { data, scales, cols }, rows, x, m, y),
+            Panels::Bf16(data) => product(isa, &Weights { data, scales, cols }, rows, x, m, y),
             Panels::Q8 { quants, scales } => {
-                let w = Q8Panels {
-                    quants,
+                let w = Weights {
+                    data: quants,
                     scales,
                     cols,
                 };
@@ -114,39 +115,79 @@ impl Panels {
     }
 }
 
-/// A weight type's view of its panels for the tile body. The methods read without bounds
-/// checks: the tile stays inside panel `p` and column `k < cols`, which [`product`] checks.
-trait Weights: Sync {
-    fn cols(&self) -> usize;
-    fn panels(&self) -> usize;
-    /// Whether the weights carry a scale per [`BLOCK`] input columns.
+/// A stored weight value: f32, bf16 bits (u16) or a q8_0 quant (i8).
+trait Element: Copy + Sync {
+    /// Whether the values carry a scale per [`BLOCK`] input columns (q8_0).
     const SCALED: bool;
+    fn widen(self) -> f32;
+}
+
+impl Element for f32 {
+    const SCALED: bool = false;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Element for u16 {
+    const SCALED: bool = false;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        bf16_to_f32(self)
+    }
+}
+
+impl Element for i8 {
+    const SCALED: bool = true;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self as f32
+    }
+}
+
+/// A weight's panels as the tile body reads them. The reads skip bounds checks: the tile
+/// stays inside panel `p` and column `k < cols`, which [`product`] checks.
+struct Weights<'a, E> {
+    data: &'a [E],
+    /// f16 bits, `[panel][block][row]`; empty where unscaled.
+    scales: &'a [u16],
+    cols: usize,
+}
+
+impl<E: Element> Weights<'_, E> {
+    fn panels(&self) -> usize {
+        self.data.len() / (self.cols * PANEL)
+    }
+
     /// Column `k` of panel `p`, widened to f32 (unscaled).
     ///
     /// # Safety
-    /// `p < panels()` and `k < cols()`.
-    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL];
-    /// The scales of block `b` of panel `p` (ones where unscaled).
+    /// `p < panels()` and `k < cols`.
+    #[inline(always)]
+    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
+        // Loops, not `array::map`: the map was not vectorised (5x slower decoding).
+        let stored: [E; PANEL] = read(self.data, (p * self.cols + k) * PANEL);
+        let mut out = [0f32; PANEL];
+        for l in 0..PANEL {
+            out[l] = stored[l].widen();
+        }
+        out
+    }
+
+    /// The scales of block `b` of panel `p`.
     ///
     /// # Safety
-    /// As [`Weights::column`], `b < cols() / BLOCK`.
-    unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL];
-}
-
-struct F32Panels<'a> {
-    data: &'a [f32],
-    cols: usize,
-}
-
-struct Bf16Panels<'a> {
-    data: &'a [u16],
-    cols: usize,
-}
-
-struct Q8Panels<'a> {
-    quants: &'a [i8],
-    scales: &'a [u16],
-    cols: usize,
+    /// `E::SCALED`, `p < panels()` and `b < cols / BLOCK`.
+    #[inline(always)]
+    unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL] {
+        let bits: [u16; PANEL] = read(self.scales, (p * (self.cols / BLOCK) + b) * PANEL);
+        let mut out = [0f32; PANEL];
+        for l in 0..PANEL {
+            out[l] = f16_widened(bits[l]);
+        }
+        out
+    }
 }
 
 /// `PANEL` values of `T` at `at` (an unaligned read of an array).
@@ -157,76 +198,6 @@ struct Q8Panels<'a> {
 unsafe fn read<T: Copy>(v: &[T], at: usize) -> [T; PANEL] {
     debug_assert!(at + PANEL <= v.len());
     std::ptr::read_unaligned(v.as_ptr().add(at) as *const [T; PANEL])
-}
-
-impl Weights for F32Panels<'_> {
-    const SCALED: bool = false;
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn panels(&self) -> usize {
-        self.data.len() / (self.cols * PANEL)
-    }
-    #[inline(always)]
-    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
-        read(self.data, (p * self.cols + k) * PANEL)
-    }
-    #[inline(always)]
-    unsafe fn scales(&self, _: usize, _: usize) -> [f32; PANEL] {
-        [1.0; PANEL]
-    }
-}
-
-impl Weights for Bf16Panels<'_> {
-    const SCALED: bool = false;
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn panels(&self) -> usize {
-        self.data.len() / (self.cols * PANEL)
-    }
-    #[inline(always)]
-    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
-        // Loops, not `array::map`: the map was not vectorised (5x slower decoding).
-        let bits: [u16; PANEL] = read(self.data, (p * self.cols + k) * PANEL);
-        let mut out = [0f32; PANEL];
-        for l in 0..PANEL {
-            out[l] = bf16_to_f32(bits[l]);
-        }
-        out
-    }
-    #[inline(always)]
-    unsafe fn scales(&self, _: usize, _: usize) -> [f32; PANEL] {
-        [1.0; PANEL]
-    }
-}
-
-impl Weights for Q8Panels<'_> {
-    const SCALED: bool = true;
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn panels(&self) -> usize {
-        self.quants.len() / (self.cols * PANEL)
-    }
-    #[inline(always)]
-    unsafe fn column(&self, p: usize, k: usize) -> [f32; PANEL] {
-        let q: [i8; PANEL] = read(self.quants, (p * self.cols + k) * PANEL);
-        let mut out = [0f32; PANEL];
-        for l in 0..PANEL {
-            out[l] = q[l] as f32;
-        }
-        out
-    }
-    #[inline(always)]
-    unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL] {
-        let bits: [u16; PANEL] = read(self.scales, (p * (self.cols / BLOCK) + b) * PANEL);
-        let mut out = [0f32; PANEL];
-        for l in 0..PANEL {
-            out[l] = f16_widened(bits[l]);
-        }
-        out
-    }
 }
 
 /// A finite f16 as f32 in plain arithmetic, so that the compiler vectorises it: exponent
@@ -293,15 +264,15 @@ fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// # Safety
 /// `p < w.panels()` and `x.len() >= MT * w.cols()`.
 #[inline(always)]
-unsafe fn tile<W: Weights, const MT: usize, const FUSED: bool>(
-    w: &W,
+unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
+    w: &Weights<'_, E>,
     p: usize,
     x: &[f32],
 ) -> [[f32; PANEL]; MT] {
-    let cols = w.cols();
+    let cols = w.cols;
     let xv = |t: usize, k: usize| *x.get_unchecked(t * cols + k);
     let mut acc = [[0f32; PANEL]; MT];
-    if !W::SCALED && MT == 1 {
+    if !E::SCALED && MT == 1 {
         // One row: two sets of sums for alternate columns, or each column would wait
         // for the last one's FMA.
         let mut odd = [0f32; PANEL];
@@ -324,7 +295,7 @@ unsafe fn tile<W: Weights, const MT: usize, const FUSED: bool>(
         for l in 0..PANEL {
             acc[0][l] += odd[l];
         }
-    } else if !W::SCALED {
+    } else if !E::SCALED {
         for k in 0..cols {
             let wk = w.column(p, k);
             for (t, a) in acc.iter_mut().enumerate() {
@@ -379,18 +350,22 @@ unsafe fn tile<W: Weights, const MT: usize, const FUSED: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn tile_avx512<W: Weights, const MT: usize>(
-    w: &W,
+unsafe fn tile_avx512<E: Element, const MT: usize>(
+    w: &Weights<'_, E>,
     p: usize,
     x: &[f32],
 ) -> [[f32; PANEL]; MT] {
-    tile::<W, MT, true>(w, p, x)
+    tile::<E, MT, true>(w, p, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<W: Weights, const MT: usize>(w: &W, p: usize, x: &[f32]) -> [[f32; PANEL]; MT] {
-    tile::<W, MT, true>(w, p, x)
+unsafe fn tile_avx2<E: Element, const MT: usize>(
+    w: &Weights<'_, E>,
+    p: usize,
+    x: &[f32],
+) -> [[f32; PANEL]; MT] {
+    tile::<E, MT, true>(w, p, x)
 }
 
 /// Panel `p` against `mt <= isa.tile_rows()` input rows, written to `out` (`mt` rows of
@@ -398,10 +373,17 @@ unsafe fn tile_avx2<W: Weights, const MT: usize>(w: &W, p: usize, x: &[f32]) -> 
 ///
 /// # Safety
 /// `isa` was detected (or is portable), `p < w.panels()`, `x.len() >= mt * w.cols()`.
-unsafe fn tile_into<W: Weights>(isa: Isa, w: &W, p: usize, x: &[f32], mt: usize, out: &mut [f32]) {
+unsafe fn tile_into<E: Element>(
+    isa: Isa,
+    w: &Weights<'_, E>,
+    p: usize,
+    x: &[f32],
+    mt: usize,
+    out: &mut [f32],
+) {
     macro_rules! run {
         ($f:ident, $mt:literal) => {{
-            let acc = $f::<W, $mt>(w, p, x);
+            let acc = $f::<E, $mt>(w, p, x);
             out[..$mt * PANEL].copy_from_slice(acc.as_flattened());
         }};
     }
@@ -427,19 +409,26 @@ unsafe fn tile_into<W: Weights>(isa: Isa, w: &W, p: usize, x: &[f32], mt: usize,
 
 /// # Safety
 /// As [`tile`].
-unsafe fn tile_portable<W: Weights, const MT: usize>(
-    w: &W,
+unsafe fn tile_portable<E: Element, const MT: usize>(
+    w: &Weights<'_, E>,
     p: usize,
     x: &[f32],
 ) -> [[f32; PANEL]; MT] {
-    tile::<W, MT, false>(w, p, x)
+    tile::<E, MT, false>(w, p, x)
 }
 
 /// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (several a thread, so that a
 /// thread the machine slows down is made up for by the others), each panel against the
 /// input rows a tile at a time, the panel read from cache after the first tile.
-fn product<W: Weights>(isa: Isa, w: &W, rows: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    let (cols, panels) = (w.cols(), w.panels());
+fn product<E: Element>(
+    isa: Isa,
+    w: &Weights<'_, E>,
+    rows: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    let (cols, panels) = (w.cols, w.panels());
     assert!(panels * PANEL >= rows && x.len() >= m * cols && y.len() >= m * rows);
     let per = (panels / (8 * rayon::current_num_threads().max(1))).clamp(1, 2);
     let step = isa.tile_rows();
@@ -471,18 +460,7 @@ fn product<W: Weights>(isa: Isa, w: &W, rows: usize, x: &[f32], m: usize, y: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::infer::test_noise as noise;
 
     /// Every instruction set this CPU runs, the portable one included.
     fn isas() -> Vec<Isa> {
