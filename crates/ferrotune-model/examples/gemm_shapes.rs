@@ -71,36 +71,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
         let flops = 2.0 * (m * n * k) as f64;
         for &t in &threads {
-            // candle's matmul and the OpenBLAS pool both size themselves from this.
+            // candle's matmul and the OpenBLAS pool size themselves from this; rayon's
+            // global pool is built once, so each count gets its own pool (products run
+            // inside it: gemm and ops::gemm split over the pool they are called from).
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-            let products: [(&str, &Tensor, Tensor); 3] = [
-                ("x W^T (forward)", &x, w.t()?),
-                ("g W (grad x)", &g, w.clone()),
-                ("g^T x (grad W)", &x, g.t()?),
-            ];
-            for (name, a, b) in products {
-                // g^T x is (N,M) x (M,K): the first operand is g^T.
-                let (a, b) = if name.starts_with("g^T") {
-                    (b, a.clone())
-                } else {
-                    (a.clone(), b)
-                };
-                let reference = a.matmul(&b)?;
-                let ours = gemm::matmul(&a, &b)?;
-                let diff = (reference - ours)?
-                    .abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_scalar::<f32>()?;
-                let candle = time(|| a.matmul(&b))?;
-                let routed = time(|| gemm::matmul(&a, &b))?;
-                println!(
-                    "| {spec} | {name} | {t} | {:.0} | {:.0} | {:.2}x | {diff:.1e} |",
-                    flops / candle / 1e9,
-                    flops / routed / 1e9,
-                    candle / routed
-                );
-            }
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+            pool.install(|| -> candle_core::Result<()> {
+                let products: [(&str, &Tensor, Tensor); 3] = [
+                    ("x W^T (forward)", &x, w.t()?),
+                    ("g W (grad x)", &g, w.clone()),
+                    ("g^T x (grad W)", &x, g.t()?),
+                ];
+                for (name, a, b) in products {
+                    // g^T x is (N,M) x (M,K): the first operand is g^T.
+                    let (a, b) = if name.starts_with("g^T") {
+                        (b, a.clone())
+                    } else {
+                        (a.clone(), b)
+                    };
+                    let reference = a.matmul(&b)?;
+                    let ours = gemm::matmul(&a, &b)?;
+                    let diff = (reference - ours)?
+                        .abs()?
+                        .flatten_all()?
+                        .max(0)?
+                        .to_scalar::<f32>()?;
+                    let candle = time(|| a.matmul(&b))?;
+                    let routed = time(|| gemm::matmul(&a, &b))?;
+                    println!(
+                        "| {spec} | {name} | {t} | {:.0} | {:.0} | {:.2}x | {diff:.1e} |",
+                        flops / candle / 1e9,
+                        flops / routed / 1e9,
+                        candle / routed
+                    );
+                }
+                Ok(())
+            })?;
         }
     }
     Ok(())
