@@ -4,10 +4,10 @@
 //! weight `(r, k)` lives at `[r / PANEL][k][r % PANEL]`. A decoding step multiplies each
 //! weight by 1 to 8 input rows (the batch); with a panel's rows side by side, one load of
 //! 32 weights feeds an FMA for every input row (its value at `k` broadcast), and the sums
-//! land in the output's own lanes, with no horizontal sums. Row-major weights (a dot
-//! product per weight row, tiles of 4 input rows) took 31-34 ms for all of SmolLM2's
-//! products at batch 8 where panels take 18-21, about as long as one pass at batch 1
-//! (docs/PERFORMANCE.md, "Panels").
+//! land in the output's own lanes, with no horizontal sums. Against row-major weights (a
+//! dot product per weight row, tiles of 4 input rows), SmolLM2-135M's batch-8 decoding
+//! went from 216-233 to 353-377 tokens/s in f32, batch 1 unchanged (docs/PERFORMANCE.md,
+//! "Third round: weights in panels").
 //!
 //! The tile body is written once over plain arrays and compiled per instruction set
 //! (AVX-512, AVX2 + FMA, portable), chosen once at run time; the compiler keeps the
@@ -262,7 +262,7 @@ fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// outputs.
 ///
 /// # Safety
-/// `p < w.panels()` and `x.len() >= MT * w.cols()`.
+/// `p < w.panels()` and `x.len() >= MT * w.cols`.
 #[inline(always)]
 unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
     w: &Weights<'_, E>,
@@ -272,30 +272,7 @@ unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
     let cols = w.cols;
     let xv = |t: usize, k: usize| *x.get_unchecked(t * cols + k);
     let mut acc = [[0f32; PANEL]; MT];
-    if !E::SCALED && MT == 1 {
-        // One row: two sets of sums for alternate columns, or each column would wait
-        // for the last one's FMA.
-        let mut odd = [0f32; PANEL];
-        let mut k = 0;
-        while k + 1 < cols {
-            let (w0, w1) = (w.column(p, k), w.column(p, k + 1));
-            let (v0, v1) = (xv(0, k), xv(0, k + 1));
-            for l in 0..PANEL {
-                acc[0][l] = fma::<FUSED>(w0[l], v0, acc[0][l]);
-                odd[l] = fma::<FUSED>(w1[l], v1, odd[l]);
-            }
-            k += 2;
-        }
-        if k < cols {
-            let (wk, v) = (w.column(p, k), xv(0, k));
-            for l in 0..PANEL {
-                acc[0][l] = fma::<FUSED>(wk[l], v, acc[0][l]);
-            }
-        }
-        for l in 0..PANEL {
-            acc[0][l] += odd[l];
-        }
-    } else if !E::SCALED {
+    if !E::SCALED {
         for k in 0..cols {
             let wk = w.column(p, k);
             for (t, a) in acc.iter_mut().enumerate() {
@@ -368,11 +345,23 @@ unsafe fn tile_avx2<E: Element, const MT: usize>(
     tile::<E, MT, true>(w, p, x)
 }
 
+/// The portable build: plain multiply-adds.
+///
+/// # Safety
+/// As [`tile`].
+unsafe fn tile_portable<E: Element, const MT: usize>(
+    w: &Weights<'_, E>,
+    p: usize,
+    x: &[f32],
+) -> [[f32; PANEL]; MT] {
+    tile::<E, MT, false>(w, p, x)
+}
+
 /// Panel `p` against `mt <= isa.tile_rows()` input rows, written to `out` (`mt` rows of
 /// `PANEL`).
 ///
 /// # Safety
-/// `isa` was detected (or is portable), `p < w.panels()`, `x.len() >= mt * w.cols()`.
+/// `isa` was detected (or is portable), `p < w.panels()`, `x.len() >= mt * w.cols`.
 unsafe fn tile_into<E: Element>(
     isa: Isa,
     w: &Weights<'_, E>,
@@ -405,16 +394,6 @@ unsafe fn tile_into<E: Element>(
         1 => run!(tile_portable, 1),
         _ => run!(tile_portable, 2),
     }
-}
-
-/// # Safety
-/// As [`tile`].
-unsafe fn tile_portable<E: Element, const MT: usize>(
-    w: &Weights<'_, E>,
-    p: usize,
-    x: &[f32],
-) -> [[f32; PANEL]; MT] {
-    tile::<E, MT, false>(w, p, x)
 }
 
 /// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (several a thread, so that a
