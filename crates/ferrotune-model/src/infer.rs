@@ -72,7 +72,7 @@ impl FromStr for WeightType {
 const BLOCK: usize = 32;
 
 /// A weight matrix (rows = output features, cols = input features) for inference, in
-/// panels ([`panels`]).
+/// panels (module `panels`).
 pub struct Matrix {
     rows: usize,
     cols: usize,
