@@ -7,11 +7,7 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
     static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SIMD.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
+    *SIMD.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 /// `out = softmax(q . k_t * scale) . v_t` over the positions `t` of `visible`;
