@@ -20,6 +20,7 @@ use crate::config::ModelConfig;
 use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
+use crate::ops::fused::exp_neg;
 use panels::Panels;
 
 mod attention;
@@ -209,14 +210,42 @@ struct Keys<'a> {
     offset: usize,
 }
 
+/// The sum of the elements in eight lanes: a plain `sum` is one chain of dependent adds.
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
     let h = w.len();
     for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        // The squares go through `out`, which the loop below overwrites.
+        or.iter_mut().zip(xr).for_each(|(o, v)| *o = v * v);
+        let ms = lane_sum(or) / h as f32;
         let inv = 1.0 / (ms + eps as f32).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;
         }
+    }
+}
+
+/// `1 / (1 + exp(-x))` from [`exp_neg`] of `-|x|`, branch-free so that loops over it
+/// vectorise (libm's `expf`, a call per element, took 3-4% of a decoding step).
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_neg(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        r
+    } else {
+        e * r
     }
 }
 
@@ -619,7 +648,7 @@ impl Engine {
             for (g, a) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
                 let (gate, up) = g.split_at(inter);
                 for ((o, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
-                    *o = gv / (1.0 + (-gv).exp()) * uv;
+                    *o = gv * sigmoid(gv) * uv;
                 }
             }
             l.down.matmul(&act, m, &mut obuf)?;

@@ -4,6 +4,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use crate::ops::fused::exp_neg;
+
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
     static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -88,12 +90,7 @@ unsafe fn attend_avx(
         scores[i] = hsum(a) * scale;
         i += 1;
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = softmax_weights(&mut scores);
     let inv = _mm256_set1_ps(1.0 / sum);
     let op = out.as_mut_ptr();
     let mut c = 0;
@@ -141,6 +138,17 @@ unsafe fn hsum(s: __m256) -> f32 {
     _mm_cvtss_f32(q)
 }
 
+/// `exp(s - max s)` in place, and their sum: the exponentials in a loop of their own,
+/// which vectorises (a running sum in the same loop would keep it scalar).
+#[inline]
+fn softmax_weights(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for s in scores.iter_mut() {
+        *s = exp_neg(*s - max);
+    }
+    super::lane_sum(scores)
+}
+
 /// Plain loops: the portable path, and the reference the vector path is tested against.
 fn attend_body(q: &[f32], keys: &super::Keys<'_>, visible: &[u32], scale: f32, out: &mut [f32]) {
     let hd = q.len();
@@ -155,12 +163,7 @@ fn attend_body(q: &[f32], keys: &super::Keys<'_>, visible: &[u32], scale: f32, o
         let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
         scores.push(dot * scale);
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = softmax_weights(&mut scores);
     for (&t, &p) in visible.iter().zip(&scores) {
         let v = &keys.v[at(t)..][..hd];
         for (o, &vv) in out.iter_mut().zip(v) {

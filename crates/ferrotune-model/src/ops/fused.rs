@@ -73,7 +73,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// the bits), within 2 ulp of the exact value. 0 below `-87.3`, where f32 `exp` leaves
 /// the normal range; NaN stays NaN.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a
