@@ -20,7 +20,7 @@ use crate::config::ModelConfig;
 use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
-use crate::ops::fused::exp_neg;
+use crate::ops::fused::sigmoid;
 use panels::Panels;
 
 mod attention;
@@ -233,19 +233,6 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;
         }
-    }
-}
-
-/// `1 / (1 + exp(-x))` from [`exp_neg`] of `-|x|`, branch-free so that loops over it
-/// vectorise (libm's `expf`, a call per element, took 3-4% of a decoding step).
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    let e = exp_neg(-x.abs());
-    let r = 1.0 / (1.0 + e);
-    if x >= 0.0 {
-        r
-    } else {
-        e * r
     }
 }
 
