@@ -435,9 +435,9 @@ unsafe fn tile_into<E: Element>(
     }
 }
 
-/// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (several a thread, so that a
-/// thread the machine slows down is made up for by the others), each panel against the
-/// input rows a tile at a time, the panel read from cache after the first tile.
+/// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (at least two a thread, so
+/// that a thread the machine slows down is made up for by the others), each panel against
+/// the input rows a tile at a time, the panel read from cache after the first tile.
 fn product<E: Element>(
     isa: Isa,
     w: &Weights<'_, E>,
@@ -448,7 +448,15 @@ fn product<E: Element>(
 ) {
     let (cols, panels) = (w.cols, w.panels());
     assert!(panels * PANEL >= rows && x.len() >= m * cols && y.len() >= m * rows);
-    let per = (panels / (8 * rayon::current_num_threads().max(1))).clamp(1, 2);
+    let threads = rayon::current_num_threads().max(1);
+    let per = if m <= 2 {
+        // Streaming the weights once: two long runs of neighbouring panels a thread, so
+        // that the hardware's and the tiles' look-ahead run on into the thread's next
+        // panel (q8_0 3-6% faster than runs of 1-2 panels, f32 the same; "Fourth round").
+        panels.div_ceil(2 * threads)
+    } else {
+        (panels / (8 * threads)).clamp(1, 2)
+    };
     let step = isa.tile_rows();
     // Outputs panel-major, `[panel][row][lane]`, so that tasks own contiguous memory.
     let mut yt = vec![0f32; panels * m * PANEL];
