@@ -278,23 +278,23 @@ mod direct {
                 candle_core::bail!("sum of products: an operand's layout reaches past its storage");
             }
         }
-        let mut out = vec![0f32; m * n];
-        if m * n == 0 {
-            return Ok((out, Shape::from((m, n))));
+        // The products with an inner dimension: the first writes the output, the others
+        // add to it. Without one the sum is zeros.
+        let mut products = terms.iter().filter(|t| t.1.dims()[1] > 0).peekable();
+        if m * n == 0 || products.peek().is_none() {
+            return Ok((vec![0f32; m * n], Shape::from((m, n))));
         }
-        for (i, &(a, al, b, bl, s)) in terms.iter().enumerate() {
-            let k = al.dims()[1];
-            if k == 0 {
-                continue;
-            }
+        // Not zero-filled: the first product writes every element without reading it.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        for (i, &(a, al, b, bl, s)) in products.enumerate() {
             let (sa, sb) = (al.stride(), bl.stride());
             // Safety: `reach` checked every operand element lies inside its buffer, and
-            // `out` holds the m x n output (zeros before the first product, which
-            // overwrites them without reading).
+            // `out` has room for the m x n output, which the first product writes in full
+            // before any other reads it.
             unsafe {
                 product(
                     out.as_mut_ptr(),
-                    (m, n, k),
+                    (m, n, al.dims()[1]),
                     i > 0,
                     s,
                     (a.as_ptr().add(al.start_offset()), sa[0], sa[1]),
@@ -303,6 +303,8 @@ mod direct {
                 )
             }
         }
+        // Safety: the first product wrote all m x n elements.
+        unsafe { out.set_len(m * n) };
         Ok((out, Shape::from((m, n))))
     }
 
