@@ -103,6 +103,38 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     }
 }
 
+/// Defines `fn $name` whose body is compiled twice, for the baseline and for AVX-512F
+/// (16 lanes instead of SSE's 4), the second chosen at run time where the CPU has it. For
+/// the element-wise loops with an exponential: the same f32 operations at either width
+/// (Rust never fuses a multiply and an add on its own), so the same bits.
+macro_rules! wide_where_available {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                // SAFETY: the CPU has AVX-512F (checked).
+                return unsafe { wide($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Whether the CPU has AVX-512F (checked once).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
 /// An output buffer of `n` floats for a kernel that writes every element before it reads
 /// any: `vec![0.0; n]` would first fill it with zeros, a pass over memory for nothing (the
 /// zero fills were 4% of a LoRA training step's samples).
@@ -159,19 +191,39 @@ fn sum_of(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
-/// `sum(exp(x - shift))` for `shift >= max(x)`: the exponentials of a block go to a
-/// buffer in a plain element-wise loop (which vectorises), then are summed.
-fn sum_exp(x: &[f32], shift: f32) -> f32 {
-    let mut buf = [0f32; 256];
-    let mut total = 0f32;
-    for c in x.chunks(buf.len()) {
-        let b = &mut buf[..c.len()];
-        for (b, &v) in b.iter_mut().zip(c) {
-            *b = exp_neg(v - shift);
+wide_where_available! {
+    /// `sum(exp(x - shift))` for `shift >= max(x)`: the exponentials of a block go to a
+    /// buffer in a plain element-wise loop (which vectorises), then are summed.
+    fn sum_exp(x: &[f32], shift: f32) -> f32 {
+        let mut buf = [0f32; 256];
+        let mut total = 0f32;
+        for c in x.chunks(buf.len()) {
+            let b = &mut buf[..c.len()];
+            for (b, &v) in b.iter_mut().zip(c) {
+                *b = exp_neg(v - shift);
+            }
+            total += sum_of(b);
         }
-        total += sum_of(b);
+        total
     }
-    total
+}
+
+wide_where_available! {
+    /// `x = exp(x - shift)` in place, for `shift >= max(x)`.
+    fn exp_shifted(x: &mut [f32], shift: f32) {
+        for v in x.iter_mut() {
+            *v = exp_neg(*v - shift);
+        }
+    }
+}
+
+wide_where_available! {
+    /// `out = exp(x - shift) * k`, for `shift >= max(x)`.
+    fn exp_shifted_scaled(out: &mut [f32], x: &[f32], shift: f32, k: f32) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = exp_neg(x - shift) * k;
+        }
+    }
 }
 
 /// `x * rsqrt(mean(x^2) + eps) * weight` over the last dimension of `x`, `weight` of
@@ -427,6 +479,34 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
+wide_where_available! {
+    /// `out = silu(g) * u`, every element written.
+    fn swiglu_chunk(out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            o.write(g * sigmoid(g) * u);
+        }
+    }
+}
+
+wide_where_available! {
+    /// The gradients of `silu(g) * u` for the output's gradient `gr`, every element of
+    /// `dg` and `du` written.
+    fn swiglu_grad_chunk(
+        dg: &mut [MaybeUninit<f32>],
+        du: &mut [MaybeUninit<f32>],
+        g: &[f32],
+        u: &[f32],
+        gr: &[f32],
+    ) {
+        for ((((dg, du), &g), &u), &gr) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(gr) {
+            let s = sigmoid(g);
+            du.write(gr * g * s);
+            // silu'(g) = s (1 + g (1 - s))
+            dg.write(gr * u * s * (1.0 + g * (1.0 - s)));
+        }
+    }
+}
+
 /// `1 / (1 + exp(-x))` from [`exp_neg`] of `-|x|`, branch-free so that loops over it
 /// vectorise (libm's `expf` is a call per element).
 #[inline(always)]
@@ -458,11 +538,7 @@ impl CustomOp2 for SwiGlu {
         out.par_chunks_mut(TASK_ELEMS)
             .zip(g.par_chunks(TASK_ELEMS))
             .zip(u.par_chunks(TASK_ELEMS))
-            .for_each(|((o, g), u)| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    o.write(g * sigmoid(g) * u);
-                }
-            });
+            .for_each(|((o, g), u)| swiglu_chunk(o, g, u));
         // SAFETY: the chunks cover `out`, and each element was written above.
         let out = unsafe { all_written(out) };
         Ok((CpuStorage::F32(out), gl.shape().clone()))
@@ -490,16 +566,7 @@ impl CustomOp2 for SwiGlu {
                         .zip(g.par_chunks(TASK_ELEMS))
                         .zip(u.par_chunks(TASK_ELEMS))
                         .zip(gr.par_chunks(TASK_ELEMS))
-                        .for_each(|((((dg, du), g), u), gr)| {
-                            for ((((dg, du), &g), &u), &gr) in
-                                dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(gr)
-                            {
-                                let s = sigmoid(g);
-                                du.write(gr * g * s);
-                                // silu'(g) = s (1 + g (1 - s))
-                                dg.write(gr * u * s * (1.0 + g * (1.0 - s)));
-                            }
-                        });
+                        .for_each(|((((dg, du), g), u), gr)| swiglu_grad_chunk(dg, du, g, u, gr));
                     // SAFETY: the chunks cover both buffers, every element written above.
                     Ok(unsafe { (all_written(dg), all_written(du)) })
                 })
@@ -622,9 +689,7 @@ pub(crate) fn cross_entropy_backward(
                 if k == 0.0 {
                     continue;
                 }
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = exp_neg(x - l) * k;
-                }
+                exp_shifted_scaled(o, x, l, k);
                 if let Some(t) = (t as usize).checked_sub(first).filter(|&t| t < width) {
                     o[t] = (exp_neg(x[t] - l) - 1.0) * k;
                 }
@@ -683,15 +748,11 @@ pub(crate) fn attention_probs(
                         // SAFETY: the loop above wrote every element of the row.
                         let p = unsafe { written(p) };
                         if given.is_some() {
-                            for p in p.iter_mut() {
-                                *p = exp_neg(*p - *l);
-                            }
+                            exp_shifted(p, *l);
                             continue;
                         }
                         let max = max_of(p);
-                        for p in p.iter_mut() {
-                            *p = exp_neg(*p - max);
-                        }
+                        exp_shifted(p, max);
                         let sum = sum_of(p);
                         let inv = 1.0 / sum;
                         for p in p.iter_mut() {
