@@ -180,7 +180,8 @@ impl<E: Element> Weights<'_, E> {
     /// byte than f32's, so the core's own look-ahead covers fewer bytes of the stream,
     /// and each panel's few scale lines are too short a stream for the hardware
     /// prefetcher: SmolLM2's products streamed in 3.90-4.09 ms a pass with these hints
-    /// against 4.20-4.44 without (docs/PERFORMANCE.md, "Fourth round").
+    /// against 4.20-4.44 without (docs/PERFORMANCE.md, "Fourth round: the machine's two
+    /// states").
     #[inline(always)]
     fn prefetch_ahead(&self, p: usize, b: usize) {
         let quants = (p * self.cols + b * BLOCK) * PANEL;
@@ -452,7 +453,8 @@ fn product<E: Element>(
     let per = if m <= 2 {
         // Streaming the weights once: two long runs of neighbouring panels a thread, so
         // that the hardware's and the tiles' look-ahead run on into the thread's next
-        // panel (q8_0 3-6% faster than runs of 1-2 panels, f32 the same; "Fourth round").
+        // panel (q8_0 3-6% faster than runs of 1-2 panels, f32 the same; PERFORMANCE.md,
+        // "Fourth round: the machine's two states").
         panels.div_ceil(2 * threads)
     } else {
         (panels / (8 * threads)).clamp(1, 2)
