@@ -319,6 +319,41 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Where the CPU has AVX-512F the update takes its AVX-512 build, which must give
+    /// the baseline build's bits.
+    #[test]
+    fn the_avx512_update_gives_the_baseline_bits() {
+        let n = 1003;
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 13 % 97) as f32 - 48.0) * 1e-3)
+            .collect();
+        let w0: Vec<f32> = (0..n)
+            .map(|i| ((i * 29 % 89) as f32 - 44.0) * 1e-2)
+            .collect();
+        for decay in [false, true] {
+            let k = UpdateConstants {
+                a1: 0.1,
+                b2: 0.999,
+                a2: 0.001,
+                keep: 0.9999,
+                inv_sqrt_bias2: 3.2,
+                eps: 1e-8,
+                step: 1e-3,
+                decay,
+            };
+            let run = |wide: bool| {
+                let (mut w, mut m, mut v) = (w0.clone(), vec![0.01f32; n], vec![1e-4f32; n]);
+                if wide {
+                    update_chunk(&k, &mut w, &mut m, &mut v, &g);
+                } else {
+                    update_body(&k, &mut w, &mut m, &mut v, &g);
+                }
+                [w, m, v].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+            };
+            assert_eq!(run(true), run(false));
+        }
+    }
+
     #[test]
     fn the_fused_update_gives_the_composed_update_bit_for_bit() {
         let dev = Device::Cpu;

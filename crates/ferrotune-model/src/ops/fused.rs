@@ -111,19 +111,27 @@ macro_rules! wide_where_available {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
         fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
-            }
             #[cfg(target_arch = "x86_64")]
             if avx512() {
                 // SAFETY: the CPU has AVX-512F (checked).
-                return unsafe { wide($($arg),*) };
+                return unsafe { $name::wide($($arg),*) };
             }
-            body($($arg),*)
+            $name::body($($arg),*)
+        }
+
+        /// The two builds of the function of the same name.
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[inline(always)]
+            pub(super) fn body($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
         }
     };
 }
@@ -814,7 +822,56 @@ pub(crate) fn attention_score_grad(
 
 #[cfg(test)]
 mod tests {
-    use super::exp_neg;
+    use super::*;
+
+    /// Where the CPU has AVX-512F the functions of `wide_where_available!` take their
+    /// AVX-512 build; it must give the baseline build's bits (the same f32 operations in
+    /// the same order at another lane width).
+    #[test]
+    fn the_avx512_builds_give_the_baseline_bits() {
+        let x: Vec<f32> = (0..1001)
+            .map(|i| ((i * 37 % 401) as f32 - 200.0) * 0.07)
+            .collect();
+        let u: Vec<f32> = x.iter().map(|v| v * 0.5 - 1.0).collect();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+
+        assert_eq!(sum_exp(&x, max).to_bits(), sum_exp::body(&x, max).to_bits());
+
+        let (mut a, mut b) = (x.clone(), x.clone());
+        exp_shifted(&mut a, max);
+        exp_shifted::body(&mut b, max);
+        assert_eq!(bits(&a), bits(&b));
+
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        exp_shifted_scaled(&mut a, &x, max, 0.3);
+        exp_shifted_scaled::body(&mut b, &x, max, 0.3);
+        assert_eq!(bits(&a), bits(&b));
+
+        let written_all = |f: &dyn Fn(&mut [MaybeUninit<f32>])| {
+            let mut v = output_buffer(x.len());
+            f(&mut v);
+            // SAFETY: every function under test writes its whole output.
+            unsafe { all_written(v) }
+        };
+        let a = written_all(&|o| swiglu_chunk(o, &x, &u));
+        let b = written_all(&|o| swiglu_chunk::body(o, &x, &u));
+        assert_eq!(bits(&a), bits(&b));
+
+        let grads = |wide: bool| {
+            let (mut dg, mut du) = (output_buffer(x.len()), output_buffer(x.len()));
+            if wide {
+                swiglu_grad_chunk(&mut dg, &mut du, &x, &u, &u);
+            } else {
+                swiglu_grad_chunk::body(&mut dg, &mut du, &x, &u, &u);
+            }
+            // SAFETY: both gradients are written in full.
+            unsafe { (all_written(dg), all_written(du)) }
+        };
+        let ((dga, dua), (dgb, dub)) = (grads(true), grads(false));
+        assert_eq!(bits(&dga), bits(&dgb));
+        assert_eq!(bits(&dua), bits(&dub));
+    }
 
     #[test]
     fn exp_neg_is_within_two_ulp_of_exp() {
