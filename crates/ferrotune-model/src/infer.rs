@@ -20,7 +20,7 @@ use crate::config::ModelConfig;
 use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
-use crate::ops::fused::sigmoid;
+use crate::ops::fused::{sigmoid, sum_of};
 use panels::Panels;
 
 mod attention;
@@ -210,25 +210,12 @@ struct Keys<'a> {
     offset: usize,
 }
 
-/// The sum of the elements in eight lanes: a plain `sum` is one chain of dependent adds.
-fn lane_sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += c[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
     let h = w.len();
     for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
         // The squares go through `out`, which the loop below overwrites.
         or.iter_mut().zip(xr).for_each(|(o, v)| *o = v * v);
-        let ms = lane_sum(or) / h as f32;
+        let ms = sum_of(or) / h as f32;
         let inv = 1.0 / (ms + eps as f32).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;

@@ -270,48 +270,21 @@ struct UpdateConstants {
     decay: bool,
 }
 
-#[inline(always)]
-fn update_body(k: &UpdateConstants, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-    for (((wi, mi), vi), &gi) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-        let m2 = *mi + ((gi - *mi) * k.a1 + 0.0);
-        let v2 = (*vi * k.b2 + 0.0) + (gi * gi * k.a2 + 0.0);
-        let w2 = if k.decay { *wi * k.keep + 0.0 } else { *wi };
-        let denom = (v2.sqrt() * k.inv_sqrt_bias2 + 0.0) + k.eps;
-        *wi = w2 - ((m2 / denom) * k.step + 0.0);
-        *mi = m2;
-        *vi = v2;
+ferrotune_model::wide_where_available! {
+    /// The update of one chunk, in AVX-512's 16 lanes where the CPU has them: the
+    /// baseline build's 4 lanes left the square roots and divisions in front (the
+    /// optimizer took 9-10 ms of a 120 ms step on the speed issue's model, 2-3 after).
+    fn update_chunk(k: &UpdateConstants, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        for (((wi, mi), vi), &gi) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let m2 = *mi + ((gi - *mi) * k.a1 + 0.0);
+            let v2 = (*vi * k.b2 + 0.0) + (gi * gi * k.a2 + 0.0);
+            let w2 = if k.decay { *wi * k.keep + 0.0 } else { *wi };
+            let denom = (v2.sqrt() * k.inv_sqrt_bias2 + 0.0) + k.eps;
+            *wi = w2 - ((m2 / denom) * k.step + 0.0);
+            *mi = m2;
+            *vi = v2;
+        }
     }
-}
-
-/// The update of one chunk, in AVX-512's 16 lanes where the CPU has them (the baseline
-/// build's 4 lanes left the square roots and divisions in front: the optimizer took 9-10
-/// ms of a 120 ms step on the speed issue's model). Rust never fuses a multiply and an
-/// add on its own, so every lane width gives the same bits.
-fn update_chunk(k: &UpdateConstants, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: the CPU has AVX-512F (checked).
-        return unsafe { update_avx512(k, w, m, v, g) };
-    }
-    update_body(k, w, m, v, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn update_avx512(
-    k: &UpdateConstants,
-    w: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    g: &[f32],
-) {
-    update_body(k, w, m, v, g)
 }
 
 #[cfg(test)]
@@ -346,7 +319,7 @@ mod tests {
                 if wide {
                     update_chunk(&k, &mut w, &mut m, &mut v, &g);
                 } else {
-                    update_body(&k, &mut w, &mut m, &mut v, &g);
+                    update_chunk::body(&k, &mut w, &mut m, &mut v, &g);
                 }
                 [w, m, v].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
             };

@@ -4,7 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use crate::ops::fused::exp_neg;
+use crate::ops::fused::{exp_neg, sum_of};
 
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
@@ -146,7 +146,7 @@ fn softmax_weights(scores: &mut [f32]) -> f32 {
     for s in scores.iter_mut() {
         *s = exp_neg(*s - max);
     }
-    super::lane_sum(scores)
+    sum_of(scores)
 }
 
 /// Plain loops: the portable path, and the reference the vector path is tested against.

@@ -104,15 +104,18 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
 }
 
 /// Defines `fn $name` whose body is compiled twice, for the baseline and for AVX-512F
-/// (16 lanes instead of SSE's 4), the second chosen at run time where the CPU has it. For
-/// the element-wise loops with an exponential: the same f32 operations at either width
+/// (16 lanes instead of SSE's 4), the second chosen at run time where the CPU has it, and
+/// a module `$name` holding the two builds (`body`, and `wide` on x86-64) for tests that
+/// compare them. For element-wise loops whose arithmetic, not memory, sets the pace (an
+/// exponential, a square root and a division): the same f32 operations at either width
 /// (Rust never fuses a multiply and an add on its own), so the same bits.
+#[macro_export]
 macro_rules! wide_where_available {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if avx512() {
+            if $crate::ops::fused::has_avx512f() {
                 // SAFETY: the CPU has AVX-512F (checked).
                 return unsafe { $name::wide($($arg),*) };
             }
@@ -136,9 +139,9 @@ macro_rules! wide_where_available {
     };
 }
 
-/// Whether the CPU has AVX-512F (checked once).
+/// Whether the CPU has AVX-512F (checked once): the choice `wide_where_available!` makes.
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
+pub fn has_avx512f() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
@@ -186,8 +189,8 @@ fn max_of(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// The sum of the elements, in eight lanes.
-fn sum_of(x: &[f32]) -> f32 {
+/// The sum of the elements, in eight lanes (a plain `sum` is one chain of dependent adds).
+pub(crate) fn sum_of(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder();
