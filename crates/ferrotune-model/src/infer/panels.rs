@@ -436,9 +436,10 @@ unsafe fn tile_into<E: Element>(
     }
 }
 
-/// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (at least two a thread, so
-/// that a thread the machine slows down is made up for by the others), each panel against
-/// the input rows a tile at a time, the panel read from cache after the first tile.
+/// `y (m, rows) = x (m, cols) W^T`: panels in parallel tasks (two a thread at one or two
+/// input rows, more at more rows, so that a thread the machine slows down is made up for
+/// by the others), each panel against the input rows a tile at a time, the panel read
+/// from cache after the first tile.
 fn product<E: Element>(
     isa: Isa,
     w: &Weights<'_, E>,
