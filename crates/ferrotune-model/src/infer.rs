@@ -20,7 +20,7 @@ use crate::config::ModelConfig;
 use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
-use crate::ops::fused::{sigmoid, sum_of};
+use crate::ops::lanes::{sigmoid, sum_of};
 use panels::Panels;
 
 mod attention;

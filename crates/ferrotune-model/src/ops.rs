@@ -5,6 +5,7 @@
 
 pub mod fused;
 pub mod gemm;
+pub mod lanes;
 
 use candle_core::backend::BackendStorage;
 use std::sync::Mutex;

@@ -4,7 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use crate::ops::fused::{exp_neg, sum_of};
+use crate::ops::lanes::{exp_neg, sum_of};
 
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
