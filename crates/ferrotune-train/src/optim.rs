@@ -217,14 +217,16 @@ fn fused_update(
 ) -> Result<()> {
     use rayon::prelude::*;
     let n = w.elem_count();
-    let a1 = (1.0 - c.beta1) as f32;
-    let b2 = c.beta2 as f32;
-    let a2 = (1.0 - c.beta2) as f32;
-    let keep = (1.0 - h.lr * c.weight_decay) as f32;
-    let inv_sqrt_bias2 = (1.0 / h.bias2.sqrt()) as f32;
-    let eps = c.eps as f32;
-    let step = (h.lr / h.bias1) as f32;
-    let decay = h.decay;
+    let k = UpdateConstants {
+        a1: (1.0 - c.beta1) as f32,
+        b2: c.beta2 as f32,
+        a2: (1.0 - c.beta2) as f32,
+        keep: (1.0 - h.lr * c.weight_decay) as f32,
+        inv_sqrt_bias2: (1.0 / h.bias2.sqrt()) as f32,
+        eps: c.eps as f32,
+        step: (h.lr / h.bias1) as f32,
+        decay: h.decay,
+    };
     with_slices([g], |[g]| {
         with_mut_slice(w, |w| {
             with_mut_slice(m, |m| {
@@ -238,19 +240,7 @@ fn fused_update(
                         .zip(m.par_chunks_mut(TASK))
                         .zip(v.par_chunks_mut(TASK))
                         .zip(g.par_chunks(TASK))
-                        .for_each(|(((w, m), v), g)| {
-                            let k = UpdateConstants {
-                                a1,
-                                b2,
-                                a2,
-                                keep,
-                                inv_sqrt_bias2,
-                                eps,
-                                step,
-                                decay,
-                            };
-                            update_chunk(&k, w, m, v, g)
-                        });
+                        .for_each(|(((w, m), v), g)| update_chunk(&k, w, m, v, g));
                     Ok(())
                 })
             })
