@@ -1,7 +1,9 @@
 //! Decoding on the CPU with weights held for reading rather than for training: f32, bf16
 //! or q8_0 (blocks of 32 int8 weights sharing one f16 scale, as ggml's Q8_0), widened to
-//! f32 in registers. At batch 1 every decoded token reads every weight once, so decoding
-//! is bound by memory bandwidth and the bytes per weight set the speed.
+//! f32 in registers (q8_0 at one or two input rows on AVX-512 VNNI: integer products with
+//! the input rounded to int16, module `q8dot`). At batch 1 every decoded token reads every
+//! weight once, so decoding is bound by memory bandwidth and the bytes per weight set the
+//! speed, as long as the arithmetic per weight keeps up with the memory.
 //!
 //! The weights are held in panels of 32 output rows stored input column by input column
 //! (module `panels`): one load of 32 weights serves every input row of a tile (up to 8, the
@@ -25,6 +27,7 @@ use panels::Panels;
 
 mod attention;
 mod panels;
+mod q8dot;
 
 /// How inference weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
