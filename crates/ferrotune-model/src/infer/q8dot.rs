@@ -9,6 +9,9 @@
 //! two sign extensions and two instructions of products. Each block's integer sums are
 //! then scaled once, by the weight's scale times the input's.
 
+// Off x86-64 only `available` (false) is used.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+
 use super::panels::{prefetch, PANEL};
 use super::BLOCK;
 
@@ -134,19 +137,6 @@ pub(super) unsafe fn panel_row(
     }
     _mm512_storeu_ps(out.as_mut_ptr(), acc[0]);
     _mm512_storeu_ps(out.as_mut_ptr().add(16), acc[1]);
-}
-
-/// Never called off x86_64 ([`available`] is false there).
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn panel_row(
-    _: &[i8],
-    _: &[u16],
-    _: usize,
-    _: usize,
-    _: &Int16Row,
-    _: &mut [f32],
-) {
-    unreachable!("q8dot::panel_row needs AVX-512 VNNI")
 }
 
 #[cfg(test)]
