@@ -59,6 +59,30 @@ fn full_and_lora_report_throughput_memory_and_parameter_counts() {
 }
 
 #[test]
+fn lora_against_full_times_both_in_one_process() {
+    let doc = bench(&["--threads", "1", "--lora", "--against-full", "--json"]);
+    assert_eq!(doc["trainable"], 3712);
+    let lora_step = doc["step_s"].as_f64().unwrap();
+    let full = &doc["full"];
+    let full_step = full["step_s"].as_f64().unwrap();
+    assert!(lora_step > 0.0 && full_step > 0.0);
+    assert!(full["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(full["final_loss"].as_f64().unwrap().is_finite());
+    let ratio = doc["lora_step_vs_full"].as_f64().unwrap();
+    assert!((ratio - lora_step / full_step).abs() < 1e-9 * ratio.max(1.0));
+
+    // Full fine-tuning against itself is not a comparison.
+    let args: Vec<&str> = TINY.iter().copied().chain(["--against-full"]).collect();
+    let out = cli::output(BIN, &args);
+    assert!(!out.status.success());
+    assert!(
+        cli::stderr(&out).contains("--lora"),
+        "{}",
+        cli::stderr(&out)
+    );
+}
+
+#[test]
 fn torch_side_runs_the_script_with_the_same_arguments() {
     let dir = TempDir::new("bench-train");
     let script = dir.path().join("fake_torch.sh");

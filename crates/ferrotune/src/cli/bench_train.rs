@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::Args;
 use ferrotune_model::init::init_model;
 use ferrotune_model::tuning::{add_lora, train_everything, LoraConfig};
-use ferrotune_model::{Batch, Example, ModelConfig, Param};
+use ferrotune_model::{Batch, CausalLm, Example, ModelConfig, Param};
 use ferrotune_train::parallel::{Pass, Workers};
 use ferrotune_train::recipe::peak_rss_mib;
 use ferrotune_train::{AdamW, AdamWConfig};
@@ -54,6 +54,12 @@ pub struct BenchTrainArgs {
     /// weight (PEFT's `all-linear` on the PyTorch side).
     #[arg(long)]
     lora: bool,
+    /// With --lora: also train the same model fully, the two taking turns step by step in
+    /// this process, and print LoRA's step time as a fraction of the full step's. Two
+    /// runs minutes apart can differ by more than that fraction's margin on a machine
+    /// whose speed drifts. Peak memory then covers both models.
+    #[arg(long, requires = "lora")]
+    against_full: bool,
     /// Also run the PyTorch + transformers benchmark with this python (which needs torch,
     /// transformers and, for --lora, peft) and print both and the ratio.
     #[arg(long, value_name = "PYTHON")]
@@ -94,7 +100,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let ours = train(&a)?;
+    let (ours, full) = train(&a)?;
     let peak = peak_rss_mib();
     let gemm = ferrotune_model::ops::gemm::backend_info();
     let mut doc = json!({
@@ -117,6 +123,17 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         "final_loss": ours.final_loss,
         "peak_rss_mib": peak,
     });
+    if let Some(f) = &full {
+        doc["full"] = json!({
+            "tokens_per_s": f.tokens_per_s,
+            "step_s": f.seconds / a.steps as f64,
+            "forward_s": f.forward_s / a.steps as f64,
+            "backward_s": f.backward_s / a.steps as f64,
+            "optimizer_s": f.optimizer_s / a.steps as f64,
+            "final_loss": f.final_loss,
+        });
+        doc["lora_step_vs_full"] = json!(ours.seconds / f.seconds);
+    }
     let torch = match &a.torch {
         Some(python) => Some(run_torch(&a, python, threads)?),
         None => None,
@@ -167,6 +184,23 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         peak.unwrap_or(f64::NAN),
         ours.final_loss
     )?;
+    if let Some(f) = &full {
+        writeln!(
+            out,
+            "  full fine-tuning, taking turns with it: {:.0} tokens/s ({:.1} ms/step: forward {:.1}, backward {:.1}, optimizer {:.1}); last loss {:.4}",
+            f.tokens_per_s,
+            per(f.seconds),
+            per(f.forward_s),
+            per(f.backward_s),
+            per(f.optimizer_s),
+            f.final_loss
+        )?;
+        writeln!(
+            out,
+            "  LoRA step / full step: {:.2}x (peak memory above: both models)",
+            ours.seconds / f.seconds
+        )?;
+    }
     if let Some(t) = &torch {
         let theirs = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let their_peak = t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
@@ -243,36 +277,125 @@ fn batches(a: &BenchTrainArgs, n: usize, device: &Device) -> Result<Vec<Batch>> 
         .collect()
 }
 
-fn train(a: &BenchTrainArgs) -> Result<Figures> {
-    let device = Device::Cpu;
-    let mut model = init_model(config(a)?, 0, &device)?;
-    if a.lora {
-        add_lora(
-            &mut model,
-            &LoraConfig {
-                rank: 8,
-                alpha: 16.0,
-                ..LoraConfig::default()
-            },
-            0,
-        )?;
-    } else {
-        train_everything(&mut model)?;
-    }
-    let parameters: usize = model.params().iter().map(|p| p.tensor().elem_count()).sum();
-    let params: Vec<&Param> = model
+fn trainable(model: &CausalLm) -> Vec<&Param> {
+    model
         .params()
         .into_iter()
         .filter(|p| p.is_trainable())
-        .collect();
-    let trainable: usize = params.iter().map(|p| p.tensor().elem_count()).sum();
-    // torch.optim.AdamW's defaults, given every trainable parameter (weight decay 0.01 on
-    // all of them), at the script's learning rate.
-    let mut optimizer = AdamW::new(AdamWConfig {
-        weight_decay: 0.01,
-        decay_everything: true,
-        ..AdamWConfig::default()
-    });
+        .collect()
+}
+
+/// One model in training, with the trainer's parts, and the time its steps took.
+struct Run {
+    model: CausalLm,
+    optimizer: AdamW,
+    step_s: f64,
+    forward_s: f64,
+    backward_s: f64,
+    optimizer_s: f64,
+    final_loss: f64,
+}
+
+impl Run {
+    /// The flags' model, randomly initialised (the same weights either way), with LoRA
+    /// adapters or every weight trainable.
+    fn new(a: &BenchTrainArgs, lora: bool, device: &Device) -> Result<Run> {
+        let mut model = init_model(config(a)?, 0, device)?;
+        if lora {
+            add_lora(
+                &mut model,
+                &LoraConfig {
+                    rank: 8,
+                    alpha: 16.0,
+                    ..LoraConfig::default()
+                },
+                0,
+            )?;
+        } else {
+            train_everything(&mut model)?;
+        }
+        // torch.optim.AdamW's defaults, given every trainable parameter (weight decay
+        // 0.01 on all of them), at the script's learning rate.
+        let optimizer = AdamW::new(AdamWConfig {
+            weight_decay: 0.01,
+            decay_everything: true,
+            ..AdamWConfig::default()
+        });
+        Ok(Run {
+            model,
+            optimizer,
+            step_s: 0.0,
+            forward_s: 0.0,
+            backward_s: 0.0,
+            optimizer_s: 0.0,
+            final_loss: f64::NAN,
+        })
+    }
+
+    /// One optimizer step on `batch`, the trainer's path: on several CPU threads, one
+    /// shard of rows per thread.
+    fn step(&mut self, batch: &Batch, workers: &Workers, pass: Pass) -> Result<()> {
+        let started = Instant::now();
+        let params = trainable(&self.model);
+        let tokens = batch.supervised_tokens.max(1) as f64;
+        let part = workers.gradients(&self.model, batch, &params, 1.0 / tokens, pass)?;
+        let grads = part.grads.finish(&params)?;
+        let t = Instant::now();
+        self.optimizer.step(&params, &grads, 1e-4)?;
+        drop(grads);
+        self.optimizer_s += t.elapsed().as_secs_f64();
+        self.forward_s += part.forward_s;
+        self.backward_s += part.backward_s;
+        self.final_loss = part.loss_sum / tokens;
+        self.step_s += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Forgets the warm-up steps' times.
+    fn reset_times(&mut self) {
+        (
+            self.step_s,
+            self.forward_s,
+            self.backward_s,
+            self.optimizer_s,
+        ) = (0.0, 0.0, 0.0, 0.0);
+    }
+
+    fn figures(&self, a: &BenchTrainArgs, shards: usize) -> Figures {
+        let parameters = self
+            .model
+            .params()
+            .iter()
+            .map(|p| p.tensor().elem_count())
+            .sum();
+        let trainable = trainable(&self.model)
+            .iter()
+            .map(|p| p.tensor().elem_count())
+            .sum();
+        Figures {
+            tokens_per_s: (a.batch * a.seq * a.steps) as f64 / self.step_s,
+            seconds: self.step_s,
+            forward_s: self.forward_s,
+            backward_s: self.backward_s,
+            optimizer_s: self.optimizer_s,
+            parameters,
+            trainable,
+            final_loss: self.final_loss,
+            shards,
+        }
+    }
+}
+
+/// Trains the flags' model (and with --against-full the full fine-tuning of it, the two
+/// taking turns, each going first every other step): its figures, and the full run's.
+fn train(a: &BenchTrainArgs) -> Result<(Figures, Option<Figures>)> {
+    let device = Device::Cpu;
+    let mut ours = Run::new(a, a.lora, &device)?;
+    let mut full = if a.against_full {
+        Some(Run::new(a, false, &device)?)
+    } else {
+        None
+    };
     let all = batches(a, a.warmup + a.steps, &device)?;
     let workers = Workers::for_training(&device, !a.no_data_parallel)?;
     let pass = if a.whole_logits {
@@ -280,38 +403,25 @@ fn train(a: &BenchTrainArgs) -> Result<Figures> {
     } else {
         Pass::Plain
     };
-    let (mut forward_s, mut backward_s, mut optimizer_s) = (0f64, 0f64, 0f64);
-    let mut final_loss = f64::NAN;
-    let mut started = Instant::now();
     for (i, batch) in all.iter().enumerate() {
         if i == a.warmup {
-            (forward_s, backward_s, optimizer_s) = (0.0, 0.0, 0.0);
-            started = Instant::now();
+            ours.reset_times();
+            full.iter_mut().for_each(Run::reset_times);
         }
-        // The trainer's path: on several CPU threads, one shard of rows per thread.
-        let tokens = batch.supervised_tokens.max(1) as f64;
-        let part = workers.gradients(&model, batch, &params, 1.0 / tokens, pass)?;
-        final_loss = part.loss_sum / tokens;
-        let grads = part.grads.finish(&params)?;
-        let t = Instant::now();
-        optimizer.step(&params, &grads, 1e-4)?;
-        drop(grads);
-        forward_s += part.forward_s;
-        backward_s += part.backward_s;
-        optimizer_s += t.elapsed().as_secs_f64();
+        match &mut full {
+            Some(full) if i % 2 == 1 => {
+                full.step(batch, &workers, pass)?;
+                ours.step(batch, &workers, pass)?;
+            }
+            Some(full) => {
+                ours.step(batch, &workers, pass)?;
+                full.step(batch, &workers, pass)?;
+            }
+            None => ours.step(batch, &workers, pass)?,
+        }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Figures {
-        tokens_per_s: (a.batch * a.seq * a.steps) as f64 / seconds,
-        seconds,
-        forward_s,
-        backward_s,
-        optimizer_s,
-        parameters,
-        trainable,
-        final_loss,
-        shards: workers.count().min(a.batch),
-    })
+    let shards = workers.count().min(a.batch);
+    Ok((ours.figures(a, shards), full.map(|f| f.figures(a, shards))))
 }
 
 /// Runs torch_train_bench.py with the same arguments; its JSON line.
