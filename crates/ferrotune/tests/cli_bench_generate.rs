@@ -97,6 +97,30 @@ fn bench_generate_reports_the_bound_and_the_speed() {
 }
 
 #[test]
+fn a_weight_type_against_f32_decodes_both_in_turns() {
+    let tmp = TempDir::new("bench-generate-against");
+    let model = tiny_model(tmp.path());
+    let doc = bench(&model, &["--weights", "q8_0", "--against-f32"]);
+    assert_eq!(doc["weights"], "q8_0");
+    let ours = doc["decode_tokens_per_s"].as_f64().unwrap();
+    let f32_side = &doc["f32"];
+    let theirs = f32_side["decode_tokens_per_s"].as_f64().unwrap();
+    assert!(ours > 0.0 && theirs > 0.0);
+    assert!(f32_side["percent_of_bound"].as_f64().unwrap() > 0.0);
+    let ratio = doc["speed_vs_f32"].as_f64().unwrap();
+    assert!((ratio - ours / theirs).abs() < 1e-9 * ratio.max(1.0));
+
+    // f32 against itself, or the composed path, is refused.
+    for extra in [&["--against-f32"][..], &["--against-f32", "--composed"]] {
+        let mut args = vec!["bench", "generate", model.to_str().unwrap()];
+        args.extend(extra);
+        let o = cli::output(BIN, &args);
+        assert!(!o.status.success());
+        assert!(cli::stderr(&o).contains("--against-f32"), "{}", cli::stderr(&o));
+    }
+}
+
+#[test]
 fn chat_and_predict_take_the_weight_type() {
     let tmp = TempDir::new("weights-flag");
     let model = tiny_model(tmp.path());

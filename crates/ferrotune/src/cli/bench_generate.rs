@@ -41,6 +41,12 @@ pub struct BenchGenerateArgs {
     /// the path before the inference engine, and the one other devices take.
     #[arg(long)]
     composed: bool,
+    /// With --weights bf16 or q8_0: also decode with f32 weights, the two taking turns
+    /// token by token, and print the speed ratio. This machine's memory changes speed
+    /// within seconds, so runs one after the other can compare two different machines.
+    /// Both models are then in memory.
+    #[arg(long)]
+    against_f32: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -55,27 +61,44 @@ fn time_decoding<M: Decoder>(
     prompt_tokens: usize,
     steps: usize,
 ) -> Result<(f64, f64)> {
+    let times = time_in_turns(&[model], vocab, batch, prompt_tokens, steps)?;
+    Ok(times[0])
+}
+
+/// [`time_decoding`] for several models taking turns: each prefills, then every decode
+/// step is taken by each model in turn (the first one changing every step), each step
+/// timed on its own. Prefill and decode seconds a model.
+fn time_in_turns<M: Decoder>(
+    models: &[&M],
+    vocab: usize,
+    batch: usize,
+    prompt_tokens: usize,
+    steps: usize,
+) -> Result<Vec<(f64, f64)>> {
     let prompt: Vec<u32> = (0..batch * prompt_tokens)
         .map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32)
         .collect();
     let positions: Vec<u32> = (0..batch).flat_map(|_| 0..prompt_tokens as u32).collect();
-    let mut cache = model.new_cache();
-    let started = Instant::now();
-    let mut logits = model.decode(
-        &prompt,
-        batch,
-        &positions,
-        &vec![1; prompt.len()],
-        &mut cache,
-    )?;
-    let prefill_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    for s in 0..steps {
-        let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
-        let pos = vec![(prompt_tokens + s) as u32; batch];
-        logits = model.decode(&next, batch, &pos, &vec![1; batch], &mut cache)?;
+    let mut caches: Vec<M::Cache> = models.iter().map(|m| m.new_cache()).collect();
+    let mut logits = Vec::with_capacity(models.len());
+    let mut times = Vec::with_capacity(models.len());
+    for (model, cache) in models.iter().zip(&mut caches) {
+        let started = Instant::now();
+        let segments = vec![1; prompt.len()];
+        logits.push(model.decode(&prompt, batch, &positions, &segments, cache)?);
+        times.push((started.elapsed().as_secs_f64(), 0.0));
     }
-    Ok((prefill_s, started.elapsed().as_secs_f64()))
+    for s in 0..steps {
+        let pos = vec![(prompt_tokens + s) as u32; batch];
+        for turn in 0..models.len() {
+            let i = (s + turn) % models.len();
+            let next: Vec<u32> = logits[i].iter().map(|l| argmax(l)).collect();
+            let started = Instant::now();
+            logits[i] = models[i].decode(&next, batch, &pos, &vec![1; batch], &mut caches[i])?;
+            times[i].1 += started.elapsed().as_secs_f64();
+        }
+    }
+    Ok(times)
 }
 
 /// Read bandwidth in bytes/s: the best of five parallel sums over `mib` MiB of f32.
@@ -103,6 +126,9 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     if a.composed && a.weights != WeightType::F32 {
         bail!("--composed decodes with the f32 training model; leave out --weights");
     }
+    if a.against_f32 && (a.composed || a.weights == WeightType::F32) {
+        bail!("--against-f32 compares --weights bf16 or q8_0 with f32 on the engine");
+    }
     let source = ModelSource::locate(Some(&a.model), None)?;
     let started = Instant::now();
     let base = source.load()?;
@@ -119,6 +145,8 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     // The first token comes from the prefill; the rest are decode steps.
     let steps = a.max_new_tokens - 1;
     let vocab = config.vocab_size;
+    // With --against-f32: the f32 engine's decode seconds and bytes a token.
+    let mut f32_side = None;
     let (load_s, before, (prefill_s, decode_s), bytes) = if a.composed {
         let load_s = started.elapsed().as_secs_f64();
         // Every weight in f32, but an untied embedding matrix (one row read per token).
@@ -128,6 +156,14 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         let (before, _) = read_bandwidth(a.bandwidth_mib);
         let times = time_decoding(&base, vocab, b, a.prompt_tokens, steps)?;
         (load_s, before, times, bytes)
+    } else if a.against_f32 {
+        let reference = InferenceModel::new(source.load()?, WeightType::F32)?;
+        let model = InferenceModel::new(base, a.weights)?;
+        let load_s = started.elapsed().as_secs_f64();
+        let (before, _) = read_bandwidth(a.bandwidth_mib);
+        let times = time_in_turns(&[&model, &reference], vocab, b, a.prompt_tokens, steps)?;
+        f32_side = Some((times[1].1, reference.bytes_per_token()));
+        (load_s, before, times[0], model.bytes_per_token())
     } else {
         let model = InferenceModel::new(base, a.weights)?;
         let load_s = started.elapsed().as_secs_f64();
@@ -145,7 +181,12 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     } else {
         f64::NAN
     };
-    let doc = json!({
+    // The f32 side: tokens/s a sequence and its percent of its own bound.
+    let f32_figures = f32_side.map(|(seconds, f32_bytes)| {
+        let speed = steps as f64 / seconds;
+        (speed, 100.0 * speed / (bandwidth / f32_bytes as f64))
+    });
+    let mut doc = json!({
         "model": source.name(),
         "weights": a.weights.name(),
         "path": if a.composed { "composed" } else { "engine" },
@@ -165,6 +206,13 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         "percent_of_bound": 100.0 * per_sequence / bound,
         "aggregate_tokens_per_s": per_sequence * b as f64,
     });
+    if let Some((speed, percent)) = f32_figures {
+        doc["f32"] = json!({
+            "decode_tokens_per_s": speed,
+            "percent_of_bound": percent,
+        });
+        doc["speed_vs_f32"] = json!(per_sequence / speed);
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{doc}")?;
@@ -198,5 +246,13 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         100.0 * per_sequence / bound,
         per_sequence * b as f64
     )?;
+    if let Some((speed, percent)) = f32_figures {
+        writeln!(
+            out,
+            "f32, taking turns with it token by token: {speed:.1} tokens/s per sequence ({percent:.0}% of its bound); {} / f32: {:.2}x",
+            a.weights,
+            per_sequence / speed
+        )?;
+    }
     Ok(())
 }
