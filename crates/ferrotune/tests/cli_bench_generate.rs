@@ -116,7 +116,11 @@ fn a_weight_type_against_f32_decodes_both_in_turns() {
         args.extend(extra);
         let o = cli::output(BIN, &args);
         assert!(!o.status.success());
-        assert!(cli::stderr(&o).contains("--against-f32"), "{}", cli::stderr(&o));
+        assert!(
+            cli::stderr(&o).contains("--against-f32"),
+            "{}",
+            cli::stderr(&o)
+        );
     }
 }
 
