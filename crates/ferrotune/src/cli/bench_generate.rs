@@ -157,7 +157,7 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         let times = time_decoding(&base, vocab, b, a.prompt_tokens, steps)?;
         (load_s, before, times, bytes)
     } else if a.against_f32 {
-        let reference = InferenceModel::new(source.load()?, WeightType::F32)?;
+        let reference = InferenceModel::new(base.clone(), WeightType::F32)?;
         let model = InferenceModel::new(base, a.weights)?;
         let load_s = started.elapsed().as_secs_f64();
         let (before, _) = read_bandwidth(a.bandwidth_mib);

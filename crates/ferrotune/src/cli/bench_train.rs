@@ -95,6 +95,33 @@ struct Figures {
     shards: usize,
 }
 
+impl Figures {
+    /// Tokens/s, the time split a step and the last loss, as the JSON line gives them.
+    fn speed_json(&self, steps: usize) -> Value {
+        let per = |s: f64| s / steps as f64;
+        json!({
+            "tokens_per_s": self.tokens_per_s,
+            "step_s": per(self.seconds),
+            "forward_s": per(self.forward_s),
+            "backward_s": per(self.backward_s),
+            "optimizer_s": per(self.optimizer_s),
+            "final_loss": self.final_loss,
+        })
+    }
+
+    /// "N ms/step: forward F, backward B, optimizer O".
+    fn time_split(&self, steps: usize) -> String {
+        let ms = |s: f64| s / steps as f64 * 1e3;
+        format!(
+            "{:.1} ms/step: forward {:.1}, backward {:.1}, optimizer {:.1}",
+            ms(self.seconds),
+            ms(self.forward_s),
+            ms(self.backward_s),
+            ms(self.optimizer_s)
+        )
+    }
+}
+
 pub fn run(a: BenchTrainArgs) -> Result<()> {
     let threads = super::bench::set_threads(a.threads, 2);
     if a.steps == 0 {
@@ -115,23 +142,13 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         "threads": threads,
         "shards": ours.shards,
         "steps": a.steps,
-        "tokens_per_s": ours.tokens_per_s,
-        "step_s": ours.seconds / a.steps as f64,
-        "forward_s": ours.forward_s / a.steps as f64,
-        "backward_s": ours.backward_s / a.steps as f64,
-        "optimizer_s": ours.optimizer_s / a.steps as f64,
-        "final_loss": ours.final_loss,
         "peak_rss_mib": peak,
     });
+    if let (Value::Object(doc), Value::Object(speed)) = (&mut doc, ours.speed_json(a.steps)) {
+        doc.extend(speed);
+    }
     if let Some(f) = &full {
-        doc["full"] = json!({
-            "tokens_per_s": f.tokens_per_s,
-            "step_s": f.seconds / a.steps as f64,
-            "forward_s": f.forward_s / a.steps as f64,
-            "backward_s": f.backward_s / a.steps as f64,
-            "optimizer_s": f.optimizer_s / a.steps as f64,
-            "final_loss": f.final_loss,
-        });
+        doc["full"] = f.speed_json(a.steps);
         doc["lora_step_vs_full"] = json!(ours.seconds / f.seconds);
     }
     let torch = match &a.torch {
@@ -155,7 +172,6 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         writeln!(out, "{doc}")?;
         return Ok(());
     }
-    let per = |s: f64| s / a.steps as f64 * 1e3;
     writeln!(
         out,
         "ferrotune: {} {}, {:.2}M parameters ({:.2}M trainable), batch {} x {}, {threads} threads ({}), gemm: {}",
@@ -174,25 +190,19 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  {:.0} tokens/s over {} steps ({:.1} ms/step: forward {:.1}, backward {:.1}, optimizer {:.1}); peak memory {:.0} MiB; last loss {:.4}",
+        "  {:.0} tokens/s over {} steps ({}); peak memory {:.0} MiB; last loss {:.4}",
         ours.tokens_per_s,
         a.steps,
-        per(ours.seconds),
-        per(ours.forward_s),
-        per(ours.backward_s),
-        per(ours.optimizer_s),
+        ours.time_split(a.steps),
         peak.unwrap_or(f64::NAN),
         ours.final_loss
     )?;
     if let Some(f) = &full {
         writeln!(
             out,
-            "  full fine-tuning, taking turns with it: {:.0} tokens/s ({:.1} ms/step: forward {:.1}, backward {:.1}, optimizer {:.1}); last loss {:.4}",
+            "  full fine-tuning, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
             f.tokens_per_s,
-            per(f.seconds),
-            per(f.forward_s),
-            per(f.backward_s),
-            per(f.optimizer_s),
+            f.time_split(a.steps),
             f.final_loss
         )?;
         writeln!(
