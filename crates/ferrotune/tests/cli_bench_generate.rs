@@ -74,6 +74,22 @@ fn bench_generate_reports_the_bound_and_the_speed() {
         "{composed}"
     );
 
+    // 6 new tokens are 5 decode steps: probed every 2, segments of 2, 2 and 1 steps, each
+    // against the bandwidth probed on its two sides.
+    let doc = bench(&model, &["--probe-every", "2"]);
+    let segments = doc["segment_percent_of_bound"].as_array().unwrap();
+    let probed = doc["segment_bandwidth_gb_s"].as_array().unwrap();
+    assert_eq!((segments.len(), probed.len()), (3, 3), "{doc}");
+    let mut percents: Vec<f64> = segments.iter().map(|p| p.as_f64().unwrap()).collect();
+    assert!(percents.iter().all(|p| p.is_finite() && *p > 0.0), "{doc}");
+    percents.sort_by(f64::total_cmp);
+    assert_eq!(doc["percent_of_bound_median"].as_f64(), Some(percents[1]));
+    let doc = bench(&model, &["--probe-every", "0"]);
+    assert!(doc["segment_percent_of_bound"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
     let doc = bench(&model, &["--weights", "q8_0", "--batch", "3"]);
     assert_eq!(doc["batch"], 3);
     let (one, all) = (
@@ -107,6 +123,7 @@ fn a_weight_type_against_f32_decodes_both_in_turns() {
     let theirs = f32_side["decode_tokens_per_s"].as_f64().unwrap();
     assert!(ours > 0.0 && theirs > 0.0);
     assert!(f32_side["percent_of_bound"].as_f64().unwrap() > 0.0);
+    assert!(f32_side["percent_of_bound_median"].as_f64().unwrap() > 0.0);
     let ratio = doc["speed_vs_f32"].as_f64().unwrap();
     assert!((ratio - ours / theirs).abs() < 1e-9 * ratio.max(1.0));
 

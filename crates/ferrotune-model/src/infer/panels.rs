@@ -149,7 +149,7 @@ impl Panels {
                     let xq: Vec<q8dot::Int16Row> =
                         x.chunks_exact(cols).map(q8dot::Int16Row::new).collect();
                     let panels = quants.len() / (cols * PANEL);
-                    by_panels(panels, rows, m, y, |p, out| {
+                    by_panels(panels, rows, m, y, Split::LongRuns, |p, out| {
                         for (row, out) in xq.iter().zip(out.chunks_exact_mut(PANEL)) {
                             // SAFETY: VNNI was detected, p < panels, the row has `cols`
                             // columns.
@@ -175,6 +175,9 @@ trait Element: Copy + Sync {
     const SCALED: bool;
     /// Whether a one-row tile sums even and odd columns apart ([`tile`]).
     const SPLIT_SUMS: bool = false;
+    /// Whether products at one or two input rows give each thread two long runs of
+    /// panels rather than tasks of one or two ([`Split`]).
+    const LONG_RUNS: bool = true;
     fn widen(self) -> f32;
 
     /// The stored column at `at` (its [`PANEL`] values), widened to f32 in row order.
@@ -208,6 +211,7 @@ trait Element: Copy + Sync {
 
 impl Element for f32 {
     const SCALED: bool = false;
+    const LONG_RUNS: bool = false;
     #[inline(always)]
     fn widen(self) -> f32 {
         self
@@ -592,7 +596,12 @@ fn product<E: Element>(
     let (cols, panels) = (w.cols, w.panels());
     assert!(panels * PANEL >= rows && x.len() >= m * cols && y.len() >= m * rows);
     let step = isa.tile_rows();
-    by_panels(panels, rows, m, y, |p, panel_out| {
+    let split = if m <= 2 && E::LONG_RUNS {
+        Split::LongRuns
+    } else {
+        Split::Short
+    };
+    by_panels(panels, rows, m, y, split, |p, panel_out| {
         for r0 in (0..m).step_by(step) {
             let mt = step.min(m - r0);
             // SAFETY: p < panels, the rows are inside x (checked above), mt <= the
@@ -604,33 +613,50 @@ fn product<E: Element>(
     });
 }
 
-/// Runs `panel(p, out)` for every panel `p` in parallel tasks, `out` its `m` rows of
-/// [`PANEL`] outputs, and copies the outputs into `y (m, rows)`. At one or two input
-/// rows each thread gets two long runs of neighbouring panels, so that the hardware's and
-/// the tiles' look-ahead run on into the thread's next panel (q8_0 3-6% faster than runs
-/// of 1-2 panels, f32 the same; PERFORMANCE.md, "Fourth round: the machine's two
-/// states"); at more rows, runs of one or two panels, so that a thread the machine slows
-/// down is made up for by the others.
+/// How [`by_panels`] shares a product's panels among the threads.
+#[derive(Clone, Copy)]
+enum Split {
+    /// Two runs of neighbouring panels a thread, so that the hardware's and the tiles'
+    /// look-ahead run on into the thread's next panel: q8_0 and bf16 at one or two input
+    /// rows, whose tiles spend more instructions per byte (q8_0 3-6% faster than tasks of
+    /// 1-2 panels, PERFORMANCE.md, "Fourth round"; bf16 0-3% in one process taking
+    /// turns, "Sixth round").
+    LongRuns,
+    /// Tasks of one or two panels, so that a thread the machine slows down is made up for
+    /// by the others: f32 at one or two rows (2-3% faster than long runs taking turns,
+    /// "Sixth round"), and every product at more rows.
+    Short,
+}
+
+/// Runs `panel(p, out)` for every panel `p` in parallel tasks split as `split` says, `out`
+/// its `m` rows of [`PANEL`] outputs, and copies the outputs into `y (m, rows)`.
 fn by_panels(
     panels: usize,
     rows: usize,
     m: usize,
     y: &mut [f32],
+    split: Split,
     panel: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     let threads = rayon::current_num_threads().max(1);
-    let tasks = if m <= 2 {
-        2 * threads
-    } else {
-        panels.div_ceil((panels / (8 * threads)).clamp(1, 2))
+    let tasks = match split {
+        Split::LongRuns => 2 * threads,
+        Split::Short => panels.div_ceil((panels / (8 * threads)).clamp(1, 2)),
     }
     .min(panels);
-    // Outputs panel-major, `[panel][row][lane]`, so that tasks own contiguous memory.
-    let mut yt = vec![0f32; panels * m * PANEL];
+    // Outputs panel-major, `[panel][row][lane]`, so that tasks own contiguous memory:
+    // one input row in whole panels is `y` itself; otherwise a buffer, copied into `y`.
+    let direct = m == 1 && rows == panels * PANEL;
+    let mut yt = if direct {
+        Vec::new()
+    } else {
+        vec![0f32; panels * m * PANEL]
+    };
+    let outputs = if direct { &mut *y } else { &mut yt[..] };
     // Runs whose lengths differ by one panel at most.
     let first_panel = |task: usize| task * panels / tasks;
     let mut runs = Vec::with_capacity(tasks);
-    let mut rest = yt.as_mut_slice();
+    let mut rest = outputs;
     for task in 0..tasks {
         let len = first_panel(task + 1) - first_panel(task);
         let (run, after) = rest.split_at_mut(len * m * PANEL);
@@ -642,6 +668,9 @@ fn by_panels(
             panel(first + i, panel_out);
         }
     });
+    if direct {
+        return;
+    }
     for (p, panel_out) in yt.chunks_exact(m * PANEL).enumerate() {
         let width = PANEL.min(rows - p * PANEL);
         for (r, lanes) in panel_out.chunks_exact(PANEL).enumerate() {

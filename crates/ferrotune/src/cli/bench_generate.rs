@@ -1,8 +1,11 @@
 //! `ferrotune bench generate`: greedy decoding speed against the machine's memory
 //! bandwidth. At small batches every decoded token reads every weight once, so
 //! bandwidth / bytes of weights per token bounds tokens/s; the bandwidth is measured here,
-//! with the same threads, by summing a buffer much larger than the caches (best of five,
-//! before and after decoding, the higher of the two).
+//! with the same threads, by summing a buffer much larger than the caches: best of five
+//! before and after decoding (the higher of the two bounds the whole run), and best of
+//! three between segments of the decoding, each segment then compared with the bound
+//! probed on its two sides (the higher), since this machine's memory changes speed
+//! within seconds.
 
 use std::io::Write;
 use std::time::Instant;
@@ -37,6 +40,10 @@ pub struct BenchGenerateArgs {
     /// Size of the buffer summed to measure the read bandwidth.
     #[arg(long, default_value_t = 512)]
     bandwidth_mib: usize,
+    /// Decode steps between two bandwidth probes (0: probe before and after only). Each
+    /// segment's tokens/s is compared with the bandwidth probed on its two sides.
+    #[arg(long, default_value_t = 16)]
+    probe_every: usize,
     /// Decode with the training model's composed candle forward pass instead (f32 only):
     /// the path before the inference engine, and the one other devices take.
     #[arg(long)]
@@ -52,42 +59,52 @@ pub struct BenchGenerateArgs {
     json: bool,
 }
 
-/// Prefill and decode seconds for `batch` rows of `prompt_tokens`, then `steps` greedy
-/// steps.
-fn time_decoding<M: Decoder>(
-    model: &M,
-    vocab: usize,
-    batch: usize,
-    prompt_tokens: usize,
+/// Decode seconds of each model over a stretch of decode steps, and the read bandwidth
+/// probed on its two sides (the higher).
+struct Segment {
     steps: usize,
-) -> Result<(f64, f64)> {
-    let times = time_in_turns(&[model], vocab, batch, prompt_tokens, steps)?;
-    Ok(times[0])
+    seconds: Vec<f64>,
+    bandwidth: f64,
 }
 
-/// [`time_decoding`] for several models taking turns: each prefills, then every decode
-/// step is taken by each model in turn (the first one changing every step), each step
-/// timed on its own. Prefill and decode seconds a model.
+/// What [`time_in_turns`] measured: prefill and decode seconds a model, and the segments
+/// between bandwidth probes (empty without probes).
+struct Timings {
+    prefill_s: Vec<f64>,
+    decode_s: Vec<f64>,
+    segments: Vec<Segment>,
+}
+
+/// Prefill, then `steps` greedy steps, of several models taking turns: each prefills,
+/// then every decode step is taken by each model in turn (the first one changing every
+/// step), each step timed on its own. With a probe, the bandwidth is measured every
+/// `every` steps, between the steps.
 fn time_in_turns<M: Decoder>(
     models: &[&M],
     vocab: usize,
     batch: usize,
     prompt_tokens: usize,
     steps: usize,
-) -> Result<Vec<(f64, f64)>> {
+    probe: Option<(&BandwidthProbe, usize)>,
+) -> Result<Timings> {
     let prompt: Vec<u32> = (0..batch * prompt_tokens)
         .map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32)
         .collect();
     let positions: Vec<u32> = (0..batch).flat_map(|_| 0..prompt_tokens as u32).collect();
     let mut caches: Vec<M::Cache> = models.iter().map(|m| m.new_cache()).collect();
     let mut logits = Vec::with_capacity(models.len());
-    let mut times = Vec::with_capacity(models.len());
+    let mut prefill_s = Vec::with_capacity(models.len());
     for (model, cache) in models.iter().zip(&mut caches) {
         let started = Instant::now();
         let segments = vec![1; prompt.len()];
         logits.push(model.decode(&prompt, batch, &positions, &segments, cache)?);
-        times.push((started.elapsed().as_secs_f64(), 0.0));
+        prefill_s.push(started.elapsed().as_secs_f64());
     }
+    let mut decode_s = vec![0.0; models.len()];
+    let mut segments = Vec::new();
+    let mut probed = probe.map(|(p, _)| p.best_of(3));
+    let mut segment = vec![0.0; models.len()];
+    let mut segment_steps = 0;
     for s in 0..steps {
         let pos = vec![(prompt_tokens + s) as u32; batch];
         for turn in 0..models.len() {
@@ -95,25 +112,71 @@ fn time_in_turns<M: Decoder>(
             let next: Vec<u32> = logits[i].iter().map(|l| argmax(l)).collect();
             let started = Instant::now();
             logits[i] = models[i].decode(&next, batch, &pos, &vec![1; batch], &mut caches[i])?;
-            times[i].1 += started.elapsed().as_secs_f64();
+            let seconds = started.elapsed().as_secs_f64();
+            decode_s[i] += seconds;
+            segment[i] += seconds;
+        }
+        segment_steps += 1;
+        if let (Some((p, every)), Some(before)) = (probe, probed) {
+            if segment_steps == every.max(1) || s + 1 == steps {
+                let after = p.best_of(3);
+                segments.push(Segment {
+                    steps: segment_steps,
+                    seconds: std::mem::replace(&mut segment, vec![0.0; models.len()]),
+                    bandwidth: before.max(after),
+                });
+                segment_steps = 0;
+                probed = Some(after);
+            }
         }
     }
-    Ok(times)
+    Ok(Timings {
+        prefill_s,
+        decode_s,
+        segments,
+    })
 }
 
-/// Read bandwidth in bytes/s: the best of five parallel sums over `mib` MiB of f32.
-pub fn read_bandwidth(mib: usize) -> (f64, f32) {
-    let n = (mib.max(1) << 20) / 4;
-    let data: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
-    let mut best = f64::INFINITY;
-    let mut total = 0.0;
-    for _ in 0..5 {
-        let started = Instant::now();
-        total = streaming_sum(&data);
-        best = best.min(started.elapsed().as_secs_f64());
-        total = std::hint::black_box(total);
+/// A buffer much larger than the caches, summed in parallel to measure the read
+/// bandwidth.
+pub struct BandwidthProbe {
+    data: Vec<f32>,
+}
+
+impl BandwidthProbe {
+    pub fn new(mib: usize) -> Self {
+        let n = (mib.max(1) << 20) / 4;
+        BandwidthProbe {
+            data: (0..n).map(|i| (i % 7) as f32).collect(),
+        }
     }
-    (4.0 * n as f64 / best, total)
+
+    /// Read bandwidth in bytes/s: the best of `passes` sums.
+    pub fn best_of(&self, passes: usize) -> f64 {
+        let mut best = f64::INFINITY;
+        for _ in 0..passes.max(1) {
+            let started = Instant::now();
+            std::hint::black_box(streaming_sum(std::hint::black_box(&self.data)));
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        4.0 * self.data.len() as f64 / best
+    }
+}
+
+/// Percent of the bound in each segment for model `i`, and their median.
+fn segment_percents(segments: &[Segment], i: usize, bytes: usize) -> (Vec<f64>, f64) {
+    let percents: Vec<f64> = segments
+        .iter()
+        .map(|g| 100.0 * (g.steps as f64 / g.seconds[i]) / (g.bandwidth / bytes as f64))
+        .collect();
+    let mut sorted = percents.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    (percents, median)
 }
 
 pub fn run(a: BenchGenerateArgs) -> Result<()> {
@@ -145,35 +208,43 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     // The first token comes from the prefill; the rest are decode steps.
     let steps = a.max_new_tokens - 1;
     let vocab = config.vocab_size;
-    // With --against-f32: the f32 engine's decode seconds and bytes a token.
-    let mut f32_side = None;
-    let (load_s, before, (prefill_s, decode_s), bytes) = if a.composed {
+    let probe = BandwidthProbe::new(a.bandwidth_mib);
+    let every = (a.probe_every > 0).then_some((&probe, a.probe_every));
+    let (load_s, before, timings, bytes, f32_bytes) = if a.composed {
         let load_s = started.elapsed().as_secs_f64();
         // Every weight in f32, but an untied embedding matrix (one row read per token).
         let embed = config.vocab_size * config.hidden_size;
         let untied = if base.lm_head.is_some() { embed } else { 0 };
         let bytes = 4 * (config.num_parameters() - untied);
-        let (before, _) = read_bandwidth(a.bandwidth_mib);
-        let times = time_decoding(&base, vocab, b, a.prompt_tokens, steps)?;
-        (load_s, before, times, bytes)
+        let before = probe.best_of(5);
+        let timings = time_in_turns(&[&base], vocab, b, a.prompt_tokens, steps, every)?;
+        (load_s, before, timings, bytes, None)
     } else if a.against_f32 {
         let reference = InferenceModel::new(base.clone(), WeightType::F32)?;
         let model = InferenceModel::new(base, a.weights)?;
         let load_s = started.elapsed().as_secs_f64();
-        let (before, _) = read_bandwidth(a.bandwidth_mib);
-        let times = time_in_turns(&[&model, &reference], vocab, b, a.prompt_tokens, steps)?;
-        f32_side = Some((times[1].1, reference.bytes_per_token()));
-        (load_s, before, times[0], model.bytes_per_token())
+        let before = probe.best_of(5);
+        let models = [&model, &reference];
+        let timings = time_in_turns(&models, vocab, b, a.prompt_tokens, steps, every)?;
+        let f32_bytes = reference.bytes_per_token();
+        (
+            load_s,
+            before,
+            timings,
+            model.bytes_per_token(),
+            Some(f32_bytes),
+        )
     } else {
         let model = InferenceModel::new(base, a.weights)?;
         let load_s = started.elapsed().as_secs_f64();
-        let (before, _) = read_bandwidth(a.bandwidth_mib);
-        let times = time_decoding(&model, vocab, b, a.prompt_tokens, steps)?;
-        (load_s, before, times, model.bytes_per_token())
+        let before = probe.best_of(5);
+        let timings = time_in_turns(&[&model], vocab, b, a.prompt_tokens, steps, every)?;
+        (load_s, before, timings, model.bytes_per_token(), None)
     };
+    let (prefill_s, decode_s) = (timings.prefill_s[0], timings.decode_s[0]);
     // Measured on both sides of the decoding, the higher taken: on a shared machine the
     // bandwidth available moves, and the bound should not flatter the result.
-    let (after, _) = read_bandwidth(a.bandwidth_mib);
+    let after = probe.best_of(5);
     let bandwidth = before.max(after);
     let bound = bandwidth / bytes as f64;
     let per_sequence = if steps > 0 {
@@ -181,10 +252,17 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
     } else {
         f64::NAN
     };
-    // The f32 side: tokens/s a sequence and its percent of its own bound.
-    let f32_figures = f32_side.map(|(seconds, f32_bytes)| {
-        let speed = steps as f64 / seconds;
-        (speed, 100.0 * speed / (bandwidth / f32_bytes as f64))
+    let (segments, median) = segment_percents(&timings.segments, 0, bytes);
+    // The f32 side: tokens/s a sequence, its percent of its own bound, and the median of
+    // its segments' percents.
+    let f32_figures = f32_bytes.map(|f32_bytes| {
+        let speed = steps as f64 / timings.decode_s[1];
+        let (_, median) = segment_percents(&timings.segments, 1, f32_bytes);
+        (
+            speed,
+            100.0 * speed / (bandwidth / f32_bytes as f64),
+            median,
+        )
     });
     let mut doc = json!({
         "model": source.name(),
@@ -204,12 +282,16 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         "decode_s": decode_s,
         "decode_tokens_per_s": per_sequence,
         "percent_of_bound": 100.0 * per_sequence / bound,
+        "segment_bandwidth_gb_s": timings.segments.iter().map(|g| g.bandwidth / 1e9).collect::<Vec<_>>(),
+        "segment_percent_of_bound": segments,
+        "percent_of_bound_median": median,
         "aggregate_tokens_per_s": per_sequence * b as f64,
     });
-    if let Some((speed, percent)) = f32_figures {
+    if let Some((speed, percent, median)) = f32_figures {
         doc["f32"] = json!({
             "decode_tokens_per_s": speed,
             "percent_of_bound": percent,
+            "percent_of_bound_median": median,
         });
         doc["speed_vs_f32"] = json!(per_sequence / speed);
     }
@@ -246,10 +328,19 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         100.0 * per_sequence / bound,
         per_sequence * b as f64
     )?;
-    if let Some((speed, percent)) = f32_figures {
+    if !segments.is_empty() {
+        let list: Vec<String> = segments.iter().map(|p| format!("{p:.0}%")).collect();
         writeln!(
             out,
-            "f32, taking turns with it token by token: {speed:.1} tokens/s per sequence ({percent:.0}% of its bound); {} / f32: {:.2}x",
+            "segments of {} steps against the bandwidth probed on their two sides: {} (median {median:.1}%)",
+            a.probe_every,
+            list.join(" ")
+        )?;
+    }
+    if let Some((speed, percent, median)) = f32_figures {
+        writeln!(
+            out,
+            "f32, taking turns with it token by token: {speed:.1} tokens/s per sequence ({percent:.0}% of its bound, segments' median {median:.1}%); {} / f32: {:.2}x",
             a.weights,
             per_sequence / speed
         )?;
