@@ -600,21 +600,20 @@ impl Engine {
                     cache.v[li][b][at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
                 }
             }
-            let (keys, values) = (&cache.k[li], &cache.v[li]);
-            let (qkv_ref, visible_ref) = (&qkv, &visible);
-            let group = nh / nkv;
-            attn.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
-                let (r, head) = (idx / nh, idx % nh);
-                let q = &qkv_ref[r * (qd + 2 * kvd) + head * hd..][..hd];
-                let b = r / n;
-                let keys = Keys {
-                    k: &keys[b],
-                    v: &values[b],
-                    stride: hd,
-                    offset: (head / group) * cap * hd,
-                };
-                attention::attend(q, &keys, &visible_ref[r], scale, out);
-            });
+            let step = attention::Step {
+                qkv: &qkv,
+                row_len: qd + 2 * kvd,
+                rows_per_sample: n,
+                keys: &cache.k[li],
+                values: &cache.v[li],
+                cap,
+                visible: &visible,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                scale,
+            };
+            attention::attend_step(&step, &mut attn);
             debug_assert!(total == cache.key_segments[0].len());
             l.o.matmul(&attn, m, &mut obuf)?;
             add_bias(&mut obuf, l.o_bias.as_ref());
