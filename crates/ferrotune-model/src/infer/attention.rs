@@ -135,16 +135,6 @@ fn simd() -> bool {
     *SIMD.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// `out = softmax(q . k_t * scale) . v_t` over the positions `t` of `visible`;
-/// zeros when nothing is visible (a padding query whose output is never used).
-#[cfg(test)]
-fn attend(q: &[f32], keys: &super::Keys<'_>, visible: &[u32], scale: f32, out: &mut [f32]) {
-    let (_, sum) = attend_part(q, keys, visible, scale, out);
-    if sum > 0.0 {
-        out.iter_mut().for_each(|o| *o /= sum);
-    }
-}
-
 /// One part of an attention split over the positions: `out = sum_t p_t v_t` with
 /// `p_t = exp(q . k_t * scale - max)` over the positions `t` of `visible`, and
 /// `(max, sum_t p_t)`, from which [`combine`] normalises the parts together;
@@ -324,6 +314,19 @@ mod tests {
     use crate::infer::test_noise as noise;
     use crate::infer::Keys;
 
+    type Part = fn(&[f32], &Keys<'_>, &[u32], f32, &mut [f32]) -> (f32, f32);
+
+    /// `softmax(q . k_t * scale) . v_t` over all of `visible` by `part` (the vector or
+    /// the plain path); zeros when nothing is visible.
+    fn whole(part: Part, q: &[f32], keys: &Keys<'_>, visible: &[u32], scale: f32) -> Vec<f32> {
+        let mut out = vec![9f32; q.len()];
+        let (_, sum) = part(q, keys, visible, scale, &mut out);
+        if sum > 0.0 {
+            out.iter_mut().for_each(|o| *o /= sum);
+        }
+        out
+    }
+
     #[test]
     fn the_vector_attention_matches_plain_loops() {
         for (hd, heads, positions) in [(8, 2, 3), (16, 3, 9), (64, 3, 37), (72, 2, 12), (128, 1, 5)]
@@ -346,12 +349,8 @@ mod tests {
                         stride,
                         offset: head * hd,
                     };
-                    let (mut fast, mut plain) = (vec![9f32; hd], vec![9f32; hd]);
-                    attend(&q, &keys, &visible, 0.3, &mut fast);
-                    let (_, sum) = attend_body(&q, &keys, &visible, 0.3, &mut plain);
-                    if sum > 0.0 {
-                        plain.iter_mut().for_each(|o| *o /= sum);
-                    }
+                    let fast = whole(attend_part, &q, &keys, &visible, 0.3);
+                    let plain = whole(attend_body, &q, &keys, &visible, 0.3);
                     for (a, b) in fast.iter().zip(&plain) {
                         assert!((a - b).abs() <= 1e-5, "hd {hd}: {a} vs {b}");
                     }
@@ -406,11 +405,7 @@ mod tests {
                         offset: (head / (heads / kv_heads)) * cap * hd,
                     };
                     let q = &qkv[row * row_len + head * hd..][..hd];
-                    let mut want = vec![0f32; hd];
-                    let (_, sum) = attend_body(q, &keys, seen, 0.7, &mut want);
-                    if sum > 0.0 {
-                        want.iter_mut().for_each(|w| *w /= sum);
-                    }
+                    let want = whole(attend_body, q, &keys, seen, 0.7);
                     let got = &out[(row * heads + head) * hd..][..hd];
                     for (a, b) in got.iter().zip(&want) {
                         assert!((a - b).abs() <= 1e-5, "row {row} head {head}: {a} vs {b}");
