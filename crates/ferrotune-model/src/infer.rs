@@ -204,15 +204,6 @@ fn test_noise(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// One batch row's cached keys and values of one key/value head: position `t`'s vector
-/// starts at `t * stride + offset`.
-struct Keys<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    stride: usize,
-    offset: usize,
-}
-
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
     let h = w.len();
     for (xr, or) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {

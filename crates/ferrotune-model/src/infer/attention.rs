@@ -31,6 +31,15 @@ pub struct Step<'a> {
     pub scale: f32,
 }
 
+/// One batch row's cached keys and values of one key/value head: position `t`'s vector
+/// starts at `t * stride + offset`.
+struct Keys<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
 /// A stretch of positions of one row's attention for one key/value head, taken by one
 /// task for all the query heads that share that key/value head.
 struct Part {
@@ -78,7 +87,7 @@ pub fn attend_step(step: &Step<'_>, out: &mut [f32]) {
         .zip(parts.par_iter())
         .for_each(|((sums, stats), part)| {
             let sample = part.row / step.rows_per_sample;
-            let keys = super::Keys {
+            let keys = Keys {
                 k: &step.keys[sample],
                 v: &step.values[sample],
                 stride: hd,
@@ -141,7 +150,7 @@ fn simd() -> bool {
 /// `(-inf, 0)` and zeros when `visible` is empty.
 fn attend_part(
     q: &[f32],
-    keys: &super::Keys<'_>,
+    keys: &Keys<'_>,
     visible: &[u32],
     scale: f32,
     out: &mut [f32],
@@ -171,7 +180,7 @@ fn attend_part(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx(
     q: &[f32],
-    keys: &super::Keys<'_>,
+    keys: &Keys<'_>,
     visible: &[u32],
     scale: f32,
     out: &mut [f32],
@@ -281,7 +290,7 @@ fn softmax_weights(scores: &mut [f32]) -> (f32, f32) {
 /// Plain loops: the portable path, and the reference the vector path is tested against.
 fn attend_body(
     q: &[f32],
-    keys: &super::Keys<'_>,
+    keys: &Keys<'_>,
     visible: &[u32],
     scale: f32,
     out: &mut [f32],
@@ -312,15 +321,15 @@ fn attend_body(
 mod tests {
     use super::*;
     use crate::infer::test_noise as noise;
-    use crate::infer::Keys;
 
-    type Part = fn(&[f32], &Keys<'_>, &[u32], f32, &mut [f32]) -> (f32, f32);
+    /// [`attend_part`] or [`attend_body`].
+    type Pass = fn(&[f32], &Keys<'_>, &[u32], f32, &mut [f32]) -> (f32, f32);
 
-    /// `softmax(q . k_t * scale) . v_t` over all of `visible` by `part` (the vector or
+    /// `softmax(q . k_t * scale) . v_t` over all of `visible` by `pass` (the vector or
     /// the plain path); zeros when nothing is visible.
-    fn whole(part: Part, q: &[f32], keys: &Keys<'_>, visible: &[u32], scale: f32) -> Vec<f32> {
+    fn whole(pass: Pass, q: &[f32], keys: &Keys<'_>, visible: &[u32], scale: f32) -> Vec<f32> {
         let mut out = vec![9f32; q.len()];
-        let (_, sum) = part(q, keys, visible, scale, &mut out);
+        let (_, sum) = pass(q, keys, visible, scale, &mut out);
         if sum > 0.0 {
             out.iter_mut().for_each(|o| *o /= sum);
         }

@@ -629,7 +629,8 @@ enum Split {
 }
 
 /// Runs `panel(p, out)` for every panel `p` in parallel tasks split as `split` says, `out`
-/// its `m` rows of [`PANEL`] outputs, and copies the outputs into `y (m, rows)`.
+/// its `m` rows of [`PANEL`] outputs, which end up in `y (m, rows)`: written there
+/// directly for one input row in whole panels, else copied there from a buffer.
 fn by_panels(
     panels: usize,
     rows: usize,

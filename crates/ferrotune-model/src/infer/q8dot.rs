@@ -14,6 +14,7 @@
 
 use super::panels::{prefetch, PANEL};
 use super::BLOCK;
+use crate::ops::lanes::ROUND_TO_INTEGER;
 
 /// Whether this CPU runs [`panel_row`].
 pub(super) fn available() -> bool {
@@ -29,9 +30,6 @@ pub(super) fn available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
-
-/// 1.5 * 2^23: an f32 this large has no fraction bits, so adding it rounds.
-const ROUNDING: f32 = 12_582_912.0;
 
 /// One input row rounded to int16 per block: `x[k] ~ scales[k / BLOCK] * values[k]`.
 pub(super) struct Int16Row {
@@ -60,11 +58,10 @@ impl Int16Row {
             let scale = amax / 32767.0;
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             for (q, &v) in out.iter_mut().zip(block) {
-                // To nearest, ties to even, by adding and taking away 1.5 * 2^23 (exact
-                // below 2^22): plain arithmetic that vectorises, where `round` and
-                // `round_ties_even` are a libm call a value on x86-64's baseline (4% of
-                // decoding's samples).
-                let r = (v * inverse + ROUNDING) - ROUNDING;
+                // To nearest, ties to even (|v * inverse| <= 32767): `round` and
+                // `round_ties_even` were a libm call a value here, 4% of decoding's
+                // samples.
+                let r = (v * inverse + ROUND_TO_INTEGER) - ROUND_TO_INTEGER;
                 *q = r.clamp(-32767.0, 32767.0) as i16;
             }
             scales.push(scale);

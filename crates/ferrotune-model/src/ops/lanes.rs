@@ -19,6 +19,12 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// 1.5 * 2^23: an f32 this large has no fraction bits, so adding it to a value below 2^22
+/// in magnitude and taking it away again rounds the value to the nearest integer, ties to
+/// even, in plain arithmetic that vectorises (baseline x86-64 SIMD has no rounding
+/// instruction, and `round` is a libm call a value there).
+pub(crate) const ROUND_TO_INTEGER: f32 = 12_582_912.0;
+
 /// `exp(x)` for `x <= 0` (softmax and log-sum-exp arguments, shifted by their maximum),
 /// branch-free so that loops over it vectorise, unlike libm's `expf`: Cephes' `expf`
 /// (range reduction by `ln 2` in two parts, a degree-6 polynomial, the exponent set in
@@ -28,9 +34,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn exp_neg(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a
-    // rounding instruction (absent from baseline x86-64 SIMD).
-    const ROUND: f32 = 12_582_912.0;
+    const ROUND: f32 = ROUND_TO_INTEGER;
     let xc = x.clamp(-87.3, 0.0);
     let shifted = xc * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;

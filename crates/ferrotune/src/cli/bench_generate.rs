@@ -102,7 +102,8 @@ fn time_in_turns<M: Decoder>(
     }
     let mut decode_s = vec![0.0; models.len()];
     let mut segments = Vec::new();
-    let mut probed = probe.map(|(p, _)| p.best_of(3));
+    // The bandwidth probed where the current segment began.
+    let mut before = probe.map_or(0.0, |(p, _)| p.best_of(3));
     let mut segment = vec![0.0; models.len()];
     let mut segment_steps = 0;
     for s in 0..steps {
@@ -117,7 +118,7 @@ fn time_in_turns<M: Decoder>(
             segment[i] += seconds;
         }
         segment_steps += 1;
-        if let (Some((p, every)), Some(before)) = (probe, probed) {
+        if let Some((p, every)) = probe {
             if segment_steps == every.max(1) || s + 1 == steps {
                 let after = p.best_of(3);
                 segments.push(Segment {
@@ -126,7 +127,7 @@ fn time_in_turns<M: Decoder>(
                     bandwidth: before.max(after),
                 });
                 segment_steps = 0;
-                probed = Some(after);
+                before = after;
             }
         }
     }
