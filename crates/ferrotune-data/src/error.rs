@@ -86,3 +86,33 @@ pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k)
 }
+
+/// The message for a config value outside its fixed set of choices: it names the key, the
+/// value and the accepted values, with the nearest one when it is close. Every choice key
+/// (data and training) reports through this, so a misspelt value reads the same everywhere.
+pub fn unknown_choice(key: &str, value: &str, accepted: &[&str]) -> String {
+    let hint = suggest(value, accepted.iter().copied())
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default();
+    format!(
+        "`{key}`: unknown value {value:?}{hint}; accepted values: {}",
+        accepted.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_choice_names_key_value_and_choices() {
+        assert_eq!(
+            unknown_choice("eval_strategy", "stpes", &["no", "steps", "epoch"]),
+            "`eval_strategy`: unknown value \"stpes\" (did you mean `steps`?); accepted values: no, steps, epoch"
+        );
+        assert_eq!(
+            unknown_choice("stage", "dpo", &["sft", "pt"]),
+            "`stage`: unknown value \"dpo\"; accepted values: sft, pt"
+        );
+    }
+}

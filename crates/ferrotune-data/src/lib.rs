@@ -40,7 +40,7 @@ pub mod tokenizer;
 pub use config::DataArgs;
 pub use conversation::{Conversation, Message, Role, Sample, ToolCall};
 pub use encode::{EncodeOptions, Encoded, Encoder, Overlong, IGNORE_INDEX};
-pub use error::{DataError, RecordRef, Result};
+pub use error::{unknown_choice, DataError, RecordRef, Result};
 pub use format::{Formatting, RecordFormat, Stage};
 pub use template::{ChatTemplate, TemplateChoice};
 pub use tokenizer::TokenizerBundle;

@@ -89,11 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut times = Vec::new();
     for step in 0..steps + 1 {
         let start = Instant::now();
-        let trainable: Vec<_> = model
-            .params()
-            .into_iter()
-            .filter(|p| p.is_trainable())
-            .collect();
+        let trainable: Vec<_> = model.trainable_params();
         let mut with_grad = vec![false; trainable.len()];
         let mut note = |grads: &candle_core::backprop::GradStore| {
             for (seen, p) in with_grad.iter_mut().zip(&trainable) {
@@ -137,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let median = times[times.len() / 2];
     println!(
         "{{\"mode\": \"{mode}\", \"checkpointed\": {checkpoint}, \"batch\": {batch}, \"seq_len\": {seq}, \"trainable_parameters\": {}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.0}, \"peak_rss_mib\": {:.0}}}",
-        model.params().iter().filter(|p| p.is_trainable()).map(|p| p.tensor().elem_count()).sum::<usize>(),
+        model.trainable_count(),
         (batch * seq) as f64 / median,
         peak_rss_mib()
     );

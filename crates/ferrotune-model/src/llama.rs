@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::batch::{Batch, IGNORE_INDEX};
+use crate::batch::{Batch, Example, IGNORE_INDEX};
 use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::loss::{
@@ -279,6 +279,23 @@ impl CausalLm {
         out
     }
 
+    /// The parameters an optimizer updates (adapters, unfrozen layers), in `params` order:
+    /// the one place that says which parameters train.
+    pub fn trainable_params(&self) -> Vec<&Param> {
+        self.params()
+            .into_iter()
+            .filter(|p| p.is_trainable())
+            .collect()
+    }
+
+    /// How many numbers the trainable parameters hold.
+    pub fn trainable_count(&self) -> usize {
+        self.trainable_params()
+            .iter()
+            .map(|p| p.tensor().elem_count())
+            .sum()
+    }
+
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
         let mut out = vec![&mut self.embed_tokens];
         for l in &mut self.layers {
@@ -453,6 +470,28 @@ impl CausalLm {
             train,
         )?;
         self.head_loss(&x, batch, train)
+    }
+
+    /// Teacher-forced loss over `examples` in padded batches of `batch_size`, without
+    /// gradients: the summed loss and the supervised tokens it covers (training's
+    /// evaluation and `eval predict` both use it).
+    pub fn eval_loss(
+        &self,
+        examples: &[Example],
+        batch_size: usize,
+        pad: u32,
+    ) -> Result<(f64, usize)> {
+        let (mut sum, mut tokens) = (0f64, 0usize);
+        for chunk in examples.chunks(batch_size.max(1)) {
+            let batch = Batch::padded(chunk, pad, 8, self.device())?;
+            if batch.supervised_tokens == 0 {
+                continue;
+            }
+            let loss = self.loss(&batch, false)?;
+            sum += f64::from(loss.sum.to_scalar::<f32>()?);
+            tokens += batch.supervised_tokens;
+        }
+        Ok((sum, tokens))
     }
 
     /// The summed loss from the final hidden states.

@@ -203,8 +203,5 @@ fn freeze_tuning_trains_only_the_last_layers() {
         "{report:?}"
     );
     assert_eq!(report.grads_checked, 9);
-    assert_eq!(
-        model.params().iter().filter(|p| p.is_trainable()).count(),
-        9
-    );
+    assert_eq!(model.trainable_params().len(), 9);
 }

@@ -24,11 +24,7 @@ pub struct Ewc {
 impl Ewc {
     /// Estimates the Fisher of the trainable parameters of `model` on `batches`.
     pub fn estimate(model: &CausalLm, batches: &[Batch], lambda: f64) -> Result<Self> {
-        let params: Vec<&Param> = model
-            .params()
-            .into_iter()
-            .filter(|p| p.is_trainable())
-            .collect();
+        let params: Vec<&Param> = model.trainable_params();
         let mut fisher: Vec<Tensor> = params
             .iter()
             .map(|p| p.tensor().zeros_like())

@@ -139,34 +139,12 @@ fn sanity_warnings(t: &TrainArgs, data: &DataArgs, prepared: &Prepared) -> Vec<S
     w
 }
 
-/// Mean loss and token count over `examples` in batches, without gradients.
-fn evaluate(
-    model: &CausalLm,
-    examples: &[Example],
-    batch_size: usize,
-    pad: u32,
-    device: &Device,
-) -> Result<(f64, usize)> {
-    let (mut sum, mut tokens) = (0f64, 0usize);
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let batch = Batch::padded(chunk, pad, 8, device)?;
-        if batch.supervised_tokens == 0 {
-            continue;
-        }
-        let loss = model.loss(&batch, false)?;
-        sum += loss.sum.to_scalar::<f32>()? as f64;
-        tokens += batch.supervised_tokens;
-    }
-    Ok((sum / tokens.max(1) as f64, tokens))
-}
-
 /// An evaluation pass whose result goes to metrics.jsonl.
 struct EvalRun<'a> {
     model: &'a CausalLm,
     examples: &'a [Example],
     batch_size: usize,
     pad: u32,
-    device: &'a Device,
 }
 
 impl EvalRun<'_> {
@@ -178,13 +156,10 @@ impl EvalRun<'_> {
         metrics: &mut std::fs::File,
         path: &Path,
     ) -> Result<f64> {
-        let (loss, tokens) = evaluate(
-            self.model,
-            self.examples,
-            self.batch_size,
-            self.pad,
-            self.device,
-        )?;
+        let (sum, tokens) = self
+            .model
+            .eval_loss(self.examples, self.batch_size, self.pad)?;
+        let loss = sum / tokens.max(1) as f64;
         let record = json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens});
         writeln!(metrics, "{record}").map_err(|e| ModelError::file(path, e.to_string()))?;
         Ok(loss)
@@ -317,12 +292,7 @@ pub fn run(run: &Run) -> Result<Summary> {
     // Model and what trains.
     let mut model = load_model(&model_dir, DType::F32, &device)?;
     let lora = choose_trainable(&mut model, t, seed)?;
-    let trainable_count: usize = model
-        .params()
-        .iter()
-        .filter(|p| p.is_trainable())
-        .map(|p| p.tensor().elem_count())
-        .sum();
+    let trainable_count: usize = model.trainable_count();
     let ewc = setup_ewc(&model, t, &data_args, &output_dir, &device)?;
 
     // Plan.
@@ -370,11 +340,7 @@ pub fn run(run: &Run) -> Result<Summary> {
             Some(PathBuf::from(spec))
         };
         if let Some(dir) = dir {
-            let params: Vec<&Param> = model
-                .params()
-                .into_iter()
-                .filter(|p| p.is_trainable())
-                .collect();
+            let params: Vec<&Param> = model.trainable_params();
             state = checkpoint::load(&dir, &params, &mut optimizer)?;
             eprintln!(
                 "resumed from {} at step {}",
@@ -417,7 +383,6 @@ pub fn run(run: &Run) -> Result<Summary> {
             examples: &eval_examples,
             batch_size: t.per_device_eval_batch_size,
             pad,
-            device: &device,
         };
         let eval_loss = eval.log(0, 0.0, &mut metrics, &metrics_path)?;
         eprintln!(
@@ -452,11 +417,7 @@ pub fn run(run: &Run) -> Result<Summary> {
         let tokens: usize = micro.iter().map(|b| b.supervised_tokens).sum();
         let seq_tokens: usize = micro.iter().map(|b| b.batch * b.seq_len).sum();
         let lr = schedule.lr(step);
-        let params: Vec<&Param> = model
-            .params()
-            .into_iter()
-            .filter(|p| p.is_trainable())
-            .collect();
+        let params: Vec<&Param> = model.trainable_params();
         if tokens == 0 {
             eprintln!(
                 "warning: step {} has no supervised token; skipped",
@@ -550,7 +511,6 @@ pub fn run(run: &Run) -> Result<Summary> {
                 examples: &eval_examples,
                 batch_size: t.per_device_eval_batch_size,
                 pad,
-                device: &device,
             };
             let eval_loss = eval.log(done, epoch, &mut metrics, &metrics_path)?;
             eprintln!(
@@ -562,11 +522,7 @@ pub fn run(run: &Run) -> Result<Summary> {
         let save_due = (save_every > 0 && done.is_multiple_of(save_every))
             || (t.save_strategy == "epoch" && done.is_multiple_of(steps_per_epoch));
         if save_due && done < total_steps {
-            let params: Vec<&Param> = model
-                .params()
-                .into_iter()
-                .filter(|p| p.is_trainable())
-                .collect();
+            let params: Vec<&Param> = model.trainable_params();
             let dir =
                 checkpoint::save(&output_dir, &params, &optimizer, &state, t.save_total_limit)?;
             clear_bar(tty);
@@ -658,11 +614,7 @@ fn setup_ewc(
     let Some(lambda) = t.ewc_lambda.filter(|l| *l > 0.0) else {
         return Ok(None);
     };
-    let params: Vec<&Param> = model
-        .params()
-        .into_iter()
-        .filter(|p| p.is_trainable())
-        .collect();
+    let params: Vec<&Param> = model.trainable_params();
     let ewc = match (&t.ewc_fisher, &t.ewc_dataset) {
         (Some(path), _) => Ewc::load(&params, path, lambda)?,
         (None, Some(names)) => {

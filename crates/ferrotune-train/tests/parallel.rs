@@ -142,11 +142,7 @@ fn shards_side_by_side_give_the_whole_batch_loss_and_gradients() {
             let model = model(name, lora);
             let batch = batch(model.config.vocab_size as u32);
             let scale = 1.0 / batch.supervised_tokens as f64;
-            let params: Vec<&Param> = model
-                .params()
-                .into_iter()
-                .filter(|p| p.is_trainable())
-                .collect();
+            let params: Vec<&Param> = model.trainable_params();
             let whole = Workers::with_threads(1)
                 .unwrap()
                 .gradients(&model, &batch, &params, scale, Pass::Plain)

@@ -288,11 +288,7 @@ fn batches(a: &BenchTrainArgs, n: usize, device: &Device) -> Result<Vec<Batch>> 
 }
 
 fn trainable(model: &CausalLm) -> Vec<&Param> {
-    model
-        .params()
-        .into_iter()
-        .filter(|p| p.is_trainable())
-        .collect()
+    model.trainable_params()
 }
 
 /// One model in training, with the trainer's parts, and the time its steps took.

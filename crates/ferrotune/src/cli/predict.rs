@@ -20,7 +20,7 @@ use ferrotune_data::conversation::{Conversation, Role, Sample};
 use ferrotune_data::pipeline::replace_placeholders;
 use ferrotune_data::template::ChatTemplate;
 use ferrotune_data::{registry, source, Encoder, RecordRef, Stage, TokenizerBundle};
-use ferrotune_model::batch::{Batch, Example};
+use ferrotune_model::batch::Example;
 use ferrotune_model::generate::{generate_batch, GenerationConfig};
 use ferrotune_model::infer::{InferenceModel, WeightType};
 use ferrotune_model::CausalLm;
@@ -428,14 +428,6 @@ fn eval_loss(
     pad: u32,
     batch_size: usize,
 ) -> Result<(f64, usize)> {
-    let examples: Vec<&Example> = items.iter().filter_map(|i| i.example.as_ref()).collect();
-    let (mut sum, mut tokens) = (0.0, 0);
-    for batch in examples.chunks(batch_size) {
-        let owned: Vec<Example> = batch.iter().map(|e| (*e).clone()).collect();
-        let batch = Batch::padded(&owned, pad, 8, model.device())?;
-        let loss = model.loss(&batch, false)?;
-        sum += f64::from(loss.sum.to_scalar::<f32>()?);
-        tokens += loss.tokens;
-    }
-    Ok((sum, tokens))
+    let examples: Vec<Example> = items.iter().filter_map(|i| i.example.clone()).collect();
+    Ok(model.eval_loss(&examples, batch_size, pad)?)
 }
