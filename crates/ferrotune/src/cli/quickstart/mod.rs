@@ -52,6 +52,10 @@ pub struct QuickstartArgs {
     /// SFT optimizer steps (default: the recipe's epochs).
     #[arg(long)]
     steps: Option<usize>,
+    /// Seed of every training run (and of the tiny model's initialisation) [default: the
+    /// recipes' own, 42].
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// A chat probe: a question and the text its answer should contain.
@@ -120,7 +124,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         "the pretrained model to teach"
     });
     let base = if a.tiny {
-        tiny_base(&mut q, &out)?
+        tiny_base(&mut q, &out, a.seed)?
     } else {
         fetch::base_model(&mut q, a.model.as_deref(), &out)?
     };
@@ -228,6 +232,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     q.stage("LoRA SFT on the identity data mixed with the replay data");
     let sft = out.join("sft");
     let steps = a.steps.map(|n| format!("max_steps={n}"));
+    let seed = a.seed.map(|n| format!("seed={n}"));
     q.run(
         &format!("train ({})", config.display()),
         &Argv::new(&["train"])
@@ -237,6 +242,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
             .kv("output_dir", &sft)
             .args(&template_override)
             .args(&steps)
+            .args(&seed)
             .refs(),
     )?;
 
@@ -381,7 +387,7 @@ fn uses_chatml(model: &Path) -> bool {
 /// `model init` with the tiny config and tokenizer, a short `pt` run on the text of
 /// tiny_pretrain.txt, then full SFT on the general prompts' reference answers: a tiny
 /// "instruct" model that answers in the chat format, as the real base model does.
-fn tiny_base(q: &mut Runner, out: &Path) -> Result<PathBuf> {
+fn tiny_base(q: &mut Runner, out: &Path, seed: Option<u64>) -> Result<PathBuf> {
     let dir = out.join("tiny");
     let tokenizer = files::write_tiny_tokenizer(&dir.join("tokenizer"))?;
     let (init, pretrained, base) = (dir.join("init"), dir.join("pretrained"), dir.join("base"));
@@ -395,6 +401,10 @@ fn tiny_base(q: &mut Runner, out: &Path) -> Result<PathBuf> {
             .arg(&tokenizer)
             .arg("--out")
             .arg(&init)
+            .args(
+                seed.iter()
+                    .flat_map(|n| ["--seed".to_string(), n.to_string()]),
+            )
             .refs(),
     )?;
     for (what, config, from, to) in [
@@ -413,6 +423,7 @@ fn tiny_base(q: &mut Runner, out: &Path) -> Result<PathBuf> {
                 .kv("model_name_or_path", from)
                 .kv("dataset_dir", &data)
                 .kv("output_dir", to)
+                .args(seed.map(|n| format!("seed={n}")))
                 .refs(),
         )?;
     }
