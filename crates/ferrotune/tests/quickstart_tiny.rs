@@ -19,7 +19,7 @@ fn tiny_quickstart_learns_the_name() {
         .current_dir(dir.path())
         .env("FERROTUNE_CACHE_DIR", dir.path().join("cache").join("data"))
         .env("HF_HUB_OFFLINE", "1")
-        .args(["quickstart", "--tiny", "--steps", "80", "--out"])
+        .args(["quickstart", "--tiny", "--out"])
         .arg(&out)
         .output()
         .expect("run ferrotune");
@@ -33,7 +33,8 @@ fn tiny_quickstart_learns_the_name() {
 
     let s = read_json(&out.join("summary.json"));
     assert_eq!(s["name"], "Ferro");
-    assert_eq!(s["sft"]["steps"], 80);
+    // The recipe's own steps: fewer leave the answer to the CPU's rounding.
+    assert_eq!(s["sft"]["steps"], 720);
 
     let losses: Vec<f64> = s["sft"]["losses"]["train_losses"]
         .as_array()
