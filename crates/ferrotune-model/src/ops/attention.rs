@@ -156,7 +156,7 @@ impl CustomOp3 for AttentionOp {
 /// `raw` (b, h, s, t), `bias` (b, 1, s, t), in one parallel pass, with the log-sum-exp
 /// of each row (b, h, s, 1). With `lse` given (the backward pass), the probabilities are
 /// `exp(raw * scale + bias - lse)` and the same `lse` is handed back.
-pub(crate) fn attention_probs(
+fn attention_probs(
     raw: &Tensor,
     bias: &Tensor,
     scale: f64,
@@ -229,12 +229,7 @@ pub(crate) fn attention_probs(
 /// The gradient of the attention scores before scaling, `p * (dp - rowsum(g * o)) *
 /// scale`, from the probabilities `p` and their gradient `dp` (b, h, s, t) and the
 /// row sums `row` (b, h, s, 1), in one parallel pass.
-pub(crate) fn attention_score_grad(
-    p: &Tensor,
-    dp: &Tensor,
-    row: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
+fn attention_score_grad(p: &Tensor, dp: &Tensor, row: &Tensor, scale: f64) -> Result<Tensor> {
     let t = p.dim(D::Minus1)?;
     let scale = scale as f32;
     let name = "fused attention backward";

@@ -165,7 +165,7 @@ impl CustomOp1 for CrossEntropyOp {
 
 /// Per-row cross-entropy of `logits` (rows x vocab) against `targets` (each < vocab),
 /// scaled by `coef`: the values and the log-sum-exp of each row, in one parallel pass.
-pub(crate) fn cross_entropy_forward(
+fn cross_entropy_forward(
     logits: &[f32],
     vocab: usize,
     targets: &[i64],
@@ -202,7 +202,7 @@ pub(crate) fn cross_entropy_forward(
 /// columns `first..first + width`; `picked` receives each row's target logit when it
 /// falls in the block. Start from `max` -inf and `sum` 0; the log-sum-exp is then
 /// `max + ln(sum)`.
-pub(crate) fn log_sum_exp_block(
+fn log_sum_exp_block(
     logits: &[f32],
     width: usize,
     first: usize,
@@ -240,7 +240,7 @@ pub(crate) fn log_sum_exp_block(
 /// `(softmax - one_hot(target)) * scale`, in one parallel pass, for the columns
 /// `first..first + width` of the vocabulary (`logits` rows x width; all of it when
 /// `first` is 0 and `width` the vocabulary).
-pub(crate) fn cross_entropy_backward(
+fn cross_entropy_backward(
     logits: &[f32],
     width: usize,
     first: usize,
