@@ -182,9 +182,9 @@ impl Batch {
     /// are padding in all of its rows: padding is masked out of attention and loss, so a
     /// shard computes the same per-token values on fewer positions. Shards run side by
     /// side and the step waits for the slowest, so on rows of unequal length this beats
-    /// equal row counts: over 30 shuffled epochs of the quickstart's identity data
-    /// (46-257 tokens a row, batches of 4 in two shards) the larger shard held on average
-    /// 14% more than half the tokens split by count, 6% split by tokens.
+    /// equal row counts: on the quickstart's identity data (rows of very different
+    /// lengths, batches of 4 in two shards) the larger shard ends much closer to half the
+    /// tokens than when split by row count (docs/PERFORMANCE.md).
     pub fn split_rows_balanced(&self, parts: usize) -> Result<Vec<Batch>> {
         let parts = parts.clamp(1, self.batch.max(1));
         let tokens = self.row_tokens();

@@ -230,48 +230,7 @@ impl ModelConfig {
 
     /// Rotary inverse frequencies, computed in f32 as transformers does.
     pub fn inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        let base = self.rope_theta as f32;
-        let inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32))
-            .collect();
-        match &self.rope_scaling {
-            RopeScaling::Default => inv,
-            RopeScaling::Linear { factor } => inv.iter().map(|f| f / *factor as f32).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                let (factor, low, high, old) = (
-                    *factor as f32,
-                    *low_freq_factor as f32,
-                    *high_freq_factor as f32,
-                    *original_max_position_embeddings as f32,
-                );
-                let low_freq_wavelen = old / low;
-                let high_freq_wavelen = old / high;
-                inv.iter()
-                    .map(|&f| {
-                        let wavelen = 2.0 * std::f32::consts::PI / f;
-                        let scaled = if wavelen > low_freq_wavelen {
-                            f / factor
-                        } else {
-                            f
-                        };
-                        let smooth = (old / wavelen - low) / (high - low);
-                        let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
-                        let medium = (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen);
-                        if medium {
-                            smoothed
-                        } else {
-                            scaled
-                        }
-                    })
-                    .collect()
-            }
-        }
+        crate::ops::inverse_frequencies(self.head_dim, self.rope_theta, &self.rope_scaling)
     }
 
     /// Parameter count (tied embeddings counted once).

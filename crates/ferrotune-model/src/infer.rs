@@ -11,6 +11,20 @@
 //! (rayon). Training keeps its own f32 model ([`CausalLm`]);
 //! [`InferenceModel`] is built from one, and falls back to its composed candle path off
 //! the CPU.
+//!
+//! Shapes in a decoding step (`DecodeWeights::decode`; the code's names in brackets):
+//!
+//! * B (`batch`) rows of the batch, N (`n`) new tokens a row, M = B N (`m`) rows of
+//!   activations, row `r` of batch row `r / N`;
+//! * P (`past`) positions cached before the step, P + N (`total`) after; `cap` >= P + N
+//!   positions of room a head;
+//! * H (`h`) the hidden size, NH (`nh`) query heads and KV (`nkv`) key/value heads of D
+//!   (`hd`) features, Q = NH D (`qd`) and K = KV D (`kvd`); I (`inter`) the MLP's
+//!   intermediate size; V (`vocab`) the vocabulary.
+//!
+//! x, the residual stream, (M, H); qkv (M, Q + 2 K); attn (M, Q); gate and up side by
+//! side (M, 2 I) (`gu`) and their SwiGLU (M, I) (`act`); the cache, per layer and batch row, (KV, cap, D); cos and sin (M, D/2);
+//! logits (B, V), of each row's last token.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +37,8 @@ use crate::generate::Decoder;
 use crate::linear::Linear;
 use crate::llama::{CausalLm, KvCache};
 use crate::ops::lanes::{sigmoid, sum_of};
+use crate::ops::mask::visible_keys;
+use crate::ops::rope_tables;
 use panels::Panels;
 
 mod attention;
@@ -267,8 +283,9 @@ struct Layer {
     down_bias: Option<Vec<f32>>,
 }
 
-/// The CPU decoder.
-struct Engine {
+/// The CPU decoder's weights, converted from a [`CausalLm`] into the chosen weight type,
+/// with the decoding step that runs them.
+struct DecodeWeights {
     layers: Vec<Layer>,
     /// Embedding lookups; also the output projection when the embeddings are tied.
     embed: Matrix,
@@ -281,7 +298,7 @@ struct Engine {
 /// head `h`'s vector for position `t` at `(h * cap + t) * head_dim`, so that attention
 /// reads each head's positions as one stream (position-major rows interleave the heads).
 #[derive(Default)]
-pub struct EngineCache {
+pub struct DecodeCache {
     k: Vec<Vec<Vec<f32>>>,
     v: Vec<Vec<Vec<f32>>>,
     key_segments: Vec<Vec<u32>>,
@@ -290,7 +307,7 @@ pub struct EngineCache {
     cap: usize,
 }
 
-impl EngineCache {
+impl DecodeCache {
     /// Room for `total` positions a head, each row's buffers laid out anew when it grows
     /// (by half again at least, so that growing costs little per decoded token).
     fn reserve(&mut self, total: usize, kv_heads: usize, head_dim: usize) {
@@ -314,7 +331,7 @@ impl EngineCache {
 }
 
 enum Inner {
-    Cpu(Box<Engine>),
+    Cpu(Box<DecodeWeights>),
     Composed(Box<CausalLm>),
 }
 
@@ -322,13 +339,12 @@ enum Inner {
 /// candle model on other devices.
 pub struct InferenceModel {
     config: ModelConfig,
-    weights: WeightType,
     inner: Inner,
 }
 
 /// The cache of an [`InferenceModel`].
 pub enum InferenceCache {
-    Cpu(EngineCache),
+    Cpu(DecodeCache),
     Composed(KvCache),
 }
 
@@ -346,7 +362,6 @@ impl InferenceModel {
             }
             return Ok(InferenceModel {
                 config,
-                weights,
                 inner: Inner::Composed(Box::new(model)),
             });
         }
@@ -391,7 +406,7 @@ impl InferenceModel {
             Some(h) => Some(Matrix::new(&weight_of(&h)?, weights)?),
             None => None,
         };
-        let engine = Engine {
+        let engine = DecodeWeights {
             layers,
             embed: Matrix::new(embed_tokens.tensor(), weights)?,
             head,
@@ -400,17 +415,12 @@ impl InferenceModel {
         };
         Ok(InferenceModel {
             config,
-            weights,
             inner: Inner::Cpu(Box::new(engine)),
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
-    }
-
-    pub fn weight_type(&self) -> WeightType {
-        self.weights
     }
 
     /// Bytes of weights one decoded token reads (every projection and the output head;
@@ -439,7 +449,7 @@ impl Decoder for InferenceModel {
 
     fn new_cache(&self) -> InferenceCache {
         match &self.inner {
-            Inner::Cpu(_) => InferenceCache::Cpu(EngineCache::default()),
+            Inner::Cpu(_) => InferenceCache::Cpu(DecodeCache::default()),
             Inner::Composed(m) => InferenceCache::Composed(m.new_cache()),
         }
     }
@@ -466,7 +476,7 @@ impl Decoder for InferenceModel {
     }
 }
 
-impl Engine {
+impl DecodeWeights {
     fn decode(
         &self,
         c: &ModelConfig,
@@ -474,7 +484,7 @@ impl Engine {
         batch: usize,
         positions: &[u32],
         segments: &[u32],
-        cache: &mut EngineCache,
+        cache: &mut DecodeCache,
     ) -> Result<Vec<Vec<f32>>> {
         let m = ids.len();
         if batch == 0 || m == 0 || !m.is_multiple_of(batch) {
@@ -519,15 +529,7 @@ impl Engine {
         cache.reserve(past + n, nkv, hd);
         let cap = cache.cap;
         let half = hd / 2;
-        let mut cos = vec![0f32; m * half];
-        let mut sin = vec![0f32; m * half];
-        for (r, &p) in positions.iter().enumerate() {
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let a = p as f32 * f;
-                cos[r * half + i] = a.cos();
-                sin[r * half + i] = a.sin();
-            }
-        }
+        let (cos, sin) = rope_tables(&self.inv_freq, positions);
         let rope = |v: &mut [f32], r: usize| {
             for head in v.chunks_exact_mut(hd) {
                 let (x1, x2) = head.split_at_mut(half);
@@ -539,14 +541,12 @@ impl Engine {
                 }
             }
         };
-        // The keys each query sees (the same in every layer): its own sample's, up to
-        // its position; a padding query sees every real key before it, as transformers.
+        // The keys each query sees (the same in every layer), by the mask rule training
+        // uses (`ops::mask`).
         let visible: Vec<Vec<u32>> = (0..m)
             .map(|r| {
                 let (b, qi) = (r / n, r % n);
-                let (qs, ks) = (segments[r], &cache.key_segments[b]);
-                (0..past + qi + 1)
-                    .filter(|&t| ks[t] != 0 && (qs == 0 || qs == ks[t]))
+                visible_keys(segments[r], past + qi, &cache.key_segments[b])
                     .map(|t| t as u32)
                     .collect()
             })

@@ -2,8 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::ops::gemm;
-use crate::ops::{frozen_linear, lora_linear};
+use crate::ops::{frozen_linear, lora_linear, trainable_linear, FrozenWeight};
 use crate::param::Param;
 
 /// LoRA: `y = x W^T + b + scale * (dropout(x) A^T) B^T` with A (r, in) and B (out, r).
@@ -45,7 +44,6 @@ impl Linear {
         let in_f = *dims.last().expect("input has dimensions");
         let rows = x.elem_count() / in_f;
         let x2 = x.reshape((rows, in_f))?;
-        let w = self.weight.tensor();
         let bias = self.bias.as_ref().map(Param::tensor);
         let y = match &self.lora {
             // The common case, frozen base and no dropout: one fused op.
@@ -55,13 +53,13 @@ impl Linear {
                     lora.a.tensor().to_dtype(x2.dtype())?,
                     lora.b.tensor().to_dtype(x2.dtype())?,
                 );
-                lora_linear(&x2, w, bias, &a, &b, lora.scale)?
+                lora_linear(&x2, &self.frozen_weight(), bias, &a, &b, lora.scale)?
             }
             _ => {
                 let mut y = if self.weight.is_trainable() {
-                    gemm::linear(&x2, w)?
+                    trainable_linear(&x2, self.weight.tensor())?
                 } else {
-                    frozen_linear(&x2, w)?
+                    frozen_linear(&x2, &self.frozen_weight())?
                 };
                 if let Some(bias) = bias {
                     y = y.broadcast_add(bias)?;
@@ -76,8 +74,8 @@ impl Linear {
                         lora.a.tensor().to_dtype(xd.dtype())?,
                         lora.b.tensor().to_dtype(xd.dtype())?,
                     );
-                    let u = gemm::linear(&xd, &a)?.affine(lora.scale, 0.0)?;
-                    y = (y + gemm::linear(&u, &b)?)?;
+                    let u = trainable_linear(&xd, &a)?.affine(lora.scale, 0.0)?;
+                    y = (y + trainable_linear(&u, &b)?)?;
                 }
                 y
             }
@@ -85,6 +83,13 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("dims") = y.dim(1)?;
         y.reshape(out_dims)
+    }
+
+    /// The base weight as the frozen products read it (when it does not train). A
+    /// `Param` holds a dense tensor; a base weight kept in another storage type (bf16,
+    /// quantized blocks) is a `FrozenWeight` variant the layer would hand over here.
+    pub fn frozen_weight(&self) -> FrozenWeight {
+        FrozenWeight::Dense(self.weight.tensor().clone())
     }
 
     fn base_is_frozen(&self) -> bool {

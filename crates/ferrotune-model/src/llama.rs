@@ -15,7 +15,11 @@ use crate::linear::Linear;
 use crate::loss::{
     causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, LossSum, LOGITS_BUDGET,
 };
-use crate::ops::{apply_rope, attention, frozen_linear, repeat_kv, rms_norm, swiglu};
+use crate::ops::mask::attention_bias;
+use crate::ops::{
+    apply_rope, attention, frozen_linear, repeat_kv, rms_norm, rope_tables, swiglu,
+    trainable_linear, FrozenWeight,
+};
 use crate::param::Param;
 
 /// Weights by Hugging Face name, consumed while the model is built.
@@ -347,29 +351,28 @@ impl CausalLm {
         out
     }
 
-    /// Rotary cos/sin (batch, 1, seq, head_dim) for the given row-major position ids.
+    /// Rotary cos/sin (batch, 1, seq, head_dim) for the given row-major position ids:
+    /// each row the half-width table's values twice, as `apply_rope` takes them.
     fn rope(&self, positions: &[u32], batch: usize, seq: usize) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let d = 2 * half;
-        let mut cos = Vec::with_capacity(positions.len() * d);
-        let mut sin = Vec::with_capacity(positions.len() * d);
-        for &p in positions {
-            let freqs: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(freqs.iter().map(|x| x.cos()));
-                sin.extend(freqs.iter().map(|x| x.sin()));
+        let (cos_half, sin_half) = rope_tables(&self.inv_freq, positions);
+        let repeat = |table: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(table.len() * 2);
+            for row in table.chunks_exact(half.max(1)) {
+                out.extend_from_slice(row);
+                out.extend_from_slice(row);
             }
-        }
-        let shape = (batch, 1, seq, d);
+            out
+        };
+        let shape = (batch, 1, seq, 2 * half);
         Ok((
-            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
-            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(repeat(&cos_half), shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(repeat(&sin_half), shape, &self.device)?.to_dtype(self.dtype)?,
         ))
     }
 
-    /// Additive attention bias (batch, 1, q_len, k_len): a query sees keys at or before
-    /// its position that are not padding and belong to its own sample; a padding query
-    /// sees every real key before it, as transformers does.
+    /// Additive attention bias (batch, 1, q_len, k_len) from the mask rule
+    /// (`ops::mask`): causal, within a sample, padding keys hidden.
     fn attention_bias(
         &self,
         q_segments: &[u32],
@@ -377,22 +380,14 @@ impl CausalLm {
         batch: usize,
         past: usize,
     ) -> Result<Tensor> {
-        let q_len = q_segments.len() / batch;
-        let k_len = k_segments.len() / batch;
-        let mut bias = vec![f32::MIN; batch * q_len * k_len];
-        for b in 0..batch {
-            for q in 0..q_len {
-                let qs = q_segments[b * q_len + q];
-                let row = &mut bias[(b * q_len + q) * k_len..(b * q_len + q + 1) * k_len];
-                for (k, slot) in row.iter_mut().enumerate().take(past + q + 1) {
-                    let ks = k_segments[b * k_len + k];
-                    if ks != 0 && (qs == 0 || qs == ks) {
-                        *slot = 0.0;
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(bias, (batch, 1, q_len, k_len), &self.device)?.to_dtype(self.dtype)
+        attention_bias(
+            q_segments,
+            k_segments,
+            batch,
+            past,
+            &self.device,
+            self.dtype,
+        )
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
@@ -412,9 +407,9 @@ impl CausalLm {
                 let x = hidden.reshape((b * s, h))?;
                 let w = self.embed_tokens.tensor();
                 let logits = if self.embed_tokens.is_trainable() {
-                    crate::ops::gemm::linear(&x, w)?
+                    trainable_linear(&x, w)?
                 } else {
-                    frozen_linear(&x, w)?
+                    frozen_linear(&x, &FrozenWeight::Dense(w.clone()))?
                 };
                 logits.reshape((b, s, ()))
             }

@@ -1,11 +1,12 @@
-//! The fused CPU ops (ops::fused, the cross-entropy in loss.rs) against their composed
+//! The fused CPU ops (ops' `*_fused` and the fused cross-entropy) against their composed
 //! versions: values and every gradient, on shapes large enough to be split over several
 //! parallel tasks.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use ferrotune_model::loss::{cross_entropy, cross_entropy_composed, linear_cross_entropy};
 use ferrotune_model::ops::{
-    apply_rope_composed, fused, rms_norm_composed, swiglu, swiglu_composed,
+    apply_rope_composed, apply_rope_fused, cross_entropy, cross_entropy_composed,
+    fused_kernels_apply, linear_cross_entropy, rms_norm_composed, rms_norm_fused, swiglu,
+    swiglu_composed,
 };
 
 /// Deterministic values in [-scale, scale).
@@ -60,7 +61,7 @@ fn rms_norm_values_and_gradients_match_the_composed_op() {
     // 600 rows of 64: several tasks of 256 rows.
     let x = var(&[3, 200, 64], 1, 3.0);
     let w = var(&[64], 2, 1.5);
-    let fused_out = fused::rms_norm(&x, &w, 1e-6).unwrap();
+    let fused_out = rms_norm_fused(&x, &w, 1e-6).unwrap();
     let composed_out = rms_norm_composed(&x, &w, 1e-6).unwrap();
     assert!(rel_diff(&fused_out, &composed_out) < 1e-6);
     let gf = weighted_sum(&fused_out, 3).unwrap().backward().unwrap();
@@ -72,13 +73,13 @@ fn rms_norm_values_and_gradients_match_the_composed_op() {
 
     // A frozen weight gets no gradient; the input's is unchanged.
     let frozen = w.as_tensor().detach();
-    let out = fused::rms_norm(&x, &frozen, 1e-6).unwrap();
+    let out = rms_norm_fused(&x, &frozen, 1e-6).unwrap();
     let g = weighted_sum(&out, 3).unwrap().backward().unwrap();
     assert!(g.get(&frozen).is_none());
     assert!(rel_diff(g.get(&x).unwrap(), gc.get(&x).unwrap()) < 1e-5);
 
     // Rows of the wrong width are an error, not a panic.
-    assert!(fused::rms_norm(&x, &values(&[63], 4, 1.0), 1e-6).is_err());
+    assert!(rms_norm_fused(&x, &values(&[63], 4, 1.0), 1e-6).is_err());
 }
 
 #[test]
@@ -100,7 +101,7 @@ fn rope_values_and_gradients_match_the_composed_op() {
     let cos = Tensor::from_vec(cos, (b, 1, s, d), &Device::Cpu).unwrap();
     let sin = Tensor::from_vec(sin, (b, 1, s, d), &Device::Cpu).unwrap();
     let x = var(&[b, h, s, d], 5, 2.0);
-    let fused_out = fused::rope(&x, &cos, &sin).unwrap();
+    let fused_out = apply_rope_fused(&x, &cos, &sin).unwrap();
     let composed_out = apply_rope_composed(&x, &cos, &sin).unwrap();
     assert!(rel_diff(&fused_out, &composed_out) < 1e-6);
     let gf = weighted_sum(&fused_out, 6).unwrap().backward().unwrap();
@@ -115,11 +116,11 @@ fn rope_values_and_gradients_match_the_composed_op() {
         .unwrap()
         .transpose(1, 2)
         .unwrap();
-    let out = fused::rope(&xt, &cos, &sin).unwrap();
+    let out = apply_rope_fused(&xt, &cos, &sin).unwrap();
     assert!(rel_diff(&out, &composed_out) < 1e-6);
 
     // cos/sin that do not fit are an error.
-    assert!(fused::rope(&x, &cos.narrow(2, 0, 10).unwrap(), &sin).is_err());
+    assert!(apply_rope_fused(&x, &cos.narrow(2, 0, 10).unwrap(), &sin).is_err());
 }
 
 #[test]
@@ -238,7 +239,7 @@ fn the_chunked_head_and_loss_match_the_whole_logits() {
 fn the_dispatch_keeps_other_dtypes_on_the_composed_path() {
     let x = values(&[4, 64], 15, 2.0).to_dtype(DType::F64).unwrap();
     let w = values(&[64], 16, 1.0).to_dtype(DType::F64).unwrap();
-    assert!(!fused::applies(&[&x, &w]));
+    assert!(!fused_kernels_apply(&[&x, &w]));
     let got = ferrotune_model::ops::rms_norm(&x, &w, 1e-6).unwrap();
     let want = rms_norm_composed(&x, &w, 1e-6).unwrap();
     assert_eq!(got.dtype(), DType::F64);

@@ -2,7 +2,7 @@
 //! norm and clipped as torch's `clip_grad_norm_` does.
 
 use candle_core::{backprop::GradStore, DType, Result, Tensor};
-use ferrotune_model::ops::fused;
+use ferrotune_model::ops::fused_kernels_apply;
 use ferrotune_model::Param;
 use rayon::prelude::*;
 
@@ -12,7 +12,7 @@ use crate::optim::{with_slices, TASK};
 /// thread in the binary, and a full fine-tuning step of a large vocabulary sums gradients
 /// of hundreds of MB).
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !fused::applies(&[a, b]) || a.shape() != b.shape() {
+    if !fused_kernels_apply(&[a, b]) || a.shape() != b.shape() {
         return a + b;
     }
     let mut out = vec![0f32; a.elem_count()];
@@ -32,7 +32,7 @@ fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// The sum of squares of a tensor's elements, each square added in f64 (the clipping
 /// coefficient then depends on no summation order but the split into tasks).
 fn sum_of_squares(t: &Tensor) -> Result<f64> {
-    if !fused::applies(&[t]) {
+    if !fused_kernels_apply(&[t]) {
         return Ok(t
             .to_dtype(DType::F32)?
             .sqr()?

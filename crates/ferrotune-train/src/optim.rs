@@ -137,7 +137,7 @@ pub(crate) const TASK: usize = 1 << 15;
 /// ops (each a pass and a fresh tensor, several on one thread) cost a tenth of a full
 /// fine-tuning step of SmolLM2-135M (docs/PERFORMANCE.md).
 fn fused_applies(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
-    ferrotune_model::ops::fused::applies(&[w, g, m, v])
+    ferrotune_model::ops::fused_kernels_apply(&[w, g, m, v])
 }
 
 /// Runs `f` on the elements of `N` CPU f32 tensors, read in place (made contiguous first

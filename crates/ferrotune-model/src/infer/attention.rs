@@ -9,8 +9,8 @@ use rayon::prelude::*;
 use crate::ops::lanes::{exp_neg, sum_of};
 
 /// The fewest positions one part of a query's attention covers: parts of 32 positions
-/// decoded SmolLM2 1-11% slower than the split by heads at 32-96 positions, parts of 128
-/// within 4% of it (and 3% faster at about 1,050 positions).
+/// decoded SmolLM2 slower than the split by heads at short contexts, parts of 128 kept
+/// up with it there and were faster at long ones (docs/PERFORMANCE.md).
 const MIN_PART: usize = 128;
 
 /// The queries of a step and what they attend to: rows of the fused q/k/v projection
@@ -174,8 +174,8 @@ fn attend_part(
 
 /// The vector path: the scores of four positions at a time (four independent sums, the
 /// query read once for the four), then the weighted sum of the values with the output
-/// held in registers, 64 floats at a time. Loops that wrote each partial sum back to
-/// memory took 15% of a q8_0 decoding step at 288 positions.
+/// held in registers, 64 floats at a time: loops that wrote each partial sum back to
+/// memory took a large share of a q8_0 decoding step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx(

@@ -7,9 +7,8 @@
 //! weight by 1 to 8 input rows (the batch); with a panel's rows side by side, one load of
 //! 32 weights feeds an FMA for every input row (its value at `k` broadcast), and the sums
 //! land in the output's own lanes, with no horizontal sums. Against row-major weights (a
-//! dot product per weight row, tiles of 4 input rows), SmolLM2-135M's batch-8 decoding
-//! went from 216-233 to 353-377 tokens/s in f32, batch 1 unchanged (docs/PERFORMANCE.md,
-//! "Third round: weights in panels").
+//! dot product per weight row, tiles of 4 input rows), batched decoding is much faster
+//! and batch 1 unchanged (docs/PERFORMANCE.md, "Third round: weights in panels").
 //!
 //! The tile body is written once over plain arrays and compiled per instruction set
 //! (AVX-512, AVX2 + FMA, portable), chosen once at run time; the compiler keeps the
@@ -186,7 +185,7 @@ trait Element: Copy + Sync {
     /// `at + PANEL <= data.len()`.
     #[inline(always)]
     unsafe fn widen_column(data: &[Self], at: usize) -> [f32; PANEL] {
-        // Loops, not `array::map`: the map was not vectorised (5x slower decoding).
+        // Loops, not `array::map`: the map was not vectorised (decoding far slower).
         let stored: [Self; PANEL] = read(data, at);
         let mut out = [0f32; PANEL];
         for l in 0..PANEL {
@@ -300,9 +299,8 @@ impl<E: Element> Weights<'_, E> {
     /// two blocks on. At one or two input rows a q8_0 tile spends more instructions per
     /// byte than f32's, so the core's own look-ahead covers fewer bytes of the stream,
     /// and each panel's few scale lines are too short a stream for the hardware
-    /// prefetcher: SmolLM2's products streamed in 3.90-4.09 ms a pass with these hints
-    /// against 4.20-4.44 without (docs/PERFORMANCE.md, "Fourth round: the machine's two
-    /// states").
+    /// prefetcher: SmolLM2's products stream faster with these hints than without
+    /// (docs/PERFORMANCE.md, "Fourth round: the machine's two states").
     #[inline(always)]
     fn prefetch_ahead(&self, p: usize, b: usize) {
         let quants = (p * self.cols + b * BLOCK) * PANEL;
@@ -333,8 +331,8 @@ impl<E: Element> Weights<'_, E> {
     }
 }
 
-/// How far ahead of a q8_0 tile its quants are asked for (4 KiB; 1, 8 and 16 KiB measured
-/// slower).
+/// How far ahead of a q8_0 tile its quants are asked for (4 KiB; shorter and longer
+/// distances measured slower, docs/PERFORMANCE.md).
 const PREFETCH_BYTES: usize = 4096;
 
 /// A hint to bring the cache line at `at` in; it never faults, so `at` may lie past the
@@ -436,7 +434,7 @@ unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
         // One row: two registers of sums, each multiply-add waiting four cycles (Zen 4)
         // for the last one into the same register, which bounds bf16 once its widening
         // is two plain instructions: even and odd columns sum apart, two chains a
-        // register (in cache, 28 -> 38 G weights/s on one thread). f32 streamed 2-5%
+        // register (faster in cache on one thread, docs/PERFORMANCE.md). f32 streamed
         // slower so (decoding SmolLM2), and keeps one chain.
         let mut odd = [0f32; PANEL];
         for k in (0..cols).step_by(2) {
@@ -618,13 +616,12 @@ fn product<E: Element>(
 enum Split {
     /// Two runs of neighbouring panels a thread, so that the hardware's and the tiles'
     /// look-ahead run on into the thread's next panel: q8_0 and bf16 at one or two input
-    /// rows, whose tiles spend more instructions per byte (q8_0 3-6% faster than tasks of
-    /// 1-2 panels, PERFORMANCE.md, "Fourth round"; bf16 0-3% in one process taking
-    /// turns, "Sixth round").
+    /// rows, whose tiles spend more instructions per byte (faster than tasks of 1-2
+    /// panels: q8_0 in docs/PERFORMANCE.md's "Fourth round", bf16 in its "Sixth round").
     LongRuns,
     /// Tasks of one or two panels, so that a thread the machine slows down is made up for
-    /// by the others: f32 at one or two rows (2-3% faster than long runs taking turns,
-    /// "Sixth round"), and every product at more rows.
+    /// by the others: f32 at one or two rows (faster than long runs taking turns,
+    /// docs/PERFORMANCE.md's "Sixth round"), and every product at more rows.
     Short,
 }
 

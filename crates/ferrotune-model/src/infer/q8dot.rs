@@ -59,8 +59,8 @@ impl Int16Row {
             let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             for (q, &v) in out.iter_mut().zip(block) {
                 // To nearest, ties to even (|v * inverse| <= 32767): `round` and
-                // `round_ties_even` were a libm call a value here, 4% of decoding's
-                // samples.
+                // `round_ties_even` were a libm call a value here, which showed in
+                // decoding's profile.
                 let r = (v * inverse + ROUND_TO_INTEGER) - ROUND_TO_INTEGER;
                 *q = r.clamp(-32767.0, 32767.0) as i16;
             }
@@ -101,8 +101,8 @@ pub(super) unsafe fn panel_row(
         let block = panel.add(b * BLOCK * PANEL);
         // The scales only: each panel's few scale lines are too short a stream for the
         // hardware prefetcher. The quants' own hints, which the widening tiles need,
-        // slowed this faster loop down (SmolLM2's products at one row: 3.42 against
-        // 3.94-4.02 ms a pass with hints 2-16 KiB ahead).
+        // slowed this faster loop down (SmolLM2's products at one row, hints 2-16 KiB
+        // ahead; docs/PERFORMANCE.md).
         prefetch(panel_scales.wrapping_add((b + 2) * PANEL).cast());
         // Two sets of sums, even and odd column pairs, so that each `vpdpwssd` does not
         // wait for the last one into the same register.

@@ -24,7 +24,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 
 /// Whether `a @ b` takes our CPU path: f32 CPU tensors of the same rank, at least 2.
-fn on_cpu_path(a: &Tensor, b: &Tensor) -> bool {
+pub(crate) fn on_cpu_path(a: &Tensor, b: &Tensor) -> bool {
     a.device().is_cpu()
         && b.device().is_cpu()
         && a.dtype() == DType::F32
@@ -117,52 +117,6 @@ impl candle_core::CustomOp2 for Product {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         cpu_matmul(a, al, b, bl)
-    }
-}
-
-/// The differentiable `x @ w^T` of a trainable weight `w` (out, in), `x` (n, in): on the
-/// CPU in f32 one op whose backward computes `g w` (when `x` needs it) and `g^T x`
-/// directly in the weight's layout; candle's matmul and its backward elsewhere.
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if on_cpu_path(x, w) && x.rank() == 2 {
-        return x.apply_op2(w, Linear);
-    }
-    x.matmul(&w.t()?)
-}
-
-/// `x @ w^T` with its backward pass.
-struct Linear;
-
-impl candle_core::CustomOp2 for Linear {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        w: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_matmul(x, xl, w, &wl.transpose(0, 1)?)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.detach();
-        let dx = if x.track_op() {
-            Some(matmul(&g, &w.detach())?)
-        } else {
-            None
-        };
-        let dw = matmul(&g.t()?, &x.detach())?;
-        Ok((dx, Some(dw)))
     }
 }
 
@@ -541,7 +495,7 @@ mod blas {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::{linear, matmul, sum_of_products};
+    use super::{matmul, sum_of_products};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -667,33 +621,5 @@ mod tests {
             sum_of_products(&[(&x, &wt, 1.0), (&x, &wt.narrow(1, 0, 5).unwrap(), 1.0)]).is_err()
         );
         assert!(sum_of_products(&[]).is_err());
-    }
-
-    #[test]
-    fn linear_gradients_match_candle() {
-        let dev = Device::Cpu;
-        let x = candle_core::Var::randn(0f32, 1.0, (8, 5), &dev).unwrap();
-        let w = candle_core::Var::randn(0f32, 1.0, (3, 5), &dev).unwrap();
-        let g = Tensor::randn(0f32, 1.0, (8, 3), &dev).unwrap();
-        let ours = (linear(x.as_tensor(), w.as_tensor()).unwrap() * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let theirs = (x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap() * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&x, &w] {
-            let (a, b) = (
-                ours.get(v.as_tensor()).unwrap(),
-                theirs.get(v.as_tensor()).unwrap(),
-            );
-            assert_eq!(a.dims(), b.dims());
-            assert!(max_diff(a, b) < 1e-5);
-        }
     }
 }
