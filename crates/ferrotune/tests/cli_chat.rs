@@ -1,6 +1,6 @@
-//! `ferrotune chat` on a tiny random model: one-shot answers are greedy-deterministic,
-//! equal `model generate`'s for the same rendered prompt, follow the template saved with
-//! the model, and the interactive loop keeps (and resets) the conversation.
+//! `ferrotune chat` on a tiny random model: one-shot answers are the library's chat turn
+//! for the flags given (and `model generate`'s for the same prompt), and the interactive
+//! loop keeps (and resets) the conversation.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,32 @@ fn chat_once(model: &Path, prompt: &str, extra: &[&str]) -> String {
         .to_string()
 }
 
+/// The library's chat turn on the same model, greedy: what the command must print.
+fn library_answer(model: &Path, system: Option<&str>, prompt: &str) -> String {
+    use ferrotune_data::conversation::{Message, Role};
+    use ferrotune_serve::loading::{self, ModelSource};
+    use ferrotune_serve::{ChatModel, SamplingOptions};
+
+    let source = ModelSource::locate(Some(model.to_str().unwrap()), None).unwrap();
+    let (tok, template) = loading::tokenizer_and_template(&source, None).unwrap();
+    let chat = ChatModel::load(&source, tok, template.unwrap(), Default::default()).unwrap();
+    let sampling = SamplingOptions {
+        max_new_tokens: 8,
+        temperature: Some(0.0),
+        top_p: None,
+        top_k: None,
+        repetition_penalty: None,
+        seed: 0,
+    };
+    let config = sampling.config(model, chat.stop_ids().to_vec()).unwrap();
+    let mut messages: Vec<Message> = system
+        .map(|s| Message::new(Role::System, s))
+        .into_iter()
+        .collect();
+    messages.push(Message::new(Role::User, prompt));
+    chat.reply(&messages, &config).unwrap().text
+}
+
 /// `model generate` keeps special tokens in its output; chat shows only text.
 fn generate(model: &Path, prompt: &str) -> String {
     let o = run(&[
@@ -54,32 +80,21 @@ fn generate(model: &Path, prompt: &str) -> String {
     text
 }
 
+/// The flags reach the chat turn (the turn's own checks are ferrotune-serve's tests).
 #[test]
-fn one_shot_answers_are_greedy_and_rendered_with_the_saved_template() {
+fn one_shot_answers_are_the_chat_turns() {
     let tmp = TempDir::new("chat");
     let model = tiny_model(tmp.path());
     let answer = chat_once(&model, "Who are you?", &[]);
     assert!(!answer.trim().is_empty(), "empty answer {answer:?}");
-    assert_eq!(answer, chat_once(&model, "Who are you?", &[]));
+    assert_eq!(answer, library_answer(&model, None, "Who are you?"));
     assert_eq!(answer, generate(&model, "Who are you?"));
-
-    // The template saved with the model decides the prompt: another template, another
-    // answer, and still the one `model generate` gives with that template.
-    let other = tmp.path().join("other-template");
-    std::fs::create_dir_all(&other).unwrap();
-    for entry in std::fs::read_dir(&model).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), other.join(entry.file_name())).unwrap();
-    }
-    std::fs::write(
-        other.join("chat_template.jinja"),
-        "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}<|im_end|>\n{% endfor %}\
-         {% if add_generation_prompt %}### assistant:\n{% endif %}",
-    )
-    .unwrap();
-    let answer_other = chat_once(&other, "Who are you?", &[]);
-    assert_ne!(answer, answer_other);
-    assert_eq!(answer_other, generate(&other, "Who are you?"));
+    let system = chat_once(&model, "Who are you?", &["--system", "You are Ferro."]);
+    assert_eq!(
+        system,
+        library_answer(&model, Some("You are Ferro."), "Who are you?")
+    );
+    assert_ne!(system, answer);
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! `ferrotune eval predict` end to end on a tiny random model and the example identity
-//! data: predictions in LLaMA-Factory's layout (the answers `chat` gives for the same
-//! prompts), and the scores, eval loss and perplexity.
+//! `ferrotune eval predict` as a command on a tiny random model and the example identity
+//! data: flags, a config file with overrides, what it prints, and progress in a log
+//! reading one update per line.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -26,12 +26,13 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The flags reach the prediction; what it writes is checked in ferrotune-serve's tests.
 #[test]
-fn predictions_and_scores_in_llamafactory_layout() {
+fn flags_choose_the_model_data_batches_and_output() {
     let tmp = TempDir::new("predict");
     let model = tiny_model(tmp.path());
     let out = tmp.path().join("predict");
-    ferrotune(&[
+    let o = ferrotune(&[
         "eval",
         "predict",
         "--model",
@@ -53,65 +54,23 @@ fn predictions_and_scores_in_llamafactory_layout() {
     assert_eq!(predictions.len(), 5);
     let data: Value = read_json(&workspace_root().join("examples/data/identity_demo.json"));
     for (p, record) in predictions.iter().zip(data.as_array().unwrap()) {
-        let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["prompt", "predict", "label"]);
         assert_eq!(p["label"], record["output"]);
-        let prompt = p["prompt"].as_str().unwrap();
-        assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
-        assert!(prompt.contains(record["instruction"].as_str().unwrap()));
-        assert!(p["predict"].is_string());
     }
-    // Batched, left-padded generation answers as `chat` does, one prompt at a time.
-    for (i, p) in predictions.iter().enumerate().take(3) {
-        let question = data[i]["instruction"].as_str().unwrap();
-        let o = ferrotune(&[
-            "chat",
-            model.to_str().unwrap(),
-            "--prompt",
-            question,
-            "--max-new-tokens",
-            "8",
-            "--temperature",
-            "0",
-        ]);
-        let answer = String::from_utf8(o.stdout).unwrap();
-        assert_eq!(
-            p["predict"].as_str().unwrap(),
-            answer.strip_suffix('\n').unwrap()
-        );
-    }
-
     let r = read_json(&out.join("predict_results.json"));
-    for key in [
-        "predict_bleu-4",
-        "predict_rouge-1",
-        "predict_rouge-2",
-        "predict_rouge-l",
-    ] {
-        let v = r[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} missing: {r}"));
-        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
-    }
     assert_eq!(r["predict_samples"], 5);
-    // A random model over a 580-token vocabulary: about ln(580) = 6.4 nats per token.
-    let loss = r["eval_loss"].as_f64().unwrap();
-    assert!((4.0..9.0).contains(&loss), "eval_loss {loss}");
-    let ppl = r["perplexity"].as_f64().unwrap();
-    assert!((ppl - loss.exp()).abs() < 1e-6 * ppl);
-    assert!(r["eval_tokens"].as_u64().unwrap() > 20);
-
-    // The scores are those `eval metrics` computes from the predictions file.
-    let o = ferrotune(&[
-        "eval",
-        "metrics",
-        "--predictions",
-        out.join("generated_predictions.jsonl").to_str().unwrap(),
-        "--json",
-    ]);
-    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(m["llamafactory"]["bleu-4"], r["predict_bleu-4"]);
-    assert_eq!(m["llamafactory"]["rouge-l"], r["predict_rouge-l"]);
+    assert_eq!(r["max_new_tokens"], 8);
+    assert_eq!(r["temperature"], 0.0);
+    assert_eq!(r["dataset"], serde_json::json!(["identity_demo"]));
+    let printed = cli::stdout(&o);
+    assert!(printed.starts_with("5 samples: BLEU-4 "), "{printed}");
+    assert!(printed.contains("generated_predictions.jsonl"), "{printed}");
+    // Not a terminal: one progress line per batch of 2, none rewritten in place.
+    let progress = cli::stderr(&o);
+    assert!(!progress.contains('\r'), "{progress:?}");
+    assert!(
+        progress.contains("\ngenerated 2/5\ngenerated 4/5\ngenerated 5/5\n"),
+        "{progress:?}"
+    );
 }
 
 #[test]

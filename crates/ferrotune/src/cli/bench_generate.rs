@@ -16,7 +16,7 @@ use ferrotune_model::generate::{argmax, Decoder};
 use ferrotune_model::infer::{streaming_sum, InferenceModel, WeightType};
 use serde_json::json;
 
-use super::loading::ModelSource;
+use ferrotune_serve::ModelSource;
 
 #[derive(Debug, Args)]
 pub struct BenchGenerateArgs {

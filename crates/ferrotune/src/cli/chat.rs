@@ -5,16 +5,16 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use ferrotune_data::conversation::{Message, Role};
-use ferrotune_data::template::ChatTemplate;
-use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::{Flow, GenerationConfig};
-use ferrotune_model::infer::{InferenceModel, WeightType};
+use ferrotune_model::infer::WeightType;
+use ferrotune_serve::loading::{self, ModelSource};
+use ferrotune_serve::turn::{ChatModel, PromptError, Turn, TurnError, TurnEvent};
+use ferrotune_serve::{Completion, SamplingOptions};
 
-use super::loading::{self, ModelSource, SamplingArgs};
-use super::stream::{complete, Completion};
+use super::sampling::SamplingArgs;
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -44,11 +44,8 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 
 /// What the conversation needs between turns.
 struct Session {
-    model: InferenceModel,
-    tok: TokenizerBundle,
-    template: ChatTemplate,
+    chat: ChatModel,
     config: GenerationConfig,
-    stop_strings: Vec<String>,
     system: Option<String>,
     history: Vec<Message>,
 }
@@ -67,42 +64,36 @@ impl Session {
     /// Answers `user`, streaming the answer to `out`, and remembers the turn.
     fn answer(&mut self, user: &str, out: &mut impl Write) -> Result<Completion> {
         let messages = self.messages(user);
-        let text = self
-            .template
-            .render(&messages, &[], true)
-            .map_err(|e| anyhow::anyhow!("chat template {}: {e}", self.template.name()))?;
-        let ids = self
-            .tok
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-            .get_ids()
-            .to_vec();
-        let context = self.model.config().max_position_embeddings;
-        if ids.len() >= context {
-            bail!(
-                "the conversation is {} tokens, the model's context is {context}: /reset to start over",
-                ids.len()
-            );
-        }
-        let mut config = self.config.clone();
-        config.max_new_tokens = config.max_new_tokens.min(context - ids.len());
-        let done = complete(
-            &self.model,
-            &self.tok,
-            &ids,
-            &config,
-            &self.stop_strings,
-            true,
-            |piece| {
+        let turn = Turn {
+            messages: &messages,
+            tools: &[],
+            config: &self.config,
+            extra_stops: &[],
+        };
+        let done = self
+            .chat
+            .answer(&turn, |event| match event {
+                TurnEvent::Started => Flow::Continue,
                 // A closed stdout (`| head`) stops generating.
-                if write!(out, "{piece}").and_then(|_| out.flush()).is_err() {
-                    Flow::Stop
-                } else {
-                    Flow::Continue
+                TurnEvent::Text(piece) => {
+                    if write!(out, "{piece}").and_then(|_| out.flush()).is_err() {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
                 }
-            },
-        )?;
+            })
+            .map_err(|e| match e {
+                TurnError::Prompt(PromptError::Template(e)) => {
+                    anyhow!("chat template {}: {e}", self.chat.template().name())
+                }
+                TurnError::TooLong { tokens, context } => anyhow!(
+                    "the conversation is {tokens} tokens, the model's context is {context}: \
+                     /reset to start over"
+                ),
+                TurnError::Generation(e) => e,
+                other => anyhow!(other),
+            })?;
         self.history.push(Message::new(Role::User, user));
         self.history
             .push(Message::new(Role::Assistant, done.text.as_str()));
@@ -120,15 +111,11 @@ pub fn run(a: ChatArgs) -> Result<()> {
             source.tokenizer_dir().display()
         );
     };
-    let model = source.load()?;
-    let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
-    let model = InferenceModel::new(model, a.weights)?;
-    let config = a.sampling.config(&source.base, stop_ids)?;
+    let chat = ChatModel::load(&source, tok, template, a.weights)?;
+    let config =
+        SamplingOptions::from(&a.sampling).config(&source.base, chat.stop_ids().to_vec())?;
     let mut session = Session {
-        stop_strings: template.stop_strings(),
-        model,
-        tok,
-        template,
+        chat,
         config,
         system: a.system.clone(),
         history: Vec::new(),

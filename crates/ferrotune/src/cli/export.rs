@@ -18,7 +18,7 @@ use ferrotune_model::tuning::merge_lora;
 use ferrotune_model::weights::load_model;
 use ferrotune_model::CausalLm;
 
-use super::loading::{self, ModelSource};
+use ferrotune_serve::loading::{self, ModelSource};
 
 /// Largest logit difference accepted between the merged model and base + adapter, relative
 /// to the largest logit (at least 1): merging reorders float32 sums, and over a real model's

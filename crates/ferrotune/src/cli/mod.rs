@@ -8,13 +8,11 @@ mod check;
 mod data;
 mod eval;
 mod export;
-mod loading;
 mod model;
-mod openai;
 mod predict;
 mod quickstart;
+mod sampling;
 mod serve;
-mod stream;
 mod train;
 
 use clap::{Parser, Subcommand};

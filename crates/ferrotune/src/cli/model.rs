@@ -404,7 +404,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let dir = resolve_model(&a.model)?;
     let tok = TokenizerBundle::load(&dir)?;
     let model = load_model(&dir, DType::F32, &Device::Cpu)?;
-    let mut stop_ids = super::loading::stop_ids(&model, &tok, None);
+    let mut stop_ids = ferrotune_serve::loading::stop_ids(&model, &tok, None);
     let mut stop_strings = Vec::new();
     let text = if a.raw {
         a.prompt.clone()
@@ -416,7 +416,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             &tok.specials,
             &Default::default(),
         )?;
-        stop_ids = super::loading::stop_ids(&model, &tok, Some(&template));
+        stop_ids = ferrotune_serve::loading::stop_ids(&model, &tok, Some(&template));
         stop_strings = template.stop_strings();
         let mut messages = Vec::new();
         if let Some(system) = &a.system {
@@ -444,11 +444,19 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let model = ferrotune_model::infer::InferenceModel::new(model, a.weights)?;
     let mut stdout = std::io::stdout();
-    super::stream::complete(&model, &tok, &ids, &config, &stop_strings, false, |piece| {
-        let _ = write!(stdout, "{piece}");
-        let _ = stdout.flush();
-        Flow::Continue
-    })?;
+    ferrotune_serve::stream::complete(
+        &model,
+        &tok,
+        &ids,
+        &config,
+        &stop_strings,
+        false,
+        |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+            Flow::Continue
+        },
+    )?;
     println!();
     Ok(())
 }

@@ -6,8 +6,8 @@ use ferrotune_data::conversation::{Message, Role, ToolCall};
 use ferrotune_model::generate::GenerationConfig;
 use serde_json::{json, Map, Value};
 
-use super::loading::check_sampling;
-use super::stream::{Completion, Finish};
+use crate::loading::check_sampling;
+use crate::stream::{Completion, Finish};
 
 /// An error answered to the client: status and an OpenAI-style error body.
 #[derive(Debug, Clone, PartialEq)]

@@ -120,12 +120,7 @@ impl<'a> TextStream<'a> {
             return String::new();
         }
         let tail = &self.text[self.emitted..];
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| tail.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = first_stop(tail, &self.stops) {
             let end = self.emitted + at;
             self.text.truncate(end);
             self.stopped = true;
@@ -158,6 +153,37 @@ impl<'a> TextStream<'a> {
     pub fn text(&self) -> &str {
         &self.text
     }
+}
+
+/// Where the earliest stop string begins in `text`: the answer ends there, streamed
+/// ([`TextStream`]) or decoded whole ([`answer_text`]).
+pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// A whole generated answer as text, by the rule the stream follows: stop ids at its
+/// end dropped, special tokens skipped, the text cut at the first stop string.
+pub fn answer_text(
+    tok: &TokenizerBundle,
+    mut ids: Vec<u32>,
+    stop_ids: &[u32],
+    stop_strings: &[String],
+) -> Result<String> {
+    while ids.last().is_some_and(|id| stop_ids.contains(id)) {
+        ids.pop();
+    }
+    let mut text = tok
+        .tokenizer
+        .decode(&ids, true)
+        .map_err(|e| anyhow!("cannot decode an answer: {e}"))?;
+    if let Some(at) = first_stop(&text, stop_strings) {
+        text.truncate(at);
+    }
+    Ok(text)
 }
 
 /// Generates an answer to `prompt`, handing each piece of final text to `on_text` as soon

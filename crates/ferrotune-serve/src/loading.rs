@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use clap::Args;
 use ferrotune_data::template::{ChatTemplate, TemplateChoice};
 use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::GenerationConfig;
@@ -179,33 +178,26 @@ pub fn stop_ids(
     ids
 }
 
-/// Sampling flags of `chat` and `serve`. Left out, a setting comes from the model's
-/// generation_config.json as transformers would use it, else greedy decoding.
-#[derive(Debug, Clone, Args)]
-pub struct SamplingArgs {
+/// Sampling settings asked for (by flags, a config or a caller). A setting left out
+/// comes from the model's generation_config.json as transformers would use it, else
+/// greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingOptions {
     /// Most tokens generated per answer.
-    #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
-    /// Sampling temperature; 0 is greedy decoding. Sampling flags left out come from the
-    /// model's generation_config.json, as in transformers (greedy when it does not sample).
-    #[arg(long)]
+    /// 0 is greedy decoding.
     pub temperature: Option<f64>,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long)]
     pub top_p: Option<f64>,
-    /// Keep only the k most likely tokens.
-    #[arg(long)]
+    /// 0 keeps every token.
     pub top_k: Option<usize>,
-    /// Penalty for tokens already in the prompt or answer (1 = none).
-    #[arg(long)]
+    /// 1 is none.
     pub repetition_penalty: Option<f64>,
     /// Seed of the sampler (answers are reproducible for a seed).
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
-impl SamplingArgs {
-    /// The generation settings: these flags over the model's defaults.
+impl SamplingOptions {
+    /// The generation settings: these over the defaults of the model in `model_dir`.
     pub fn config(&self, model_dir: &Path, stop_token_ids: Vec<u32>) -> Result<GenerationConfig> {
         let d = model_defaults(model_dir);
         let config = GenerationConfig {
