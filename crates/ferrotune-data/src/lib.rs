@@ -31,9 +31,11 @@ pub mod pack;
 pub mod pipeline;
 pub mod placeholders;
 pub mod quality;
+pub mod records;
 pub mod registry;
 pub mod rng;
 pub mod source;
+pub mod stats;
 pub mod template;
 pub mod tokenizer;
 
