@@ -1,8 +1,9 @@
 //! Datasets to the records the checks read: every record of every file, in order, with
 //! its raw JSON (for `--fix`) and its formatted sample, or why it has none.
 //!
-//! Unlike training, nothing is sampled (`num_samples` would repeat records and fake
-//! duplicates) and a malformed record is a finding, not a stop.
+//! The records come from the one record reader with [`Coverage::Every`]: unlike
+//! training, nothing is sampled (`num_samples` would repeat records and fake duplicates)
+//! and a malformed record is a finding, not a stop.
 
 use serde_json::Value;
 
