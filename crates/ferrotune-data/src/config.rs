@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::encode::{EncodeOptions, Overlong};
+use crate::error::unknown_choice;
 use crate::format::{Formatting, Stage};
 use crate::mix::MixStrategy;
 use crate::pack::Packing;
@@ -58,6 +59,8 @@ pub struct DataArgs {
     pub mask_history: bool,
     /// Cap on samples per dataset.
     pub max_samples: Option<usize>,
+    /// `sft` (conversations) or `pt` (plain text).
+    #[serde(deserialize_with = "stage")]
     pub stage: Stage,
     /// Values for `{{name}}`-style placeholders in the data.
     pub placeholders: BTreeMap<String, String>,
@@ -240,18 +243,33 @@ fn cache_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, 
     Ok(Option::<String>::deserialize(d)?.map(PathBuf::from))
 }
 
+/// A choice key's value, parsed as the config is read, so that a misspelt value fails
+/// before any data or tokenizer is read.
+fn choice<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    key: &str,
+    choices: &[(&str, T)],
+) -> Result<T, D::Error> {
+    let value = String::deserialize(d)?;
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some((_, choice)) => Ok(*choice),
+        None => {
+            let accepted: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            Err(serde::de::Error::custom(unknown_choice(
+                key, &value, &accepted,
+            )))
+        }
+    }
+}
+
+fn stage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Stage, D::Error> {
+    choice(d, "stage", Stage::CHOICES)
+}
+
 fn mix_strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MixStrategy, D::Error> {
-    String::deserialize(d)?
-        .parse()
-        .map_err(|e: crate::DataError| serde::de::Error::custom(e.to_string()))
+    choice(d, "mix_strategy", MixStrategy::CHOICES)
 }
 
 fn overlong<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Overlong, D::Error> {
-    match String::deserialize(d)?.as_str() {
-        "truncate" => Ok(Overlong::Truncate),
-        "drop" => Ok(Overlong::Drop),
-        other => Err(serde::de::Error::custom(format!(
-            "overlong must be `truncate` or `drop`, not {other:?}"
-        ))),
-    }
+    choice(d, "overlong", Overlong::CHOICES)
 }

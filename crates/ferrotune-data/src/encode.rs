@@ -33,6 +33,12 @@ pub enum Overlong {
     Drop,
 }
 
+impl Overlong {
+    /// The config's spellings.
+    pub const CHOICES: &'static [(&'static str, Overlong)] =
+        &[("truncate", Overlong::Truncate), ("drop", Overlong::Drop)];
+}
+
 #[derive(Debug, Clone)]
 pub struct EncodeOptions {
     pub cutoff_len: usize,

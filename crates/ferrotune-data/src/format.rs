@@ -56,12 +56,16 @@ impl Formatting {
 
 /// Training stage: supervised fine-tuning on conversations, or (continued) pretraining on
 /// plain text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
     #[default]
     Sft,
     Pt,
+}
+
+impl Stage {
+    /// The config's spellings.
+    pub const CHOICES: &'static [(&'static str, Stage)] = &[("sft", Stage::Sft), ("pt", Stage::Pt)];
 }
 
 impl FromStr for Stage {

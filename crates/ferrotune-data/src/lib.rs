@@ -6,20 +6,20 @@
 //! | stage | module | what it does |
 //! |---|---|---|
 //! | source | [`source`], [`registry`] | files, folders, globs and `dataset_info.json` entries to raw JSON records |
-//! | format | [`format`] | alpaca / sharegpt / openai / text records to a [`Sample`] |
+//! | format | [`format`], [`placeholders`] | alpaca / sharegpt / openai / text records to a [`Sample`], `{{name}}` placeholders filled |
+//! | read | [`records`] | source and format for one dataset, as training samples it or every record: the one reader of the pipeline, `data check` and `eval predict` |
 //! | template | [`template`] | a conversation to the exact text, with jinja chat templates |
 //! | tokenize + mask | [`encode`] | text to ids, labels (-100 on prompts), weights, truncation |
 //! | mix | [`mix`] | several datasets into one mixture (concat / interleave, shares, replay) |
 //! | pack | [`pack`] | examples into rows: greedy or neat (bin-packed, kept apart) packing |
 //! | cache | [`cache`] | tokenized datasets stored once, memory-mapped on the next run |
-//! | batch | [`collate`] | examples to padded batches with an attention mask |
 //! | tokenize (fast) | [`fastbpe`] | byte-level BPE ids and offsets identical to the tokenizers crate, faster |
 //! | check | [`quality`] | the quality report of `data check`: duplicates, empty or echoed replies, stray tokens, ... |
+//! | stats | [`stats`] | length percentiles of the examples |
 //!
 //! [`pipeline::prepare`] runs them all and reports what happened to every record.
 
 pub mod cache;
-pub mod collate;
 pub mod config;
 pub mod conversation;
 pub mod encode;
@@ -31,9 +31,11 @@ pub mod pack;
 pub mod pipeline;
 pub mod placeholders;
 pub mod quality;
+pub mod records;
 pub mod registry;
 pub mod rng;
 pub mod source;
+pub mod stats;
 pub mod template;
 pub mod tokenizer;
 

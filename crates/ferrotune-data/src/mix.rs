@@ -13,8 +13,6 @@
 //! as soon as one source has run out, `over` once every source has. All draws come from
 //! [`SplitMix64`] seeded by `seed`, so a mixture is the same on every run and platform.
 
-use std::str::FromStr;
-
 use crate::error::{DataError, Result};
 use crate::rng::SplitMix64;
 
@@ -29,25 +27,18 @@ pub enum MixStrategy {
 }
 
 impl MixStrategy {
+    /// The config's spellings.
+    pub const CHOICES: &'static [(&'static str, MixStrategy)] = &[
+        ("concat", MixStrategy::Concat),
+        ("interleave_under", MixStrategy::InterleaveUnder),
+        ("interleave_over", MixStrategy::InterleaveOver),
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             MixStrategy::Concat => "concat",
             MixStrategy::InterleaveUnder => "interleave_under",
             MixStrategy::InterleaveOver => "interleave_over",
-        }
-    }
-}
-
-impl FromStr for MixStrategy {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "concat" => Ok(MixStrategy::Concat),
-            "interleave_under" => Ok(MixStrategy::InterleaveUnder),
-            "interleave_over" => Ok(MixStrategy::InterleaveOver),
-            other => Err(DataError::config(format!(
-                "mix_strategy must be concat, interleave_under or interleave_over, not {other:?}"
-            ))),
         }
     }
 }

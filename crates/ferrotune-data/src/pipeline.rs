@@ -12,9 +12,9 @@ use crate::conversation::Sample;
 use crate::encode::{Encoded, Encoder, Skip};
 use crate::error::{DataError, RecordRef, Result};
 use crate::mix::{self, MixStrategy, Share};
-use crate::placeholders;
+use crate::records::{self, Coverage, Formatted};
 use crate::registry::{self, DatasetSpec};
-use crate::source::{self, RawRecord};
+use crate::source::RawRecord;
 use crate::template::ChatTemplate;
 use crate::tokenizer::{PadToken, TokenizerBundle};
 
@@ -316,36 +316,6 @@ fn mix_samples(
     Ok(out)
 }
 
-fn read_dataset(
-    args: &DataArgs,
-    spec: &DatasetSpec,
-    report: &mut DatasetReport,
-) -> Result<Vec<RawRecord>> {
-    let mut records = Vec::new();
-    for file in source::resolve_files(&spec.path)? {
-        let read = source::read_file(&file)?;
-        for error in read.errors {
-            if !args.skip_invalid {
-                return Err(error);
-            }
-            report.invalid += 1;
-            report.note(error.to_string());
-        }
-        records.extend(read.records);
-    }
-    if let Some(n) = spec.num_samples {
-        // LLaMA-Factory's `num_samples`: a seeded subset, or repeats when n is larger.
-        records = mix::pick(records.len(), n, args.seed)
-            .into_iter()
-            .map(|i| records[i].clone())
-            .collect();
-    }
-    if let Some(max) = args.max_samples {
-        records.truncate(max);
-    }
-    Ok(records)
-}
-
 fn prepare_dataset(
     args: &DataArgs,
     spec: &DatasetSpec,
@@ -357,7 +327,12 @@ fn prepare_dataset(
         name: spec.name.clone(),
         ..DatasetReport::default()
     };
-    let records = read_dataset(args, spec, &mut report)?;
+    let read = records::read(args, spec, Coverage::AsTrained)?;
+    for error in &read.skipped {
+        report.invalid += 1;
+        report.note(error.to_string());
+    }
+    let records = read.into_records();
     report.records = records.len();
     let encoder = Encoder {
         tokenizer: &prepared.tokenizer,
@@ -452,12 +427,12 @@ fn process_record(
     encoder: &Encoder,
     raw: &RawRecord,
 ) -> Result<Outcome> {
-    let mut sample = match spec.format.convert(raw, args.stage) {
-        Ok(sample) => sample,
-        Err(e) if args.skip_invalid && e.is_record_error() => return Ok(Outcome::Invalid(e)),
-        Err(e) => return Err(e),
-    };
-    let unreplaced = replace_placeholders(&mut sample, &args.placeholders);
+    let Formatted { sample, unreplaced } =
+        match records::format(args, &spec.format, raw, args.stage) {
+            Ok(formatted) => formatted,
+            Err(e) if args.skip_invalid && e.is_record_error() => return Ok(Outcome::Invalid(e)),
+            Err(e) => return Err(e),
+        };
     let warning = match (&sample, encoder.template) {
         (Sample::Chat(c), Some(template)) => template.tool_loss(
             c.has_tool_definitions(),
@@ -471,69 +446,4 @@ fn process_record(
         warning,
         encoded: encoder.encode(&sample),
     })
-}
-
-/// Replaces placeholders in every text of the sample; returns the names left unreplaced.
-pub fn replace_placeholders(sample: &mut Sample, values: &BTreeMap<String, String>) -> Vec<String> {
-    let mut left = Vec::new();
-    let mut scan = |text: &str| {
-        for key in placeholders::unreplaced(text) {
-            if !left.contains(&key) {
-                left.push(key);
-            }
-        }
-    };
-    match sample {
-        Sample::Chat(c) => {
-            if !values.is_empty() {
-                c.map_text(|t| placeholders::replace(t, values));
-            }
-            c.texts().for_each(&mut scan);
-        }
-        Sample::Text(t) => {
-            if !values.is_empty() {
-                *t = placeholders::replace(t, values);
-            }
-            scan(t);
-        }
-    }
-    left
-}
-
-/// Length percentiles (nearest rank) and the mean rounded to one decimal.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct LengthStats {
-    pub p50: usize,
-    pub p90: usize,
-    pub p99: usize,
-    pub max: usize,
-    pub mean: f64,
-}
-
-impl LengthStats {
-    pub fn of(lengths: &[usize]) -> Self {
-        let mut sorted = lengths.to_vec();
-        sorted.sort_unstable();
-        let mean = if sorted.is_empty() {
-            0.0
-        } else {
-            sorted.iter().sum::<usize>() as f64 / sorted.len() as f64
-        };
-        LengthStats {
-            p50: percentile(&sorted, 50.0),
-            p90: percentile(&sorted, 90.0),
-            p99: percentile(&sorted, 99.0),
-            max: sorted.last().copied().unwrap_or(0),
-            mean: (mean * 10.0).round() / 10.0,
-        }
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[usize], p: f64) -> usize {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

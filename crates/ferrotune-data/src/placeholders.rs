@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::conversation::Sample;
+
 /// Replaces every `{{key}}` (spaces inside the braces allowed) whose key is in `values`.
 pub fn replace(text: &str, values: &BTreeMap<String, String>) -> String {
     if values.is_empty() || !text.contains("{{") {
@@ -50,6 +52,33 @@ pub fn unreplaced(text: &str) -> Vec<String> {
 
 fn is_identifier(key: &str) -> bool {
     !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// Replaces placeholders in every text of the sample; returns the names left unreplaced.
+pub fn replace_in_sample(sample: &mut Sample, values: &BTreeMap<String, String>) -> Vec<String> {
+    let mut left = Vec::new();
+    let mut scan = |text: &str| {
+        for key in unreplaced(text) {
+            if !left.contains(&key) {
+                left.push(key);
+            }
+        }
+    };
+    match sample {
+        Sample::Chat(c) => {
+            if !values.is_empty() {
+                c.map_text(|t| replace(t, values));
+            }
+            c.texts().for_each(&mut scan);
+        }
+        Sample::Text(t) => {
+            if !values.is_empty() {
+                *t = replace(t, values);
+            }
+            scan(t);
+        }
+    }
+    left
 }
 
 /// Parses `key=value` command-line pairs.

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use ferrotune_data::mix::MixStrategy;
 use ferrotune_data::pipeline::{self, Prepared};
-use ferrotune_data::{DataArgs, DataError, Formatting, Stage};
+use ferrotune_data::{DataArgs, DataError, Formatting, Overlong, Stage};
 use ferrotune_testing::{workspace_root, TempDir};
 
 fn args(dataset: &Path, formatting: Option<Formatting>) -> DataArgs {
@@ -252,4 +253,69 @@ fn text_records_in_stage_sft_and_pt() {
     a.stage = Stage::Pt;
     let p = prepared(&a);
     assert_eq!(p.reports[0].samples, 2);
+}
+
+/// A config read as `train`, `data` and `eval predict` read theirs (YAML to JSON values,
+/// then the data keys).
+fn read_config(values: serde_json::Value) -> Result<DataArgs, String> {
+    serde_json::from_value(values).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_misspelt_choice_value_fails_when_the_config_is_read() {
+    let cases: [(&str, &str, &[&str], Option<&str>); 3] = [
+        ("stage", "stf", &["sft", "pt"], None),
+        (
+            "mix_strategy",
+            "interleave_undr",
+            &["concat", "interleave_under", "interleave_over"],
+            Some("interleave_under"),
+        ),
+        (
+            "overlong",
+            "truncated",
+            &["truncate", "drop"],
+            Some("truncate"),
+        ),
+    ];
+    for (key, value, accepted, nearest) in cases {
+        // The dataset and tokenizer do not exist: nothing but the config is read.
+        let e = read_config(serde_json::json!({
+            "model_name_or_path": "no/such/tokenizer",
+            "dataset": "no_such_dataset",
+            key: value,
+        }))
+        .expect_err(key);
+        assert!(e.contains(&format!("`{key}`")), "names the key: {e}");
+        assert!(e.contains(&format!("{value:?}")), "names the value: {e}");
+        assert!(
+            e.contains(&format!("accepted values: {}", accepted.join(", "))),
+            "names the accepted values: {e}"
+        );
+        if let Some(nearest) = nearest {
+            assert!(e.contains(&format!("did you mean `{nearest}`")), "{e}");
+        }
+    }
+}
+
+#[test]
+fn every_accepted_choice_value_still_reads() {
+    let a = read_config(serde_json::json!({
+        "stage": "pt", "mix_strategy": "interleave_over", "overlong": "drop",
+    }))
+    .unwrap();
+    assert_eq!(
+        (a.stage, a.mix_strategy, a.overlong),
+        (Stage::Pt, MixStrategy::InterleaveOver, Overlong::Drop)
+    );
+    let a = read_config(serde_json::json!({
+        "stage": "sft", "mix_strategy": "interleave_under", "overlong": "truncate",
+    }))
+    .unwrap();
+    assert_eq!(
+        (a.stage, a.mix_strategy, a.overlong),
+        (Stage::Sft, MixStrategy::InterleaveUnder, Overlong::Truncate)
+    );
+    let a = read_config(serde_json::json!({"mix_strategy": "concat"})).unwrap();
+    assert_eq!(a.mix_strategy, MixStrategy::Concat);
 }

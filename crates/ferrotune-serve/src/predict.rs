@@ -17,9 +17,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use ferrotune_data::config::DataArgs;
 use ferrotune_data::conversation::{Conversation, Role, Sample};
-use ferrotune_data::pipeline::replace_placeholders;
+use ferrotune_data::records::{self, Coverage};
 use ferrotune_data::template::ChatTemplate;
-use ferrotune_data::{registry, source, Encoder, RecordRef, Stage, TokenizerBundle};
+use ferrotune_data::{registry, Encoder, RecordRef, Stage, TokenizerBundle};
 use ferrotune_eval::llamafactory::LfScores;
 use ferrotune_model::batch::Example;
 use ferrotune_model::generate::{generate_batch, GenerationConfig};
@@ -215,20 +215,9 @@ fn load_items(
     let mut items = Vec::new();
     let mut skipped = Vec::new();
     for spec in registry::resolve(&data.dataset, &data.dataset_dir, data.formatting)? {
-        let mut records = Vec::new();
-        for file in source::resolve_files(&spec.path)? {
-            let read = source::read_file(&file)?;
-            if let Some(e) = read.errors.into_iter().next() {
-                return Err(e.into());
-            }
-            records.extend(read.records);
-        }
-        if let Some(max) = data.max_samples {
-            records.truncate(max);
-        }
-        for raw in &records {
-            let mut sample = spec.format.convert(raw, Stage::Sft)?;
-            replace_placeholders(&mut sample, &data.placeholders);
+        let raw_records = records::read(data, &spec, Coverage::AsTrained)?.into_records();
+        for raw in &raw_records {
+            let sample = records::format(data, &spec.format, raw, Stage::Sft)?.sample;
             let Sample::Chat(conversation) = sample else {
                 bail!("{}: predict needs chat samples, not plain text", raw.at);
             };

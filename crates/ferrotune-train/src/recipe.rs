@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use ferrotune_data::pipeline::{self, percentile, Prepared};
+use ferrotune_data::pipeline::{self, Prepared};
+use ferrotune_data::stats::percentile;
 use ferrotune_data::DataArgs;
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::save::{save_model, SaveOptions};

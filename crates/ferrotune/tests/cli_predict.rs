@@ -98,3 +98,55 @@ fn a_config_file_with_overrides_works_too() {
     assert_eq!(r["predict_samples"], 3);
     assert_eq!(r["max_new_tokens"], 4);
 }
+
+#[test]
+fn the_registry_num_samples_picks_the_records_training_picks() {
+    let tmp = TempDir::new("predict-num-samples");
+    let model = tiny_model(tmp.path());
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let file = workspace_root().join("examples/data/identity_demo.json");
+    std::fs::copy(&file, data_dir.join("identity_demo.json")).unwrap();
+    std::fs::write(
+        data_dir.join("dataset_info.json"),
+        r#"{"identity_3": {"file_name": "identity_demo.json", "num_samples": 3}}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("predict");
+    ferrotune(&[
+        "eval",
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        "identity_3",
+        "--dataset-dir",
+        data_dir.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let predictions = lines(&out.join("generated_predictions.jsonl"));
+    assert_eq!(predictions.len(), 3, "the file holds 24 records");
+
+    // The same seeded subset the training data path draws.
+    let trained = ferrotune_data::pipeline::prepare(
+        &ferrotune_data::DataArgs {
+            model_name_or_path: Some(workspace_root().join("examples/tokenizer")),
+            dataset: vec!["identity_3".into()],
+            dataset_dir: data_dir,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let records: Value = read_json(&file);
+    let labels: Vec<&Value> = trained
+        .samples
+        .iter()
+        .map(|s| &records[s.at.index]["output"])
+        .collect();
+    let predicted: Vec<&Value> = predictions.iter().map(|p| &p["label"]).collect();
+    assert_eq!(predicted, labels);
+}

@@ -8,7 +8,7 @@ use super::minhash::{MinHasher, Signature};
 use super::text::{excerpt_around, hash64, normalize, shorten, units, ScriptProfile};
 use super::{Check, CheckOptions, Finding, Severity};
 use crate::conversation::{Conversation, Message, Role, Sample};
-use crate::pipeline::percentile;
+use crate::stats::percentile;
 
 /// Markers of the common chat templates: in the data they either break rendering or
 /// teach the model to write them mid-text.

@@ -1,8 +1,9 @@
 //! Datasets to the records the checks read: every record of every file, in order, with
 //! its raw JSON (for `--fix`) and its formatted sample, or why it has none.
 //!
-//! Unlike training, nothing is sampled (`num_samples` would repeat records and fake
-//! duplicates) and a malformed record is a finding, not a stop.
+//! The records come from the one record reader with [`Coverage::Every`]: unlike
+//! training, nothing is sampled (`num_samples` would repeat records and fake duplicates)
+//! and a malformed record is a finding, not a stop.
 
 use serde_json::Value;
 
@@ -11,9 +12,10 @@ use crate::conversation::Sample;
 use crate::error::{DataError, RecordRef, Result};
 use crate::format::{self, Formatting, RecordFormat, Stage};
 use crate::mix;
-use crate::pipeline::{self, replace_placeholders};
+use crate::pipeline;
+use crate::records::{self, Coverage, Formatted, Line};
 use crate::registry::{self, DatasetSpec};
-use crate::source::{self, RawRecord};
+use crate::source::RawRecord;
 use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
@@ -47,31 +49,20 @@ pub fn load(args: &DataArgs) -> Result<Vec<Dataset>> {
 }
 
 fn load_dataset(args: &DataArgs, spec: &DatasetSpec) -> Result<Dataset> {
-    let mut records = Vec::new();
-    for file in source::resolve_files(&spec.path)? {
-        let read = source::read_file(&file)?;
-        let mut file_records: Vec<Record> = read
-            .records
-            .into_iter()
-            .map(|raw| convert(args, &spec.format, raw))
-            .collect();
-        for error in read.errors {
-            match error {
-                DataError::Record { record, problem } => file_records.push(Record {
-                    at: record,
-                    raw: None,
-                    sample: Err(problem),
-                    unreplaced: Vec::new(),
-                }),
-                other => return Err(other),
-            }
-        }
-        file_records.sort_by_key(|r| r.at.index);
-        records.extend(file_records);
-    }
-    if let Some(max) = args.max_samples {
-        records.truncate(max);
-    }
+    let records = records::read(args, spec, Coverage::Every)?
+        .lines
+        .into_iter()
+        .map(|line| match line {
+            Line::Record(raw) => convert(args, &spec.format, raw),
+            // A line that is not a record is a finding of its own.
+            Line::Malformed { at, problem } => Record {
+                at,
+                raw: None,
+                sample: Err(problem),
+                unreplaced: Vec::new(),
+            },
+        })
+        .collect();
     Ok(Dataset {
         name: spec.name.clone(),
         records,
@@ -88,11 +79,8 @@ fn convert(args: &DataArgs, format: &RecordFormat, raw: RawRecord) -> Record {
         (None, None) => false,
     };
     let stage = if is_text { Stage::Pt } else { args.stage };
-    let (sample, unreplaced) = match format.convert(&raw, stage) {
-        Ok(mut sample) => {
-            let unreplaced = replace_placeholders(&mut sample, &args.placeholders);
-            (Ok(sample), unreplaced)
-        }
+    let (sample, unreplaced) = match records::format(args, format, &raw, stage) {
+        Ok(Formatted { sample, unreplaced }) => (Ok(sample), unreplaced),
         Err(DataError::Record { problem, .. }) => (Err(problem), Vec::new()),
         Err(other) => (Err(other.to_string()), Vec::new()),
     };

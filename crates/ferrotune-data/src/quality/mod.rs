@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::config::DataArgs;
 use crate::error::{DataError, Result};
-use crate::pipeline::LengthStats;
+use crate::stats::LengthStats;
 
 pub use diversity::Diversity;
 pub use load::{Dataset, Measure, Record};

@@ -8,7 +8,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_data::config::{DataArgs, DATA_KEYS};
 use ferrotune_data::encode::Overlong;
 use ferrotune_data::pack::{self, Packing};
-use ferrotune_data::pipeline::{self, DatasetReport, LengthStats, Prepared};
+use ferrotune_data::pipeline::{self, DatasetReport, Prepared};
+use ferrotune_data::stats::LengthStats;
 use ferrotune_data::{placeholders, ChatTemplate, Formatting, Stage};
 use serde_json::json;
 
