@@ -177,3 +177,77 @@ fn bad_input_is_an_error() {
     assert!("q4".parse::<WeightType>().is_err());
     assert_eq!("Q8_0".parse::<WeightType>(), Ok(WeightType::Q8_0));
 }
+
+/// One prompt's logits, prefill then `steps` single-token steps, decoded in row `at` of a
+/// left-padded batch of `prompts` (every row fed the same tokens after its prompt).
+fn row_logits(m: &InferenceModel, prompts: &[Vec<u32>], at: usize, steps: u32) -> Vec<Vec<f32>> {
+    let b = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let (mut ids, mut positions, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
+        positions.extend(std::iter::repeat_n(0, pad).chain(0..p.len() as u32));
+        segments.extend(std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let mut cache = m.new_cache();
+    let mut out = vec![m
+        .decode(&ids, b, &positions, &segments, &mut cache)
+        .unwrap()[at]
+        .clone()];
+    for t in 0..steps {
+        let next = vec![(t * 31 + 1) % 300; b];
+        let positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32 + t).collect();
+        out.push(
+            m.decode(&next, b, &positions, &vec![1; b], &mut cache)
+                .unwrap()[at]
+                .clone(),
+        );
+    }
+    out
+}
+
+/// A prompt long enough for the attention to be split into parts (over 256 positions)
+/// gives the same f32 logits, bit for bit, alone or in batches of other sizes and
+/// padding, on one, two or three threads: eval predict's answers must not depend on
+/// which prompts share a batch with it, nor on the machine's core count.
+#[test]
+fn a_prompt_decodes_the_same_in_any_batch_on_any_threads() {
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared("fixtures/models/llama_gqa_untied/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["max_position_embeddings"] = 1024.into();
+    let config = ferrotune_model::ModelConfig::from_value(config).unwrap();
+    let model = ferrotune_model::init::init_model(config, 7, &Device::Cpu).unwrap();
+    let engine = InferenceModel::new(model, WeightType::F32).unwrap();
+    let prompt = |len: usize, salt: usize| -> Vec<u32> {
+        (0..len)
+            .map(|i| ((i * 37 + salt * 11 + 5) % 300) as u32)
+            .collect()
+    };
+    let target = prompt(300, 0);
+    let pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let alone = pool(2).install(|| row_logits(&engine, std::slice::from_ref(&target), 0, 6));
+    let mut batches = vec![(2, vec![prompt(20, 1), target.clone(), prompt(310, 2)], 1)];
+    let mut eight: Vec<Vec<u32>> = (1..8).map(|s| prompt(40 * s, s)).collect();
+    eight.insert(5, target.clone());
+    batches.push((2, eight, 5));
+    batches.push((1, vec![target.clone()], 0));
+    batches.push((3, vec![target.clone(), prompt(299, 3)], 0));
+    for (threads, prompts, at) in batches {
+        let got = pool(threads).install(|| row_logits(&engine, &prompts, at, 6));
+        for (step, (a, b)) in alone.iter().zip(&got).enumerate() {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "step {step}: the prompt's logits differ in row {at} of a batch of {} on {threads} threads",
+                prompts.len()
+            );
+        }
+    }
+}

@@ -8,10 +8,15 @@ use rayon::prelude::*;
 
 use crate::ops::lanes::{exp_neg, sum_of};
 
-/// The fewest positions one part of a query's attention covers: parts of 32 positions
-/// decoded SmolLM2 slower than the split by heads at short contexts, parts of 128 kept
-/// up with it there and were faster at long ones (docs/PERFORMANCE.md).
-const MIN_PART: usize = 128;
+/// The length of one part of a query's attention, in positions: a row that sees `n`
+/// positions is split into `max(1, n / PART)` parts of near-equal length. Parts of 32
+/// positions decoded SmolLM2 slower than the split by heads at short contexts, parts of
+/// 128 kept up with it there and were faster at long ones (docs/perf-log/).
+///
+/// The split depends on `n` alone, never on the batch or the thread count: the parts'
+/// sums are combined in a fixed order, so a prompt decodes to the same logits, bit for
+/// bit, alone or in any batch, on any number of threads.
+const PART: usize = 128;
 
 /// The queries of a step and what they attend to: rows of the fused q/k/v projection
 /// (queries first), the key/value cache of each sample (head-major, `cap` positions a
@@ -51,7 +56,7 @@ struct Part {
 /// Every query head of every row attending over its visible positions, written to `out`
 /// (row-major, heads side by side). The positions are split into parts (flash-decoding's
 /// split along the keys), each part taken for the query heads of one key/value head
-/// together, and the parts' sums combined afterwards: the two threads share the work
+/// together, and the parts' sums combined afterwards in order: the threads share the work
 /// evenly whatever the number of heads, and each key and value is read from memory once
 /// (split by query head, nine heads on two threads left one thread a head longer, and
 /// the three heads of one key/value head could land on both threads, each reading the
@@ -60,14 +65,12 @@ pub fn attend_step(step: &Step<'_>, out: &mut [f32]) {
     let (hd, group) = (step.head_dim, step.heads / step.kv_heads);
     let rows = step.visible.len();
     assert!(out.len() == rows * step.heads * hd && step.heads.is_multiple_of(step.kv_heads));
-    // Enough parts for eight tasks a thread, none under MIN_PART positions.
-    let wanted = (8 * rayon::current_num_threads()).div_ceil(rows * step.kv_heads);
     let mut parts = Vec::new();
     // Where the parts of (row, key/value head) start in `parts`.
     let mut first = Vec::with_capacity(rows * step.kv_heads + 1);
     for (row, visible) in step.visible.iter().enumerate() {
         let n = visible.len();
-        let count = wanted.min(n / MIN_PART).max(1);
+        let count = (n / PART).max(1);
         for kv_head in 0..step.kv_heads {
             first.push(parts.len());
             for i in 0..count {
