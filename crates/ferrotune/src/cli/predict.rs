@@ -24,10 +24,10 @@ use ferrotune_model::batch::Example;
 use ferrotune_model::generate::{generate_batch, GenerationConfig};
 use ferrotune_model::infer::{InferenceModel, WeightType};
 use ferrotune_model::CausalLm;
+use ferrotune_train::config::file::{check_key, ConfigFile};
 use serde_json::{json, Map, Value};
 
 use super::loading::{self, ModelSource};
-use crate::config::{check_key, ConfigFile};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
