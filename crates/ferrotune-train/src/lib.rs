@@ -1,4 +1,5 @@
-//! The parts of the training loop: AdamW, learning-rate schedules, gradient accumulation
+//! Training: the config (the YAML file, the training keys and their choices), the recipe
+//! that runs it, and its parts: AdamW, learning-rate schedules, gradient accumulation
 //! normalised over a whole window, global-norm clipping, and the reference trajectory check.
 
 pub mod checkpoint;

@@ -3,6 +3,8 @@
 
 use std::str::FromStr;
 
+use crate::config::{Choice, LrSchedulerType};
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ScheduleKind {
     Constant,
@@ -14,18 +16,11 @@ pub enum ScheduleKind {
     },
 }
 
+/// The schedule an `lr_scheduler_type` name stands for.
 impl FromStr for ScheduleKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "constant" | "constant_with_warmup" => Ok(ScheduleKind::Constant),
-            "linear" => Ok(ScheduleKind::Linear),
-            "cosine" => Ok(ScheduleKind::Cosine),
-            "cosine_with_min_lr" => Ok(ScheduleKind::CosineWithMinLr { min_lr_rate: 0.1 }),
-            other => Err(format!(
-                "unknown lr_scheduler_type {other:?}; ferrotune has constant, constant_with_warmup, linear, cosine, cosine_with_min_lr"
-            )),
-        }
+        LrSchedulerType::parse(s).map(LrSchedulerType::kind)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The `ferrotune` command: a thin layer over the library crates.
 
 mod cli;
-mod config;
 
 use std::process::ExitCode;
 

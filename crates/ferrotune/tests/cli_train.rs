@@ -366,6 +366,35 @@ fn an_existing_output_is_not_overwritten_by_accident() {
 }
 
 #[test]
+fn a_misspelt_choice_value_fails_before_data_or_model_are_read() {
+    let tmp = TempDir::new("choices");
+    let out = tmp.path().join("out");
+    let cfg = config(tmp.path(), &tmp.path().join("no-model"), &out, "");
+    for (key, value, accepted) in [
+        ("finetuning_type", "loar", "full, lora, freeze"),
+        (
+            "lr_scheduler_type",
+            "cosine_restarts",
+            "constant, constant_with_warmup, linear, cosine, cosine_with_min_lr",
+        ),
+        ("save_strategy", "best", "no, steps, epoch"),
+        ("eval_strategy", "stpes", "no, steps, epoch"),
+    ] {
+        let o = run(&["train", cfg.to_str().unwrap(), &format!("{key}={value}")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("`{key}`: unknown value {value:?}"))
+                && err.contains(&format!("accepted values: {accepted}")),
+            "{err}"
+        );
+        // Neither the data (its cache lines) nor the model (which does not exist) was read.
+        assert!(!err.contains("data:") && !err.contains("no-model"), "{err}");
+        assert!(!out.exists(), "{err}");
+    }
+}
+
+#[test]
 fn neat_packing_of_a_mixture_trains() {
     let tmp = TempDir::new("packing");
     let model = tiny_model(tmp.path());
@@ -381,6 +410,8 @@ fn neat_packing_of_a_mixture_trains() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("packing (Neat)"), "{err}");
+    // Written to a pipe, progress is whole lines: no bar redrawn in place.
+    assert!(!err.contains('\r'), "{err:?}");
     let l = losses(&out);
     assert_eq!(l.len(), 8, "{l:?}");
     assert!(l.last().unwrap().1 < l.first().unwrap().1, "{l:?}");

@@ -11,9 +11,8 @@ use ferrotune_data::pack::{self, Packing};
 use ferrotune_data::pipeline::{self, DatasetReport, Prepared};
 use ferrotune_data::stats::LengthStats;
 use ferrotune_data::{placeholders, ChatTemplate, Formatting, Stage};
+use ferrotune_train::config::file::ConfigFile;
 use serde_json::json;
-
-use crate::config::ConfigFile;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {

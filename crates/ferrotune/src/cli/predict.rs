@@ -12,7 +12,7 @@ use ferrotune_model::infer::WeightType;
 use ferrotune_serve::{ModelSource, PredictOptions, Prediction, SamplingOptions};
 use serde_json::{json, Map, Value};
 
-use crate::config::{check_key, ConfigFile};
+use ferrotune_train::config::file::{check_key, ConfigFile};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {

@@ -4,10 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use ferrotune_data::config::DATA_KEYS;
-use ferrotune_train::config::TRAIN_ARG_KEYS;
+use ferrotune_model::ModelError;
 use serde_json::{Map, Value};
+
+use super::TRAIN_ARG_KEYS;
+
+type Result<T> = std::result::Result<T, ModelError>;
 
 /// Keys that evaluation, prediction and export will act on (LLaMA-Factory's names).
 pub const LATER_KEYS: &[&str] = &[
@@ -58,20 +61,27 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
+    /// Reads the file and checks every key in it (not the values: `section` reads those).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ModelError::invalid(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         let value: Value = if text.trim().is_empty() {
             Value::Object(Map::new())
         } else {
             serde_saphyr::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: invalid YAML: {e}", path.display()))?
+                .map_err(|e| ModelError::file(path, format!("invalid YAML: {e}")))?
         };
         let Value::Object(values) = value else {
-            bail!("{}: expected a mapping of keys to values", path.display());
+            return Err(ModelError::file(
+                path,
+                "expected a mapping of keys to values",
+            ));
         };
         for key in values.keys() {
-            check_key(key).with_context(|| format!("in config file {}", path.display()))?;
+            check_key(key).map_err(|e| {
+                ModelError::invalid(format!("in config file {}: {e}", path.display()))
+            })?;
         }
         Ok(ConfigFile {
             path: path.to_path_buf(),
@@ -87,7 +97,21 @@ impl ConfigFile {
             .unwrap_or_default()
     }
 
-    /// Deserializes the subset of keys in `keys` into `T`.
+    /// Sets one key from a command-line `KEY=VALUE`; the value is read as YAML (a number,
+    /// a boolean, a list), or taken as a string when it is not valid YAML.
+    pub fn set_override(&mut self, assignment: &str) -> Result<()> {
+        let (key, value) = assignment.split_once('=').ok_or_else(|| {
+            ModelError::invalid(format!("override {assignment:?} is not KEY=VALUE"))
+        })?;
+        check_key(key)?;
+        let value: Value =
+            serde_saphyr::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        self.values.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// Deserializes the subset of keys in `keys` into `T`: this is where a value of the
+    /// wrong type, or outside a key's choices, is found.
     pub fn section<T: serde::de::DeserializeOwned>(&self, keys: &[&str]) -> Result<T> {
         let subset: Map<String, Value> = self
             .values
@@ -96,7 +120,7 @@ impl ConfigFile {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         serde_json::from_value(Value::Object(subset))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+            .map_err(|e| ModelError::file(&self.path, e.to_string()))
     }
 }
 
@@ -109,6 +133,7 @@ fn known_keys() -> impl Iterator<Item = &'static str> {
         .chain(IGNORED_KEYS.iter().map(|(k, _)| *k))
 }
 
+/// Whether `key` is a known key; an unknown one is an error suggesting the nearest.
 pub fn check_key(key: &str) -> Result<()> {
     if known_keys().any(|k| k == key) {
         return Ok(());
@@ -119,7 +144,7 @@ pub fn check_key(key: &str) -> Result<()> {
         .filter(|(score, _)| *score > 0.75)
         .map(|(_, k)| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default();
-    bail!("unknown key `{key}`{nearest}")
+    Err(ModelError::invalid(format!("unknown key `{key}`{nearest}")))
 }
 
 #[cfg(test)]

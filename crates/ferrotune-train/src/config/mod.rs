@@ -1,8 +1,14 @@
-//! The training keys of a config file, with LLaMA-Factory's names and defaults.
+//! The training keys of a config file, with LLaMA-Factory's names and defaults; the keys
+//! whose value is a fixed set of names (`choices`); reading the YAML file (`file`).
+
+pub mod choices;
+pub mod file;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use choices::{Choice, EvalStrategy, FinetuningType, LrSchedulerType, SaveStrategy};
 
 /// Keys the trainer reads (the data keys are `ferrotune_data::config::DATA_KEYS`).
 pub const TRAIN_ARG_KEYS: &[&str] = &[
@@ -51,8 +57,8 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TrainArgs {
-    /// `full`, `lora` (LLaMA-Factory's default) or `freeze`.
-    pub finetuning_type: String,
+    #[serde(deserialize_with = "choices::read", serialize_with = "choices::write")]
+    pub finetuning_type: FinetuningType,
     pub lora_rank: usize,
     /// Defaults to twice the rank, as in LLaMA-Factory.
     pub lora_alpha: Option<f64>,
@@ -73,21 +79,26 @@ pub struct TrainArgs {
     pub num_train_epochs: f64,
     /// Overrides the epochs when positive.
     pub max_steps: i64,
-    pub lr_scheduler_type: String,
+    #[serde(deserialize_with = "choices::read", serialize_with = "choices::write")]
+    pub lr_scheduler_type: LrSchedulerType,
     pub warmup_ratio: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub logging_steps: usize,
     pub save_steps: usize,
-    /// `steps`, `epoch` or `no`.
-    #[serde(deserialize_with = "strategy")]
-    pub save_strategy: String,
+    #[serde(
+        deserialize_with = "choices::read_strategy",
+        serialize_with = "choices::write"
+    )]
+    pub save_strategy: SaveStrategy,
     pub save_total_limit: Option<usize>,
     pub eval_steps: Option<usize>,
-    /// `no`, `steps` or `epoch`.
-    #[serde(deserialize_with = "strategy")]
-    pub eval_strategy: String,
+    #[serde(
+        deserialize_with = "choices::read_strategy",
+        serialize_with = "choices::write"
+    )]
+    pub eval_strategy: EvalStrategy,
     /// A fraction (< 1) or a count of samples held out for evaluation.
     pub val_size: f64,
     pub bf16: bool,
@@ -124,7 +135,7 @@ pub struct TrainArgs {
 impl Default for TrainArgs {
     fn default() -> Self {
         TrainArgs {
-            finetuning_type: "lora".into(),
+            finetuning_type: FinetuningType::Lora,
             lora_rank: 8,
             lora_alpha: None,
             lora_dropout: 0.0,
@@ -140,17 +151,17 @@ impl Default for TrainArgs {
             learning_rate: 5e-5,
             num_train_epochs: 3.0,
             max_steps: -1,
-            lr_scheduler_type: "linear".into(),
+            lr_scheduler_type: LrSchedulerType::Linear,
             warmup_ratio: 0.0,
             warmup_steps: 0,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             logging_steps: 10,
             save_steps: 500,
-            save_strategy: "steps".into(),
+            save_strategy: SaveStrategy::Steps,
             save_total_limit: None,
             eval_steps: None,
-            eval_strategy: "no".into(),
+            eval_strategy: EvalStrategy::No,
             val_size: 0.0,
             bf16: false,
             fp16: false,
@@ -176,7 +187,10 @@ impl TrainArgs {
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());
         }
-        if self.checkpointing() && self.finetuning_type == "lora" && self.lora_dropout > 0.0 {
+        if self.checkpointing()
+            && self.finetuning_type == FinetuningType::Lora
+            && self.lora_dropout > 0.0
+        {
             out.push(
                 "gradient_checkpointing with lora_dropout > 0 (the recomputed layer would draw a \
                  new dropout mask; set lora_dropout: 0 or turn checkpointing off)"
@@ -192,24 +206,6 @@ impl TrainArgs {
     }
 }
 
-/// A save or eval strategy. An unquoted `no` is the boolean false to YAML 1.1 readers
-/// (PyYAML, and `key=no` on our command line), so false is read as "no".
-fn strategy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Strategy {
-        Name(String),
-        Flag(bool),
-    }
-    match Strategy::deserialize(d)? {
-        Strategy::Name(s) => Ok(s),
-        Strategy::Flag(false) => Ok("no".into()),
-        Strategy::Flag(true) => Err(serde::de::Error::custom(
-            "a strategy is `no`, `steps` or `epoch`, not true",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,10 +217,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (t.eval_strategy.as_str(), t.save_strategy.as_str()),
-            ("no", "epoch")
+            (t.eval_strategy, t.save_strategy),
+            (EvalStrategy::No, SaveStrategy::Epoch)
         );
         let e = serde_json::from_value::<TrainArgs>(serde_json::json!({"save_strategy": true}));
         assert!(e.unwrap_err().to_string().contains("not true"));
+    }
+
+    #[test]
+    fn choices_are_written_back_as_the_config_spells_them() {
+        let t: TrainArgs = serde_json::from_value(serde_json::json!({
+            "finetuning_type": "full",
+            "lr_scheduler_type": "constant_with_warmup",
+            "eval_strategy": "steps",
+        }))
+        .unwrap();
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["finetuning_type"], "full");
+        assert_eq!(v["lr_scheduler_type"], "constant_with_warmup");
+        assert_eq!(v["eval_strategy"], "steps");
+        assert_eq!(v["save_strategy"], "steps");
+    }
+
+    #[test]
+    fn a_misspelt_choice_fails_when_the_config_is_read() {
+        let e = serde_json::from_value::<TrainArgs>(serde_json::json!({"eval_strategy": "stpes"}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "`eval_strategy`: unknown value \"stpes\" (did you mean `steps`?); accepted values: no, steps, epoch"
+        );
     }
 }

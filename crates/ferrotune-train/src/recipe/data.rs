@@ -1,0 +1,179 @@
+//! The data: read and tokenized by ferrotune-data (through its cache), examples held out
+//! for evaluation (`val_size`, `eval_dataset`), the rest laid into training rows (packed
+//! when the config asks).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ferrotune_data::pipeline::{self, Prepared};
+use ferrotune_data::stats::percentile;
+use ferrotune_data::{DataArgs, Encoded};
+use ferrotune_model::{Example, ModelError};
+
+use super::Result;
+use crate::config::{FinetuningType, TrainArgs};
+use crate::rows::{epoch_order, to_example, Rows};
+
+pub(super) struct TrainingData {
+    /// The data keys, with the model's tokenizer when no other is named.
+    pub args: DataArgs,
+    pub prepared: Prepared,
+    pub rows: Rows,
+    pub eval_examples: Vec<Example>,
+    pub pad: u32,
+}
+
+impl TrainingData {
+    /// `data` as the config gives it; `model_dir` supplies the tokenizer unless another is
+    /// named.
+    pub(super) fn prepare(data: &DataArgs, t: &TrainArgs, model_dir: &Path) -> Result<Self> {
+        let mut args = data.clone();
+        if args.tokenizer_name_or_path.is_none() {
+            args.tokenizer_name_or_path = Some(model_dir.to_path_buf());
+        }
+        let prepared = read_and_tokenize(&args)?;
+        let pad = prepared.pad.id;
+        let all: Vec<&Encoded> = prepared.samples.iter().map(|s| &s.encoded).collect();
+        if all.is_empty() {
+            return Err(ModelError::invalid(
+                "no training examples: check the data with `ferrotune data stats`",
+            ));
+        }
+        let (train_set, mut eval_examples) = hold_out(all, t.val_size, data.seed);
+        let rows = lay_into_rows(&train_set, &args);
+        if let Some(names) = &t.eval_dataset {
+            eval_examples.extend(eval_dataset(&args, names)?);
+        }
+        Ok(TrainingData {
+            args,
+            prepared,
+            rows,
+            eval_examples,
+            pad,
+        })
+    }
+}
+
+fn read_and_tokenize(args: &DataArgs) -> Result<Prepared> {
+    let prepared = pipeline::prepare(args, None).map_err(|e| ModelError::invalid(e.to_string()))?;
+    for w in &prepared.warnings {
+        eprintln!("warning: {w}");
+    }
+    for c in &prepared.cache {
+        let what = if c.hit {
+            "reused the tokenized cache"
+        } else {
+            "tokenized into the cache"
+        };
+        eprintln!("data: {}: {what} {}", c.dataset, c.dir.display());
+    }
+    Ok(prepared)
+}
+
+/// Splits off `val_size` examples (a fraction below 1, else a count) for evaluation, in a
+/// seeded order of their own; at least one example is left to train on.
+fn hold_out(all: Vec<&Encoded>, val_size: f64, seed: u64) -> (Vec<&Encoded>, Vec<Example>) {
+    let count = if val_size >= 1.0 {
+        val_size as usize
+    } else {
+        (val_size * all.len() as f64).round() as usize
+    };
+    if count == 0 {
+        return (all, Vec::new());
+    }
+    let order = epoch_order(all.len(), seed ^ 0x5eed, 0);
+    let held: BTreeSet<usize> = order[..count.min(all.len() - 1)].iter().copied().collect();
+    let eval = held.iter().map(|&i| to_example(all[i])).collect();
+    let train = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !held.contains(i))
+        .map(|(_, e)| e)
+        .collect();
+    (train, eval)
+}
+
+/// One example per row, or packed rows, as the data keys say; reports the packing.
+fn lay_into_rows(train_set: &[&Encoded], args: &DataArgs) -> Rows {
+    let packing = args.packing();
+    if let Some(w) = packing.warning(args.stage) {
+        eprintln!("warning: {w}");
+    }
+    let rows = Rows::build(train_set, packing, args.cutoff_len);
+    if let Some(r) = &rows.report {
+        eprintln!(
+            "packing ({packing:?}): {} examples into {} rows of up to {} tokens, {:.1}% filled{}",
+            train_set.len(),
+            r.rows,
+            r.row_len,
+            100.0 * r.efficiency(),
+            if r.dropped_too_long > 0 {
+                format!(
+                    ", {} examples longer than a row left out",
+                    r.dropped_too_long
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    rows
+}
+
+/// The examples of `eval_dataset`, read with the run's data keys.
+fn eval_dataset(args: &DataArgs, names: &[String]) -> Result<Vec<Example>> {
+    let mut eval_args = args.only_datasets();
+    eval_args.dataset = names.to_vec();
+    let eval = pipeline::prepare(&eval_args, None)
+        .map_err(|e| ModelError::invalid(format!("eval_dataset: {e}")))?;
+    Ok(eval
+        .samples
+        .iter()
+        .map(|s| to_example(&s.encoded))
+        .collect())
+}
+
+/// Warnings for settings outside the usual SFT ranges.
+pub(super) fn sanity_warnings(
+    t: &TrainArgs,
+    cutoff_len: usize,
+    prepared: &Prepared,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let lr = t.learning_rate;
+    let (lo, hi, what) = if t.finetuning_type == FinetuningType::Lora {
+        (1e-4, 5e-4, "LoRA")
+    } else {
+        (1e-5, 5e-5, "full / freeze tuning")
+    };
+    if lr < lo || lr > hi {
+        w.push(format!(
+            "learning_rate {lr:e} is outside the usual {lo:e}..{hi:e} for {what}"
+        ));
+    }
+    if t.num_train_epochs > 3.0 && t.max_steps <= 0 {
+        w.push(format!(
+            "{} epochs: SFT usually needs at most 3; more tends to overfit",
+            t.num_train_epochs
+        ));
+    }
+    if t.warmup_steps == 0 && t.warmup_ratio > 0.0 && !(0.03..=0.1).contains(&t.warmup_ratio) {
+        w.push(format!(
+            "warmup_ratio {} is outside the usual 0.03..0.1",
+            t.warmup_ratio
+        ));
+    }
+    let mut lengths: Vec<usize> = prepared
+        .reports
+        .iter()
+        .flat_map(|r| r.lengths.iter().copied())
+        .collect();
+    lengths.sort_unstable();
+    let truncated: usize = prepared.reports.iter().map(|r| r.truncated).sum();
+    if truncated > 0 && percentile(&lengths, 99.0) >= cutoff_len {
+        w.push(format!(
+            "cutoff_len {cutoff_len} is below the data's 99th percentile length; {truncated} samples were truncated"
+        ));
+    }
+    w
+}

@@ -1,0 +1,83 @@
+//! Evaluation: the teacher-forced loss on the held-out examples, before training (the
+//! baseline that eval losses, and forgetting, compare to), as `eval_strategy` asks, and
+//! after the last step.
+
+use ferrotune_model::{CausalLm, Example};
+use serde_json::json;
+
+use super::metrics::{Metrics, StepPoint};
+use super::progress::Progress;
+use super::Result;
+use crate::config::EvalStrategy;
+
+pub(super) struct Evaluation<'a> {
+    pub model: &'a CausalLm,
+    pub examples: &'a [Example],
+    pub batch_size: usize,
+    pub pad: u32,
+}
+
+impl Evaluation<'_> {
+    /// Evaluates, writes the record for `step`, returns the eval loss.
+    fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<f64> {
+        let (sum, tokens) = self
+            .model
+            .eval_loss(self.examples, self.batch_size, self.pad)?;
+        let loss = sum / tokens.max(1) as f64;
+        metrics.write(&json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens}))?;
+        Ok(loss)
+    }
+
+    /// The loss before the first step, when there is held-out data.
+    pub(super) fn before_training(&self, metrics: &mut Metrics) -> Result<()> {
+        if self.examples.is_empty() {
+            return Ok(());
+        }
+        let eval_loss = self.log(0, 0.0, metrics)?;
+        eprintln!(
+            "before training: eval loss {eval_loss:.4} (perplexity {:.2})",
+            eval_loss.exp()
+        );
+        Ok(())
+    }
+
+    /// The loss after the step at `at`, when `when` says it is due or the step is the
+    /// last; None when not evaluated.
+    pub(super) fn after_step(
+        &self,
+        at: &StepPoint,
+        when: &EvalSchedule,
+        metrics: &mut Metrics,
+        progress: &Progress,
+    ) -> Result<Option<f64>> {
+        let due = when.is_due(at.done) || at.done == at.total;
+        if !due || self.examples.is_empty() {
+            return Ok(None);
+        }
+        let eval_loss = self.log(at.done, at.epoch, metrics)?;
+        progress.line(&format!(
+            "step {}: eval loss {eval_loss:.4} (perplexity {:.2})",
+            at.done,
+            eval_loss.exp()
+        ));
+        Ok(Some(eval_loss))
+    }
+}
+
+/// When periodic evaluation falls: every `eval_steps` steps (no periodic evaluation
+/// without it), or at the end of every epoch.
+pub(super) struct EvalSchedule {
+    pub strategy: EvalStrategy,
+    pub eval_steps: Option<usize>,
+    pub steps_per_epoch: usize,
+}
+
+impl EvalSchedule {
+    fn is_due(&self, done: usize) -> bool {
+        match (self.strategy, self.eval_steps) {
+            (EvalStrategy::Steps, Some(n)) if n > 0 => done.is_multiple_of(n),
+            (EvalStrategy::Epoch, _) => done.is_multiple_of(self.steps_per_epoch),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! One optimizer step: its micro-batches from the data order, their gradients accumulated
+//! with the loss normalised over the whole window, the EWC penalty, clipping, AdamW.
+
+use candle_core::Device;
+use ferrotune_model::{Batch, CausalLm, Param};
+
+use super::setup::Plan;
+use super::Result;
+use crate::checkpoint::TrainerState;
+use crate::ewc::Ewc;
+use crate::grads::{clip, Accumulated};
+use crate::optim::AdamW;
+use crate::parallel::{Pass, Workers};
+use crate::rows::Rows;
+
+/// The micro-batches of each step, from the deterministic data order: a pure function of
+/// the seed and the position in it, so a resumed run continues the same order.
+pub(super) struct StepBatches<'a> {
+    rows: &'a Rows,
+    plan: &'a Plan,
+    seed: u64,
+    group_by_length: bool,
+    pad: u32,
+    device: &'a Device,
+    /// The epoch and its shuffled row order, computed once per epoch.
+    order: (usize, Vec<usize>),
+}
+
+impl<'a> StepBatches<'a> {
+    pub(super) fn new(
+        rows: &'a Rows,
+        plan: &'a Plan,
+        seed: u64,
+        group_by_length: bool,
+        pad: u32,
+        device: &'a Device,
+    ) -> Self {
+        StepBatches {
+            rows,
+            plan,
+            seed,
+            group_by_length,
+            pad,
+            device,
+            order: (usize::MAX, Vec::new()),
+        }
+    }
+
+    /// The next step's micro-batches; advances the position in `state`.
+    pub(super) fn next(&mut self, state: &mut TrainerState) -> Result<Vec<Batch>> {
+        let (batch_size, per_epoch) = (self.plan.batch_size, self.plan.micro_per_epoch);
+        let mut micro = Vec::with_capacity(self.plan.accumulation);
+        for _ in 0..self.plan.accumulation {
+            let m = state.micro_batches;
+            let (epoch, k) = (m / per_epoch, m % per_epoch);
+            if self.order.0 != epoch {
+                let order =
+                    self.rows
+                        .epoch_order(self.seed, epoch, self.group_by_length, batch_size);
+                self.order = (epoch, order);
+            }
+            let order = &self.order.1;
+            let chunk = &order[k * batch_size..((k + 1) * batch_size).min(order.len())];
+            micro.push(self.rows.batch(chunk, self.pad, self.device)?);
+            state.micro_batches += 1;
+        }
+        Ok(micro)
+    }
+}
+
+/// What a step needs besides its batches.
+pub(super) struct TrainStep<'a> {
+    pub model: &'a CausalLm,
+    pub ewc: Option<&'a Ewc>,
+    pub workers: &'a Workers,
+    /// Whether decoder layers are recomputed in the backward pass.
+    pub pass: Pass,
+    pub max_grad_norm: f64,
+}
+
+/// How a step went.
+pub(super) enum StepOutcome {
+    /// Every label in the step's batches was masked: nothing to learn from, no update.
+    NoSupervisedTokens,
+    /// The loss or the gradient norm overflowed: no update.
+    NotFinite {
+        loss: f64,
+        grad_norm: f64,
+    },
+    Taken(Taken),
+}
+
+/// A step that updated the weights.
+pub(super) struct Taken {
+    /// The loss summed over the step's supervised tokens.
+    pub loss_sum: f64,
+    /// The mean loss per supervised token.
+    pub loss: f64,
+    pub supervised_tokens: usize,
+    /// Every position of the step's batches, padding included: the throughput's count.
+    pub seq_tokens: usize,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+    pub ewc_penalty: Option<f64>,
+}
+
+impl TrainStep<'_> {
+    pub(super) fn run(
+        &self,
+        micro: &[Batch],
+        optimizer: &mut AdamW,
+        lr: f64,
+    ) -> Result<StepOutcome> {
+        let supervised_tokens: usize = micro.iter().map(|b| b.supervised_tokens).sum();
+        let seq_tokens: usize = micro.iter().map(|b| b.batch * b.seq_len).sum();
+        if supervised_tokens == 0 {
+            return Ok(StepOutcome::NoSupervisedTokens);
+        }
+        let params: Vec<&Param> = self.model.trainable_params();
+        // Each micro-batch's loss is divided by the whole step's token count, so the
+        // accumulated gradient is that of the mean over the step, however it is split.
+        let scale = 1.0 / supervised_tokens as f64;
+        let mut accumulated = Accumulated::new(params.len());
+        let mut loss_sum = 0f64;
+        for batch in micro {
+            let part = self
+                .workers
+                .gradients(self.model, batch, &params, scale, self.pass)?;
+            accumulated.merge(part.grads)?;
+            loss_sum += part.loss_sum;
+        }
+        let mut grads = accumulated.finish(&params)?;
+        let mut ewc_penalty = None;
+        if let Some(ewc) = self.ewc {
+            ewc.add_gradient(&params, &mut grads)?;
+            ewc_penalty = Some(ewc.penalty(&params)?);
+        }
+        let grad_norm = clip(&mut grads, self.max_grad_norm)?;
+        let loss = loss_sum / supervised_tokens as f64;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Ok(StepOutcome::NotFinite { loss, grad_norm });
+        }
+        optimizer.step(&params, &grads, lr)?;
+        Ok(StepOutcome::Taken(Taken {
+            loss_sum,
+            loss,
+            supervised_tokens,
+            seq_tokens,
+            grad_norm,
+            ewc_penalty,
+        }))
+    }
+}

@@ -1,0 +1,153 @@
+//! The model and what trains: the base weights, then full, freeze or LoRA tuning (a new
+//! adapter or one to continue), and the EWC penalty when `ewc_lambda` asks for it.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use ferrotune_data::{pipeline, DataArgs};
+use ferrotune_model::hub::resolve_model;
+use ferrotune_model::tuning::{
+    add_lora, freeze_tuning, load_peft_adapter, train_everything, LoraConfig,
+};
+use ferrotune_model::weights::load_model;
+use ferrotune_model::{Batch, CausalLm, Example, ModelError};
+
+use super::Result;
+use crate::config::{FinetuningType, TrainArgs};
+use crate::ewc::Ewc;
+use crate::rows::to_example;
+
+/// Where the base model comes from.
+pub(super) struct ModelSource {
+    /// As the config names it (a folder or a Hub id); an adapter records it as its base.
+    pub spec: String,
+    /// The folder, a Hub id resolved through the cache.
+    pub dir: PathBuf,
+}
+
+impl ModelSource {
+    pub(super) fn resolve(data: &DataArgs) -> Result<Self> {
+        let spec = data
+            .model_name_or_path
+            .as_ref()
+            .ok_or_else(|| ModelError::invalid("model_name_or_path is not set"))?
+            .to_string_lossy()
+            .into_owned();
+        let dir = resolve_model(&spec)?;
+        Ok(ModelSource { spec, dir })
+    }
+}
+
+/// The model set up for training.
+pub(super) struct Tuned {
+    pub source: ModelSource,
+    pub model: CausalLm,
+    /// The adapter's settings, when LoRA trains (the outputs are then the adapter).
+    pub lora: Option<LoraConfig>,
+    pub ewc: Option<Ewc>,
+}
+
+impl Tuned {
+    /// Loads the base model in f32 and sets up what trains; `data` are the run's data keys
+    /// (the EWC reference data is read with them).
+    pub(super) fn load(
+        source: ModelSource,
+        t: &TrainArgs,
+        data: &DataArgs,
+        output_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut model = load_model(&source.dir, DType::F32, device)?;
+        let lora = choose_trainable(&mut model, t, data.seed)?;
+        let ewc = setup_ewc(&model, t, data, output_dir, device)?;
+        Ok(Tuned {
+            source,
+            model,
+            lora,
+            ewc,
+        })
+    }
+}
+
+/// Sets up what trains, as the config says.
+fn choose_trainable(model: &mut CausalLm, t: &TrainArgs, seed: u64) -> Result<Option<LoraConfig>> {
+    match t.finetuning_type {
+        FinetuningType::Full => {
+            train_everything(model)?;
+            Ok(None)
+        }
+        FinetuningType::Freeze => {
+            let n = t.freeze_trainable_layers;
+            freeze_tuning(model, n.unsigned_abs() as usize, n < 0)?;
+            Ok(None)
+        }
+        FinetuningType::Lora => {
+            if let Some(dir) = &t.adapter_name_or_path {
+                return Ok(Some(load_peft_adapter(model, dir)?));
+            }
+            let config = LoraConfig {
+                rank: t.lora_rank,
+                alpha: t.lora_alpha.unwrap_or(2.0 * t.lora_rank as f64),
+                dropout: t.lora_dropout,
+                targets: t
+                    .lora_target
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+                use_rslora: t.use_rslora,
+            };
+            add_lora(model, &config, seed)?;
+            Ok(Some(config))
+        }
+    }
+}
+
+/// The EWC penalty, when `ewc_lambda` is set: a Fisher loaded from `ewc_fisher` or
+/// estimated on `ewc_dataset`, saved to `output_dir/ewc_fisher.safetensors` for reuse.
+fn setup_ewc(
+    model: &CausalLm,
+    t: &TrainArgs,
+    data: &DataArgs,
+    output_dir: &Path,
+    device: &Device,
+) -> Result<Option<Ewc>> {
+    let Some(lambda) = t.ewc_lambda.filter(|l| *l > 0.0) else {
+        return Ok(None);
+    };
+    let params = model.trainable_params();
+    let ewc = match (&t.ewc_fisher, &t.ewc_dataset) {
+        (Some(path), _) => Ewc::load(&params, path, lambda)?,
+        (None, Some(names)) => {
+            let mut reference = data.only_datasets();
+            reference.dataset = names
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            reference.max_samples = Some(t.ewc_samples);
+            let prepared = pipeline::prepare(&reference, None)
+                .map_err(|e| ModelError::invalid(format!("EWC reference data: {e}")))?;
+            let examples: Vec<Example> = prepared
+                .samples
+                .iter()
+                .map(|s| to_example(&s.encoded))
+                .collect();
+            let batches = examples
+                .chunks(t.per_device_train_batch_size.max(1))
+                .map(|c| Batch::padded(c, prepared.pad.id, 8, device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            eprintln!(
+                "EWC: estimating the Fisher information on {} reference samples",
+                examples.len()
+            );
+            Ewc::estimate(model, &batches, lambda)?
+        }
+        (None, None) => {
+            return Err(ModelError::invalid(
+                "ewc_lambda needs ewc_dataset (reference data) or ewc_fisher (a saved Fisher)",
+            ))
+        }
+    };
+    ewc.save(&params, &output_dir.join("ewc_fisher.safetensors"))?;
+    Ok(Some(ewc))
+}
