@@ -1,5 +1,5 @@
 //! How much neat packing loses by bin-packing within windows of samples instead of the whole
-//! dataset at once (docs/PERFORMANCE.md).
+//! dataset at once (docs/perf-log/2026-11-26-speed-rounds.md).
 //!
 //!     cargo run --release -p ferrotune-data --example pack_window -- TOKENIZER_DIR CUTOFF DATASET...
 

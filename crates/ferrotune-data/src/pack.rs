@@ -9,7 +9,7 @@
 //!   inside it, so the loss equals the unpacked loss while no compute goes to padding.
 //!
 //! Neat packing works on windows of [`NEAT_WINDOW`] examples at a time, so memory does not
-//! grow with the dataset; docs/PERFORMANCE.md records the efficiency this costs.
+//! grow with the dataset; docs/perf-log/2026-11-26-speed-rounds.md records the efficiency this costs.
 
 use std::collections::BTreeMap;
 

@@ -184,7 +184,7 @@ impl Batch {
     /// side and the step waits for the slowest, so on rows of unequal length this beats
     /// equal row counts: on the quickstart's identity data (rows of very different
     /// lengths, batches of 4 in two shards) the larger shard ends much closer to half the
-    /// tokens than when split by row count (docs/PERFORMANCE.md).
+    /// tokens than when split by row count (docs/perf-log/2026-11-26-speed-rounds.md).
     pub fn split_rows_balanced(&self, parts: usize) -> Result<Vec<Batch>> {
         let parts = parts.clamp(1, self.batch.max(1));
         let tokens = self.row_tokens();

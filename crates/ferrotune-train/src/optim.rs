@@ -135,7 +135,7 @@ pub(crate) const TASK: usize = 1 << 15;
 
 /// The fused update applies to f32 CPU tensors, where the composed update's dozen candle
 /// ops (each a pass and a fresh tensor, several on one thread) cost a tenth of a full
-/// fine-tuning step of SmolLM2-135M (docs/PERFORMANCE.md).
+/// fine-tuning step of SmolLM2-135M (docs/perf-log/2026-11-26-speed-rounds.md).
 fn fused_applies(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
     ferrotune_model::ops::fused_kernels_apply(&[w, g, m, v])
 }
@@ -263,7 +263,7 @@ struct UpdateConstants {
 ferrotune_model::wide_where_available! {
     /// The update of one chunk, in AVX-512's 16 lanes where the CPU has them: the
     /// baseline build's 4 lanes left the square roots and divisions in front (the
-    /// optimizer took 9-10 ms of a 120 ms step on the speed issue's model, 2-3 after).
+    /// optimizer's share of a step, before and after: docs/perf-log/).
     fn update_chunk(k: &UpdateConstants, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         for (((wi, mi), vi), &gi) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
             let m2 = *mi + ((gi - *mi) * k.a1 + 0.0);

@@ -8,7 +8,7 @@
 //! many small operations of a step and the serial parts between them leave a core idle
 //! for much of the step. Two shards on one thread each keep both cores busy with no
 //! waiting, and a single-threaded matrix product runs at the same GFLOP/s per core
-//! (docs/PERFORMANCE.md, "Data parallelism over threads").
+//! (docs/perf-log/2026-11-26-speed-rounds.md, "Data parallelism over threads").
 //!
 //! Each worker is a one-thread rayon pool: code that runs inside it and asks rayon for
 //! parallelism (our fused kernels, the gemm crate behind candle's matmul) runs inline on

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // The tokenizer and the training loop allocate many small, short-lived buffers from every
-// thread; mimalloc serves those markedly faster than glibc's malloc (docs/PERFORMANCE.md).
+// thread; mimalloc serves those markedly faster than glibc's malloc
+// (docs/perf-log/2026-11-26-speed-rounds.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -20,9 +21,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Keeps freed memory in the process instead of handing it back to the system after
 /// 10 ms: a training step frees and reallocates the same large tensors every step, and
-/// each page handed back faults in again, zeroed by the kernel (a 12-step benchmark took
-/// 34,640 page faults with purging, 546 without; docs/PERFORMANCE.md). The resident size
-/// then stays at its peak, which it reaches every step anyway. `MIMALLOC_PURGE_DELAY` in
+/// each page handed back faults in again, zeroed by the kernel (page faults measured in
+/// docs/perf-log/2026-11-26-speed-rounds.md). The resident size then stays at its peak, which it reaches every step anyway. `MIMALLOC_PURGE_DELAY` in
 /// the environment still wins: `set_default` leaves an option read from it alone.
 fn keep_freed_memory() {
     // SAFETY: sets one integer option; mimalloc reads it when it next considers purging.
@@ -44,7 +44,8 @@ fn single_threaded_candle_elementwise() {
 /// Fixes RAYON_NUM_THREADS, when unset, to rayon's own default (the logical CPUs), so
 /// that candle's matrix products use the threads everything else uses: candle reads the
 /// variable before every product and, unset, works out its own default (the physical
-/// cores) again from /proc/cpuinfo each time, 2% of a LoRA training step's samples.
+/// cores) again from /proc/cpuinfo each time, which showed in a LoRA training step's
+/// profile.
 fn fixed_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -8,7 +8,7 @@
 //! 32 weights feeds an FMA for every input row (its value at `k` broadcast), and the sums
 //! land in the output's own lanes, with no horizontal sums. Against row-major weights (a
 //! dot product per weight row, tiles of 4 input rows), batched decoding is much faster
-//! and batch 1 unchanged (docs/PERFORMANCE.md, "Third round: weights in panels").
+//! and batch 1 unchanged (docs/perf-log/2026-11-26-speed-rounds.md, "Third round: weights in panels").
 //!
 //! The tile body is written once over plain arrays and compiled per instruction set
 //! (AVX-512, AVX2 + FMA, portable), chosen once at run time; the compiler keeps the
@@ -300,7 +300,7 @@ impl<E: Element> Weights<'_, E> {
     /// byte than f32's, so the core's own look-ahead covers fewer bytes of the stream,
     /// and each panel's few scale lines are too short a stream for the hardware
     /// prefetcher: SmolLM2's products stream faster with these hints than without
-    /// (docs/PERFORMANCE.md, "Fourth round: the machine's two states").
+    /// (docs/perf-log/2026-11-26-speed-rounds.md, "Fourth round: the machine's two states").
     #[inline(always)]
     fn prefetch_ahead(&self, p: usize, b: usize) {
         let quants = (p * self.cols + b * BLOCK) * PANEL;
@@ -332,7 +332,7 @@ impl<E: Element> Weights<'_, E> {
 }
 
 /// How far ahead of a q8_0 tile its quants are asked for (4 KiB; shorter and longer
-/// distances measured slower, docs/PERFORMANCE.md).
+/// distances measured slower, docs/perf-log/2026-11-26-speed-rounds.md).
 const PREFETCH_BYTES: usize = 4096;
 
 /// A hint to bring the cache line at `at` in; it never faults, so `at` may lie past the
@@ -434,7 +434,7 @@ unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
         // One row: two registers of sums, each multiply-add waiting four cycles (Zen 4)
         // for the last one into the same register, which bounds bf16 once its widening
         // is two plain instructions: even and odd columns sum apart, two chains a
-        // register (faster in cache on one thread, docs/PERFORMANCE.md). f32 streamed
+        // register (faster in cache on one thread, docs/perf-log/2026-11-26-speed-rounds.md). f32 streamed
         // slower so (decoding SmolLM2), and keeps one chain.
         let mut odd = [0f32; PANEL];
         for k in (0..cols).step_by(2) {
@@ -617,11 +617,11 @@ enum Split {
     /// Two runs of neighbouring panels a thread, so that the hardware's and the tiles'
     /// look-ahead run on into the thread's next panel: q8_0 and bf16 at one or two input
     /// rows, whose tiles spend more instructions per byte (faster than tasks of 1-2
-    /// panels: q8_0 in docs/PERFORMANCE.md's "Fourth round", bf16 in its "Sixth round").
+    /// panels: q8_0 in docs/perf-log/2026-11-26-speed-rounds.md's "Fourth round", bf16 in its "Sixth round").
     LongRuns,
     /// Tasks of one or two panels, so that a thread the machine slows down is made up for
     /// by the others: f32 at one or two rows (faster than long runs taking turns,
-    /// docs/PERFORMANCE.md's "Sixth round"), and every product at more rows.
+    /// docs/perf-log/2026-11-26-speed-rounds.md's "Sixth round"), and every product at more rows.
     Short,
 }
 

@@ -4,7 +4,7 @@
 //! of 16 weights, which at one input row leaves q8_0 short of the memory's speed on a
 //! fast machine. Here the input row is rounded to int16 per block of [`BLOCK`] columns
 //! (a scale per block, as ggml does with int8; 16 bits keep the input 256 times finer
-//! than ggml's 8, which cost SmolLM2 its answers in PERFORMANCE.md), and `vpdpwssd` adds
+//! than ggml's 8, which cost SmolLM2 its answers in docs/perf-log/2026-11-26-speed-rounds.md), and `vpdpwssd` adds
 //! the products of two int16 weight-input pairs into each 32-bit lane: per 64 weights,
 //! two sign extensions and two instructions of products. Each block's integer sums are
 //! then scaled once, by the weight's scale times the input's.
@@ -102,7 +102,7 @@ pub(super) unsafe fn panel_row(
         // The scales only: each panel's few scale lines are too short a stream for the
         // hardware prefetcher. The quants' own hints, which the widening tiles need,
         // slowed this faster loop down (SmolLM2's products at one row, hints 2-16 KiB
-        // ahead; docs/PERFORMANCE.md).
+        // ahead; docs/perf-log/2026-11-26-speed-rounds.md).
         prefetch(panel_scales.wrapping_add((b + 2) * PANEL).cast());
         // Two sets of sums, even and odd column pairs, so that each `vpdpwssd` does not
         // wait for the last one into the same register.

@@ -15,7 +15,7 @@
 //!   small product in two.
 //!
 //! The OpenBLAS option: at the training shapes, on the AVX-512 development machine,
-//! candle's gemm crate and OpenBLAS run at the same speed (docs/PERFORMANCE.md;
+//! candle's gemm crate and OpenBLAS run at the same speed (docs/perf-log/2026-11-26-speed-rounds.md;
 //! re-measure with `cargo run --release -p ferrotune-model --features openblas --example
 //! gemm_shapes`). OpenBLAS keeps its own thread pool, sized like candle's matmul from
 //! `RAYON_NUM_THREADS` (the physical core count when unset), checked before every product.

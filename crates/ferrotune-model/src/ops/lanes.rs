@@ -103,7 +103,7 @@ pub fn has_avx512f() -> bool {
 
 /// An output buffer of `n` floats for a kernel that writes every element before it reads
 /// any: `vec![0.0; n]` would first fill it with zeros, a pass over memory for nothing (the
-/// zero fills showed in a LoRA training step's profile; docs/PERFORMANCE.md).
+/// zero fills showed in a LoRA training step's profile; docs/perf-log/2026-11-26-speed-rounds.md).
 pub(crate) fn output_buffer(n: usize) -> Vec<MaybeUninit<f32>> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: `MaybeUninit` elements need no initialisation.

@@ -110,7 +110,7 @@ pub struct TrainArgs {
     /// Recompute each decoder layer's activations in the backward pass instead of keeping
     /// them (less memory, one more forward pass of the layers). transformers' key; off by
     /// default, unlike LLaMA-Factory, where `disable_gradient_checkpointing: false` is the
-    /// default: ferrotune's activations are already small (docs/PERFORMANCE.md).
+    /// default: ferrotune's activations are already small (docs/perf-log/2026-11-26-speed-rounds.md).
     pub gradient_checkpointing: bool,
     /// LLaMA-Factory's switch; `true` wins over `gradient_checkpointing`.
     pub disable_gradient_checkpointing: bool,
