@@ -155,3 +155,35 @@ fn lora_dropout_applies_in_training_only() {
         );
     }
 }
+
+/// A model whose pad id is its end-of-turn id must still learn to stop: padding is marked
+/// by the segment ids, never by comparing ids with the pad id, so the end of turn stays a
+/// target (moved here with the batch the trainer builds when collate.rs was removed).
+#[test]
+fn padding_never_masks_an_end_of_turn_that_equals_the_pad_id() {
+    let eos = 2;
+    let a = Example {
+        input_ids: vec![5, 6, eos],
+        labels: vec![IGNORE_INDEX, 6, i64::from(eos)],
+        weights: None,
+    };
+    let b = example(&[7; 9], 0);
+    let batch = Batch::padded(&[a, b], eos, 8, &Device::Cpu).unwrap();
+    assert_eq!((batch.batch, batch.seq_len), (2, 16));
+    let targets: Vec<Vec<i64>> = batch.targets.unwrap().to_vec2().unwrap();
+    // Position 0 predicts 6, position 1 the end of turn; nothing after it.
+    assert_eq!(
+        &targets[0][..4],
+        &[6, i64::from(eos), IGNORE_INDEX, IGNORE_INDEX]
+    );
+    assert!(targets[0][2..].iter().all(|&t| t == IGNORE_INDEX));
+    assert_eq!(&batch.segment_ids[..4], &[1, 1, 1, 0]);
+    let ids: Vec<Vec<u32>> = batch.input_ids.to_vec2().unwrap();
+    assert_eq!(ids[0][3], eos);
+    assert_eq!(
+        batch.segment_ids[16..].iter().filter(|&&s| s == 1).count(),
+        9
+    );
+    assert_eq!(batch.supervised_tokens, 2 + 8);
+    assert!(batch.target_weights.is_none());
+}
