@@ -101,52 +101,45 @@ impl LrSchedulerType {
     }
 }
 
-/// `save_strategy`: when checkpoints are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveStrategy {
-    No,
-    /// Every `save_steps` optimizer steps.
-    Steps,
-    /// At the end of every epoch.
-    Epoch,
-}
-
-impl Choice for SaveStrategy {
-    const KEY: &'static str = "save_strategy";
-    const ALL: &'static [Self] = &[Self::No, Self::Steps, Self::Epoch];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::No => "no",
-            Self::Steps => "steps",
-            Self::Epoch => "epoch",
+/// A strategy key (when something happens): transformers' `no`, `steps` and `epoch`.
+macro_rules! strategy {
+    ($(#[$doc:meta])* $name:ident, $key:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            No,
+            /// Every `*_steps` optimizer steps.
+            Steps,
+            /// At the end of every epoch.
+            Epoch,
         }
-    }
-}
 
-/// `eval_strategy`: when the held-out loss is measured (it always is before the first step
-/// and after the last, when there is held-out data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvalStrategy {
-    No,
-    /// Every `eval_steps` optimizer steps.
-    Steps,
-    /// At the end of every epoch.
-    Epoch,
-}
+        impl Choice for $name {
+            const KEY: &'static str = $key;
+            const ALL: &'static [Self] = &[Self::No, Self::Steps, Self::Epoch];
 
-impl Choice for EvalStrategy {
-    const KEY: &'static str = "eval_strategy";
-    const ALL: &'static [Self] = &[Self::No, Self::Steps, Self::Epoch];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::No => "no",
-            Self::Steps => "steps",
-            Self::Epoch => "epoch",
+            fn name(self) -> &'static str {
+                match self {
+                    Self::No => "no",
+                    Self::Steps => "steps",
+                    Self::Epoch => "epoch",
+                }
+            }
         }
-    }
+    };
 }
+
+strategy!(
+    /// `save_strategy`: when checkpoints are written.
+    SaveStrategy,
+    "save_strategy"
+);
+strategy!(
+    /// `eval_strategy`: when the held-out loss is measured (it always is before the first
+    /// step and after the last, when there is held-out data).
+    EvalStrategy,
+    "eval_strategy"
+);
 
 /// Reads a choice from its name (serde's `deserialize_with`).
 pub(crate) fn read<'de, D: Deserializer<'de>, C: Choice>(d: D) -> Result<C, D::Error> {
