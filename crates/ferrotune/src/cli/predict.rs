@@ -12,7 +12,7 @@ use ferrotune_model::infer::WeightType;
 use ferrotune_serve::{ModelSource, PredictOptions, Prediction, SamplingOptions};
 use serde_json::{json, Map, Value};
 
-use ferrotune_train::config::file::{check_key, ConfigFile};
+use ferrotune_train::config::file::ConfigFile;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -74,11 +74,7 @@ fn settings(a: &PredictArgs) -> Result<ConfigFile> {
         values: Map::new(),
     });
     for o in overrides {
-        let (key, value) = o.split_once('=').expect("contains =");
-        check_key(key)?;
-        let value: Value =
-            serde_saphyr::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        config.values.insert(key.to_string(), value);
+        config.set_override(o)?;
     }
     let mut set = |key: &str, value: Option<Value>| {
         if let Some(v) = value {
