@@ -23,8 +23,8 @@
 //!   intermediate size; V (`vocab`) the vocabulary.
 //!
 //! x, the residual stream, (M, H); qkv (M, Q + 2 K); attn (M, Q); gate and up side by
-//! side (M, 2 I) (`gu`) and their SwiGLU (M, I) (`act`); the cache, per layer and batch row, (KV, cap, D); cos and sin (M, D/2);
-//! logits (B, V), of each row's last token.
+//! side (M, 2 I) (`gu`) and their SwiGLU (M, I) (`act`); the cache, per layer and batch
+//! row, (KV, cap, D); cos and sin (M, D/2); logits (B, V), of each row's last token.
 
 use std::fmt;
 use std::str::FromStr;

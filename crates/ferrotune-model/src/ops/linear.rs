@@ -279,19 +279,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::{frozen_linear, lora_linear, trainable_linear, FrozenWeight};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::ops::gemm::tests::max_diff;
 
     #[test]
     fn linear_gradients_match_candle() {
