@@ -93,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut with_grad = vec![false; trainable.len()];
         let mut note = |grads: &candle_core::backprop::GradStore| {
             for (seen, p) in with_grad.iter_mut().zip(&trainable) {
-                *seen |= grads.get(p.tensor()).is_some();
+                *seen |= grads.get(p.tensor().unwrap()).is_some();
             }
         };
         let scale = 1.0 / batch_t.supervised_tokens as f64;

@@ -220,7 +220,7 @@ pub fn check(
             continue;
         };
         let g = grads
-            .get(p.tensor())
+            .get(p.tensor()?)
             .ok_or_else(|| ModelError::invalid(format!("{} received no gradient", p.name())))?;
         let d = rel_norm_diff(g, reference)?;
         report.grads_checked += 1;
@@ -264,7 +264,7 @@ pub fn check(
         let mut worst: Option<f32> = None;
         for p in model.params() {
             if let Some(reference) = r.get(&format!("merged.{}", p.name())) {
-                let d = max_abs_diff(p.tensor(), reference)?;
+                let d = max_abs_diff(p.tensor()?, reference)?;
                 worst = Some(worst.map_or(d, |w| w.max(d)));
             }
         }

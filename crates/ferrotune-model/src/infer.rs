@@ -259,7 +259,7 @@ fn bias_of(lins: &[&Linear]) -> Result<Option<Vec<f32>>> {
     let mut out = Vec::new();
     for l in lins {
         match &l.bias {
-            Some(b) => out.extend(vector(b.tensor())?),
+            Some(b) => out.extend(vector(b.tensor()?)?),
             None => out.extend(std::iter::repeat_n(0.0, l.out_features())),
         }
     }
@@ -388,12 +388,12 @@ impl InferenceModel {
             let m = &l.mlp;
             let gate_up = Tensor::cat(&[weight_of(&m.gate_proj)?, weight_of(&m.up_proj)?], 0)?;
             layers.push(Layer {
-                input_norm: vector(l.input_layernorm.tensor())?,
-                post_norm: vector(l.post_attention_layernorm.tensor())?,
+                input_norm: vector(l.input_layernorm.tensor()?)?,
+                post_norm: vector(l.post_attention_layernorm.tensor()?)?,
                 qkv: Matrix::new(&qkv, weights)?,
                 qkv_bias: bias_of(&[&a.q_proj, &a.k_proj, &a.v_proj])?,
-                q_norm: a.q_norm.as_ref().map(|p| vector(p.tensor())).transpose()?,
-                k_norm: a.k_norm.as_ref().map(|p| vector(p.tensor())).transpose()?,
+                q_norm: a.q_norm.as_ref().map(|p| vector(p.tensor()?)).transpose()?,
+                k_norm: a.k_norm.as_ref().map(|p| vector(p.tensor()?)).transpose()?,
                 o: Matrix::new(&weight_of(&a.o_proj)?, weights)?,
                 o_bias: bias_of(&[&a.o_proj])?,
                 gate_up: Matrix::new(&gate_up, weights)?,
@@ -408,9 +408,9 @@ impl InferenceModel {
         };
         let engine = DecodeWeights {
             layers,
-            embed: Matrix::new(embed_tokens.tensor(), weights)?,
+            embed: Matrix::new(&embed_tokens.to_dense(&Device::Cpu)?, weights)?,
             head,
-            norm: vector(norm.tensor())?,
+            norm: vector(norm.tensor()?)?,
             inv_freq: c.inv_freq(),
         };
         Ok(InferenceModel {

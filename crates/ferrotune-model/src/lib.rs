@@ -17,6 +17,7 @@ pub mod memory;
 pub mod ops;
 pub mod param;
 pub mod save;
+pub mod stored;
 pub mod tuning;
 pub mod weights;
 

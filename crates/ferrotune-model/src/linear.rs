@@ -31,11 +31,11 @@ impl Linear {
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.tensor().dims()[1]
+        self.weight.dims()[1]
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.tensor().dims()[0]
+        self.weight.dims()[0]
     }
 
     /// `x` (..., in) -> (..., out). `train` enables LoRA dropout.
@@ -44,20 +44,20 @@ impl Linear {
         let in_f = *dims.last().expect("input has dimensions");
         let rows = x.elem_count() / in_f;
         let x2 = x.reshape((rows, in_f))?;
-        let bias = self.bias.as_ref().map(Param::tensor);
+        let bias = self.bias.as_ref().map(Param::tensor).transpose()?;
         let y = match &self.lora {
             // The common case, frozen base and no dropout: one fused op.
             Some(lora) if self.base_is_frozen() && !(train && lora.dropout > 0.0) => {
                 // Adapters keep f32 master weights; compute in the input's dtype.
                 let (a, b) = (
-                    lora.a.tensor().to_dtype(x2.dtype())?,
-                    lora.b.tensor().to_dtype(x2.dtype())?,
+                    lora.a.tensor()?.to_dtype(x2.dtype())?,
+                    lora.b.tensor()?.to_dtype(x2.dtype())?,
                 );
                 lora_linear(&x2, &self.frozen_weight(), bias, &a, &b, lora.scale)?
             }
             _ => {
                 let mut y = if self.weight.is_trainable() {
-                    trainable_linear(&x2, self.weight.tensor())?
+                    trainable_linear(&x2, self.weight.tensor()?)?
                 } else {
                     frozen_linear(&x2, &self.frozen_weight())?
                 };
@@ -71,8 +71,8 @@ impl Linear {
                         x2
                     };
                     let (a, b) = (
-                        lora.a.tensor().to_dtype(xd.dtype())?,
-                        lora.b.tensor().to_dtype(xd.dtype())?,
+                        lora.a.tensor()?.to_dtype(xd.dtype())?,
+                        lora.b.tensor()?.to_dtype(xd.dtype())?,
                     );
                     let u = trainable_linear(&xd, &a)?.affine(lora.scale, 0.0)?;
                     y = (y + trainable_linear(&u, &b)?)?;
@@ -85,11 +85,19 @@ impl Linear {
         y.reshape(out_dims)
     }
 
-    /// The base weight as the frozen products read it (when it does not train). A
-    /// `Param` holds a dense tensor; a base weight kept in another storage type (bf16,
-    /// quantized blocks) is a `FrozenWeight` variant the layer would hand over here.
+    /// The base weight as the frozen products read it (when it does not train): a
+    /// tensor, or the weight in its storage type.
     pub fn frozen_weight(&self) -> FrozenWeight {
-        FrozenWeight::Dense(self.weight.tensor().clone())
+        self.weight.frozen_weight()
+    }
+
+    /// Where the layer's tensors live (a stored weight is on the CPU).
+    fn lora_device(&self) -> Result<&candle_core::Device> {
+        match (&self.lora, self.weight.tensor()) {
+            (_, Ok(w)) => Ok(w.device()),
+            (Some(l), Err(_)) => Ok(l.a.tensor()?.device()),
+            (None, Err(_)) => Ok(&candle_core::Device::Cpu),
+        }
     }
 
     fn base_is_frozen(&self) -> bool {
@@ -109,12 +117,14 @@ impl Linear {
             .chain(self.lora.iter_mut().flat_map(|l| [&mut l.a, &mut l.b]))
     }
 
-    /// `W + scale * B A`: the LoRA update folded into the weight.
+    /// `W + scale * B A`: the LoRA update folded into the weight (dequantized when the
+    /// base is stored).
     pub fn merged_weight(&self) -> Result<Tensor> {
-        let w = self.weight.tensor();
+        let w = self.weight.to_dense(self.lora_device()?)?;
+        let w = &w;
         match &self.lora {
             Some(l) => {
-                let delta = l.b.tensor().matmul(l.a.tensor())?.affine(l.scale, 0.0)?;
+                let delta = l.b.tensor()?.matmul(l.a.tensor()?)?.affine(l.scale, 0.0)?;
                 (w + delta.to_dtype(w.dtype())?)?.detach().copy()
             }
             None => Ok(w.clone()),

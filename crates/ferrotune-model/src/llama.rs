@@ -13,12 +13,13 @@ use crate::batch::{Batch, Example, IGNORE_INDEX};
 use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::loss::{
-    causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, LossSum, LOGITS_BUDGET,
+    causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, HeadWeight, LossSum,
+    LOGITS_BUDGET,
 };
 use crate::ops::mask::attention_bias;
 use crate::ops::{
     apply_rope, attention, frozen_linear, repeat_kv, rms_norm, rope_tables, swiglu,
-    trainable_linear, FrozenWeight,
+    trainable_linear,
 };
 use crate::param::Param;
 
@@ -121,8 +122,8 @@ impl Attention {
         let mut k = self.k_proj.forward(x, train)?.reshape((b, s, nkv, hd))?;
         let v = self.v_proj.forward(x, train)?.reshape((b, s, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm(&q, qn.tensor(), self.eps)?;
-            k = rms_norm(&k, kn.tensor(), self.eps)?;
+            q = rms_norm(&q, qn.tensor()?, self.eps)?;
+            k = rms_norm(&k, kn.tensor()?, self.eps)?;
         }
         let q = apply_rope(&q.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
         let mut k = apply_rope(&k.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
@@ -175,9 +176,9 @@ impl DecoderLayer {
         train: bool,
         eps: f64,
     ) -> Result<Tensor> {
-        let h = rms_norm(x, self.input_layernorm.tensor(), eps)?;
+        let h = rms_norm(x, self.input_layernorm.tensor()?, eps)?;
         let x = (x + self.self_attn.forward(&h, rope, mask, cache, train)?)?;
-        let h = rms_norm(&x, self.post_attention_layernorm.tensor(), eps)?;
+        let h = rms_norm(&x, self.post_attention_layernorm.tensor()?, eps)?;
         x + self.mlp.forward(&h, train)?
     }
 }
@@ -296,7 +297,7 @@ impl CausalLm {
     pub fn trainable_count(&self) -> usize {
         self.trainable_params()
             .iter()
-            .map(|p| p.tensor().elem_count())
+            .map(|p| p.elem_count())
             .sum()
     }
 
@@ -393,10 +394,13 @@ impl CausalLm {
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let h = self.config.hidden_size;
-        self.embed_tokens
-            .tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, s, h))
+        let ids = ids.flatten_all()?;
+        let rows = if self.embed_tokens.is_trainable() {
+            self.embed_tokens.tensor()?.index_select(&ids, 0)?
+        } else {
+            self.embed_tokens.frozen_weight().gather_rows(&ids)?
+        };
+        rows.reshape((b, s, h))
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -405,11 +409,10 @@ impl CausalLm {
             None => {
                 let (b, s, h) = hidden.dims3()?;
                 let x = hidden.reshape((b * s, h))?;
-                let w = self.embed_tokens.tensor();
                 let logits = if self.embed_tokens.is_trainable() {
-                    trainable_linear(&x, w)?
+                    trainable_linear(&x, self.embed_tokens.tensor()?)?
                 } else {
-                    frozen_linear(&x, &FrozenWeight::Dense(w.clone()))?
+                    frozen_linear(&x, &self.embed_tokens.frozen_weight())?
                 };
                 logits.reshape((b, s, ()))
             }
@@ -449,7 +452,7 @@ impl CausalLm {
             let slot = slots.as_mut().map(|s| &mut s[i]);
             x = layer.forward(&x, &rope, &mask, slot, train, self.config.rms_norm_eps)?;
         }
-        rms_norm(&x, self.norm.tensor(), self.config.rms_norm_eps)
+        rms_norm(&x, self.norm.tensor()?, self.config.rms_norm_eps)
     }
 
     /// The summed loss of a batch with targets, without returning its logits: the
@@ -502,14 +505,19 @@ impl CausalLm {
         let weights = weights.as_ref();
         // A plain head weight: the tied embeddings, or an untied head without bias.
         let w = match &self.lm_head {
-            None => Some(self.embed_tokens.tensor()),
-            Some(head) if head.bias.is_none() && head.lora.is_none() => Some(head.weight.tensor()),
+            None => Some(&self.embed_tokens),
+            Some(head) if head.bias.is_none() && head.lora.is_none() => Some(&head.weight),
             Some(_) => None,
+        };
+        let w = match w {
+            Some(p) if p.is_trainable() => Some(HeadWeight::Trainable(p.tensor()?)),
+            Some(p) => Some(HeadWeight::Frozen(p.frozen_weight())),
+            None => None,
         };
         if let Some(w) = w.filter(|w| chunked_loss_applies(x, w, LOGITS_BUDGET)) {
             return causal_lm_loss_chunked(
                 x,
-                w,
+                &w,
                 targets,
                 weights,
                 batch.supervised_tokens,
@@ -587,7 +595,7 @@ impl CausalLm {
 
         // The head and the loss, from the last hidden state as a leaf with a gradient.
         let last = Var::from_tensor(&inputs.pop().expect("one output per layer"))?;
-        let x = rms_norm(last.as_tensor(), self.norm.tensor(), eps)?;
+        let x = rms_norm(last.as_tensor(), self.norm.tensor()?, eps)?;
         let loss = self.head_loss(&x, batch, true)?;
         let grads = loss.sum.affine(scale, 0.0)?.backward()?;
         on_grads(&grads)?;

@@ -11,7 +11,10 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::batch::IGNORE_INDEX;
-use crate::ops::{cross_entropy, fused_kernels_apply, linear_cross_entropy};
+use crate::ops::{
+    cross_entropy, fused_kernels_apply, linear_cross_entropy, linear_cross_entropy_frozen,
+    FrozenWeight,
+};
 
 #[derive(Debug, Clone)]
 pub struct LossSum {
@@ -67,13 +70,35 @@ fn targets_and_coef(
 /// `causal_lm_loss_chunked` never holds more than this many at once.
 pub const LOGITS_BUDGET: usize = 1 << 23;
 
+/// The head weight (vocab, h) the chunked loss multiplies: a trainable tensor, or a
+/// frozen weight in any storage type.
+pub enum HeadWeight<'a> {
+    Trainable(&'a Tensor),
+    Frozen(FrozenWeight),
+}
+
+impl HeadWeight<'_> {
+    /// Rows (the vocabulary), when the weight takes the CPU f32 products.
+    fn cpu_rows(&self) -> Option<usize> {
+        match self {
+            HeadWeight::Trainable(w) => dense_rows(w),
+            HeadWeight::Frozen(FrozenWeight::Dense(w)) => dense_rows(w),
+            HeadWeight::Frozen(FrozenWeight::Stored(w)) => Some(w.dims().0),
+        }
+    }
+}
+
+fn dense_rows(w: &Tensor) -> Option<usize> {
+    (fused_kernels_apply(&[w]) && w.rank() == 2).then(|| w.dims()[0])
+}
+
 /// Whether `causal_lm_loss_chunked` applies to the final hidden states `hidden` (batch,
-/// seq, h) and the head weight `w` (vocab, h): f32 CPU tensors whose logits would exceed
-/// `budget` elements (a vocabulary of 151,936 at 512 tokens is 78M: 311 MB, and as much
-/// again for their gradient).
-pub fn chunked_loss_applies(hidden: &Tensor, w: &Tensor, budget: usize) -> bool {
+/// seq, h) and the head weight `w` (vocab, h): on the CPU in f32, with logits that would
+/// exceed `budget` elements (a vocabulary of 151,936 at 512 tokens is 78M: 311 MB, and
+/// as much again for their gradient).
+pub fn chunked_loss_applies(hidden: &Tensor, w: &HeadWeight<'_>, budget: usize) -> bool {
     let rows = hidden.elem_count() / hidden.dim(D::Minus1).unwrap_or(1).max(1);
-    fused_kernels_apply(&[hidden, w]) && w.rank() == 2 && rows * w.dims()[0] > budget
+    fused_kernels_apply(&[hidden]) && w.cpu_rows().is_some_and(|vocab| rows * vocab > budget)
 }
 
 /// `causal_lm_loss` of the logits `hidden W^T`, without making them: the forward pass
@@ -87,7 +112,7 @@ pub fn chunked_loss_applies(hidden: &Tensor, w: &Tensor, budget: usize) -> bool 
 /// gradient is then computed in the forward pass (see `linear_cross_entropy`).
 pub fn causal_lm_loss_chunked(
     hidden: &Tensor,
-    w: &Tensor,
+    w: &HeadWeight<'_>,
     targets: &Tensor,
     weights: Option<&Tensor>,
     tokens: usize,
@@ -97,7 +122,12 @@ pub fn causal_lm_loss_chunked(
     let (b, s, h) = hidden.dims3()?;
     let (safe, coef) = targets_and_coef(targets, weights, b * s)?;
     let x = hidden.reshape((b * s, h))?;
-    let per_token = linear_cross_entropy(&x, w, &safe, &coef, budget, train)?;
+    let per_token = match w {
+        HeadWeight::Trainable(w) => linear_cross_entropy(&x, w, &safe, &coef, budget, train)?,
+        HeadWeight::Frozen(w) => {
+            linear_cross_entropy_frozen(&x, w, &safe, &coef, budget, train)?
+        }
+    };
     Ok(LossSum {
         sum: per_token.sum_all()?,
         tokens,

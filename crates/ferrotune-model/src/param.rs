@@ -1,12 +1,23 @@
-//! A named weight that is either trainable (a candle `Var`, which receives gradients) or
-//! frozen (a plain tensor, which the graph never differentiates).
+//! A named weight that is either trainable (a candle `Var`, which receives gradients),
+//! frozen (a plain tensor, which the graph never differentiates) or frozen and held in
+//! a storage type of its own (GGUF blocks, 16-bit floats: `crate::stored`), which only
+//! the frozen products read.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
+
+use crate::ops::FrozenWeight;
+use crate::stored::StoredWeight;
+
+#[derive(Debug, Clone)]
+enum Value {
+    Tensor(Tensor),
+    Stored(StoredWeight),
+}
 
 #[derive(Debug, Clone)]
 pub struct Param {
     name: String,
-    tensor: Tensor,
+    value: Value,
     var: Option<Var>,
 }
 
@@ -14,7 +25,16 @@ impl Param {
     pub fn frozen(name: impl Into<String>, tensor: Tensor) -> Self {
         Param {
             name: name.into(),
-            tensor,
+            value: Value::Tensor(tensor),
+            var: None,
+        }
+    }
+
+    /// A frozen weight held in its storage type.
+    pub fn stored(name: impl Into<String>, weight: StoredWeight) -> Self {
+        Param {
+            name: name.into(),
+            value: Value::Stored(weight),
             var: None,
         }
     }
@@ -30,8 +50,59 @@ impl Param {
         &self.name
     }
 
-    pub fn tensor(&self) -> &Tensor {
-        &self.tensor
+    /// The weight as a tensor. A weight held in a storage type has none (it is read by
+    /// the frozen products, or dequantized with [`Param::to_dense`]): an error names it.
+    pub fn tensor(&self) -> Result<&Tensor> {
+        match &self.value {
+            Value::Tensor(t) => Ok(t),
+            Value::Stored(w) => candle_core::bail!(
+                "{} is held as {}; this use needs it as a tensor (dequantize it first)",
+                self.name,
+                crate::stored::storage_name(w.dtype())
+            ),
+        }
+    }
+
+    /// The weight as the frozen products read it.
+    pub fn frozen_weight(&self) -> FrozenWeight {
+        match &self.value {
+            Value::Tensor(t) => FrozenWeight::Dense(t.clone()),
+            Value::Stored(w) => FrozenWeight::Stored(w.clone()),
+        }
+    }
+
+    /// The weight as a tensor, dequantized to f32 on `device` when it is stored.
+    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        match &self.value {
+            Value::Tensor(t) => Ok(t.clone()),
+            Value::Stored(w) => w.dequantize(device),
+        }
+    }
+
+    /// Whether the weight is held in a storage type (not a tensor).
+    pub fn is_stored(&self) -> bool {
+        matches!(self.value, Value::Stored(_))
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        match &self.value {
+            Value::Tensor(t) => t.dims().to_vec(),
+            Value::Stored(w) => vec![w.dims().0, w.dims().1],
+        }
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    /// The storage type's name (`f32`, `bf16`, `q4_k`, ...).
+    pub fn storage_name(&self) -> String {
+        self.frozen_weight().storage_name()
+    }
+
+    /// Bytes the weight takes in its storage.
+    pub fn storage_bytes(&self) -> usize {
+        self.frozen_weight().storage_bytes()
     }
 
     pub fn var(&self) -> Option<&Var> {
@@ -42,16 +113,23 @@ impl Param {
         self.var.is_some()
     }
 
-    /// Makes the weight trainable (a `Var` holding a copy) or frozen again.
+    /// Makes the weight trainable (a `Var` holding a copy) or frozen again. A stored
+    /// weight cannot train: training it would need the f32 copy storing avoids.
     pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
-        match (trainable, self.var.is_some()) {
-            (true, false) => {
-                let var = Var::from_tensor(&self.tensor)?;
-                self.tensor = var.as_tensor().clone();
+        match (trainable, self.var.is_some(), &self.value) {
+            (true, false, Value::Tensor(t)) => {
+                let var = Var::from_tensor(t)?;
+                self.value = Value::Tensor(var.as_tensor().clone());
                 self.var = Some(var);
             }
-            (false, true) => {
-                self.tensor = self.tensor.detach();
+            (true, false, Value::Stored(w)) => candle_core::bail!(
+                "{} is held as {}, and a quantized weight does not train: tune a quantized \
+                 base with LoRA (finetuning_type: lora), or load the base unquantized",
+                self.name,
+                crate::stored::storage_name(w.dtype())
+            ),
+            (false, true, Value::Tensor(t)) => {
+                self.value = Value::Tensor(t.detach());
                 self.var = None;
             }
             _ => {}
@@ -59,12 +137,13 @@ impl Param {
         Ok(())
     }
 
-    /// Replaces the value (same shape), keeping trainability.
+    /// Replaces the value (same shape), keeping trainability. A stored weight becomes a
+    /// tensor.
     pub fn set(&mut self, value: &Tensor) -> Result<()> {
         match &self.var {
             Some(var) => var.set(value),
             None => {
-                self.tensor = value.clone();
+                self.value = Value::Tensor(value.clone());
                 Ok(())
             }
         }

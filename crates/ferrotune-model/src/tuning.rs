@@ -187,13 +187,13 @@ pub fn load_peft_adapter(model: &mut CausalLm, dir: &Path) -> Result<LoraConfig>
             let t = weights
                 .get(&key)
                 .ok_or_else(|| ModelError::file(&weights_path, format!("missing {key}")))?;
-            if t.dims() != param.tensor().dims() {
+            if t.dims() != param.dims() {
                 return Err(ModelError::file(
                     &weights_path,
                     format!(
                         "{key} has shape {:?}, expected {:?}",
                         t.dims(),
-                        param.tensor().dims()
+                        param.dims()
                     ),
                 ));
             }
@@ -231,7 +231,7 @@ pub fn save_peft_adapter(
             let key = format!("base_model.model.{}", p.name().replace(".default.", "."));
             tensors.insert(
                 key,
-                p.tensor()
+                p.tensor()?
                     .to_device(&Device::Cpu)?
                     .to_dtype(DType::F32)?
                     .contiguous()?,

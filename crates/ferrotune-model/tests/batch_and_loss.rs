@@ -130,7 +130,7 @@ fn lora_dropout_applies_in_training_only() {
     add_lora(&mut m, &config, 0).unwrap();
     for p in m.params_mut() {
         if p.name().contains("lora_B") {
-            let dims = p.tensor().dims().to_vec();
+            let dims = p.tensor().unwrap().dims().to_vec();
             p.set(&candle_core::Tensor::ones(dims, DType::F32, &Device::Cpu).unwrap())
                 .unwrap();
         }
@@ -148,7 +148,7 @@ fn lora_dropout_applies_in_training_only() {
     let grads = loss.mean().unwrap().backward().unwrap();
     for p in m.params() {
         assert_eq!(
-            grads.get(p.tensor()).is_some(),
+            grads.get(p.tensor().unwrap()).is_some(),
             p.is_trainable(),
             "{}",
             p.name()

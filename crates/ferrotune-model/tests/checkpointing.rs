@@ -59,7 +59,7 @@ fn compare(name: &str, lora: bool) {
     let checkpointed = model
         .backward_checkpointed(&batch, scale, false, |grads| {
             for p in model.params() {
-                if let Some(g) = grads.get(p.tensor()) {
+                if let Some(g) = grads.get(p.tensor().unwrap()) {
                     let sum = match parts.remove(p.name()) {
                         Some(s) => (s + g)?,
                         None => g.clone(),
@@ -86,7 +86,7 @@ fn compare(name: &str, lora: bool) {
         );
         let Some(got) = got else { continue };
         trainable += 1;
-        let want = plain.get(p.tensor()).expect("the plain backward grads it");
+        let want = plain.get(p.tensor().unwrap()).expect("the plain backward grads it");
         let scale = want
             .abs()
             .unwrap()

@@ -273,7 +273,7 @@ fn large_vocab_model(tied: bool) -> ferrotune_model::CausalLm {
 
 #[test]
 fn the_model_loss_takes_the_chunked_path_with_the_same_loss_and_gradients() {
-    use ferrotune_model::loss::{chunked_loss_applies, LOGITS_BUDGET};
+    use ferrotune_model::loss::{chunked_loss_applies, HeadWeight, LOGITS_BUDGET};
     use ferrotune_model::{Batch, Example};
     // 160 tokens, 139 of them supervised: 139 x 70,000 logits are over the budget.
     let ids: Vec<u32> = (0..160u32).map(|i| (i * 7919 + 13) % 70000).collect();
@@ -290,7 +290,7 @@ fn the_model_loss_takes_the_chunked_path_with_the_same_loss_and_gradients() {
         let hidden = Tensor::zeros((1, 139, 16), DType::F32, &Device::Cpu).unwrap();
         assert!(chunked_loss_applies(
             &hidden,
-            model.embed_tokens.tensor(),
+            &HeadWeight::Trainable(model.embed_tokens.tensor().unwrap()),
             LOGITS_BUDGET
         ));
         let (_, whole) = model.forward_loss(&batch, true).unwrap();

@@ -41,7 +41,7 @@ pub fn save(
     let mut weights = HashMap::new();
     let mut moments = HashMap::new();
     for (i, p) in params.iter().enumerate() {
-        weights.insert(p.name().to_string(), cpu(p.tensor())?);
+        weights.insert(p.name().to_string(), cpu(p.tensor()?)?);
         if let Some((m, v)) = optimizer.moments.get(i) {
             moments.insert(format!("m.{}", p.name()), cpu(m)?);
             moments.insert(format!("v.{}", p.name()), cpu(v)?);
@@ -101,7 +101,7 @@ pub fn load(
         .map_err(|e| ModelError::file(&state_path, e.to_string()))?;
     let device = params
         .first()
-        .map(|p| p.tensor().device().clone())
+        .and_then(|p| p.tensor().ok().map(|t| t.device().clone()))
         .unwrap_or(Device::Cpu);
     let weights = candle_core::safetensors::load(dir.join("trainable.safetensors"), &device)?;
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &device)?;

@@ -27,14 +27,14 @@ impl Ewc {
         let params: Vec<&Param> = model.trainable_params();
         let mut fisher: Vec<Tensor> = params
             .iter()
-            .map(|p| p.tensor().zeros_like())
+            .map(|p| p.tensor()?.zeros_like())
             .collect::<Result<_>>()?;
         let mut used = 0usize;
         for batch in batches.iter().filter(|b| b.supervised_tokens > 0) {
             let loss = model.loss(batch, false)?;
             let grads = loss.mean()?.backward()?;
             for (f, p) in fisher.iter_mut().zip(&params) {
-                if let Some(g) = grads.get(p.tensor()) {
+                if let Some(g) = grads.get(p.tensor()?) {
                     // Detached: the sum must not keep every batch's graph alive.
                     *f = (&*f + g.sqr()?)?.detach();
                 }
@@ -50,7 +50,7 @@ impl Ewc {
             .collect::<Result<_>>()?;
         let anchor = params
             .iter()
-            .map(|p| p.tensor().detach().copy())
+            .map(|p| p.tensor()?.detach().copy())
             .collect::<Result<_>>()?;
         Ok(Ewc {
             lambda,
@@ -63,7 +63,7 @@ impl Ewc {
     pub fn penalty(&self, params: &[&Param]) -> Result<f64> {
         let mut total = 0f64;
         for ((p, f), a) in params.iter().zip(&self.fisher).zip(&self.anchor) {
-            let d = (p.tensor().detach() - a)?;
+            let d = (p.tensor()?.detach() - a)?;
             total += (f * d.sqr()?)?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         Ok(0.5 * self.lambda * total)
@@ -79,7 +79,7 @@ impl Ewc {
         {
             // Detached from the weights: otherwise every step's gradient (and through it
             // AdamW's moments) would keep the previous steps' graphs alive.
-            let pull = ((p.tensor().detach() - a)? * f)?.affine(self.lambda, 0.0)?;
+            let pull = ((p.tensor()?.detach() - a)? * f)?.affine(self.lambda, 0.0)?;
             *g = (&*g + pull)?.detach();
         }
         Ok(())
@@ -99,7 +99,7 @@ impl Ewc {
     pub fn load(params: &[&Param], path: &Path, lambda: f64) -> Result<Self> {
         let device = params
             .first()
-            .map(|p| p.tensor().device().clone())
+            .and_then(|p| p.tensor().ok().map(|t| t.device().clone()))
             .unwrap_or(Device::Cpu);
         let map = candle_core::safetensors::load(path, &device)?;
         let get = |kind: &str, p: &Param| {

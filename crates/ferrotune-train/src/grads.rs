@@ -71,7 +71,7 @@ impl Accumulated {
     /// Adds one backward pass's gradients.
     pub fn add(&mut self, params: &[&Param], store: &GradStore) -> Result<()> {
         for (slot, p) in self.grads.iter_mut().zip(params) {
-            if let Some(g) = store.get(p.tensor()) {
+            if let Some(g) = store.get(p.tensor()?) {
                 sum_into(slot, g.clone())?;
             }
         }
@@ -96,7 +96,7 @@ impl Accumulated {
             .zip(params)
             .map(|(g, p)| match g {
                 Some(g) => Ok(g),
-                None => p.tensor().zeros_like(),
+                None => p.tensor()?.zeros_like(),
             })
             .collect()
     }

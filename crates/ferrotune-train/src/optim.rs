@@ -59,7 +59,7 @@ impl AdamW {
         if self.moments.is_empty() {
             for p in params {
                 // Two storages: the fused update writes each moment in place.
-                let m = p.tensor().zeros_like()?.to_dtype(DType::F32)?;
+                let m = p.tensor()?.zeros_like()?.to_dtype(DType::F32)?;
                 let v = m.zeros_like()?;
                 self.moments.push((m, v));
             }

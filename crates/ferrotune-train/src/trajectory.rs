@@ -183,7 +183,7 @@ pub fn replay(model: &mut CausalLm, fixture_dir: &Path) -> Result<TrajectoryRepo
         let reference = finals.get(&format!("final.{}", p.name())).ok_or_else(|| {
             ModelError::invalid(format!("train_final.safetensors has no final.{}", p.name()))
         })?;
-        let d = rel_norm_diff(p.tensor(), reference)?;
+        let d = rel_norm_diff(p.tensor()?, reference)?;
         diffs.push((p.name().to_string(), d));
         if d > worst.0 || worst.1.is_empty() {
             worst = (d, p.name().to_string());

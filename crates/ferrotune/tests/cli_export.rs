@@ -41,7 +41,7 @@ fn base_and_adapter(dir: &Path) -> (PathBuf, PathBuf) {
     assert_eq!(add_lora(&mut model, &lora, 3).unwrap(), 14);
     for (_, linear) in model.linears_mut() {
         let b = &mut linear.lora.as_mut().unwrap().b;
-        let noise = Tensor::randn(0f32, 0.05, b.tensor().dims(), &Device::Cpu).unwrap();
+        let noise = Tensor::randn(0f32, 0.05, b.tensor().unwrap().dims(), &Device::Cpu).unwrap();
         b.set(&noise).unwrap();
     }
     let adapter = dir.join("run");

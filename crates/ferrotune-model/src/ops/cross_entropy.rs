@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::custom_op::{cpu_storage, rows_per_task, take, with_data};
 use super::fused_kernels_apply;
 use super::gemm;
+use super::linear::FrozenWeight;
 use super::lanes::{exp_neg, exp_shifted_scaled, max_of, sum_exp};
 
 /// Per-row `coef * (logsumexp(logits) - logits[target])`, (rows,), for `logits` (rows,
@@ -301,7 +302,8 @@ pub fn linear_cross_entropy(
     }
     let (targets, coef) = target_vecs(targets, coef, rows, vocab)?;
     if train && x.track_op() && !w.track_op() {
-        return linear_cross_entropy_frozen_head(x, w, &targets, &coef, budget);
+        let w = FrozenWeight::Dense(w.detach());
+        return linear_cross_entropy_frozen_head(x, &w, &targets, &coef, budget, true);
     }
     let (xd, wd) = (x.detach(), w.detach());
     // Blocks of vocabulary columns (all rows), so that each product reads `W` once.
@@ -337,38 +339,74 @@ pub fn linear_cross_entropy(
     )
 }
 
-/// `linear_cross_entropy` for a training step with a frozen head: blocks of whole rows
-/// of logits, each giving its rows' values, log-sum-exp and, at once, the gradient
+/// `linear_cross_entropy` for a frozen head in any storage type ([`FrozenWeight`]: a
+/// tensor, or a weight held as bf16 or GGUF blocks): the frozen-head path below when
+/// `x` needs a gradient (always for a stored head, whose products have no other
+/// backward), the value alone when it does not.
+pub fn linear_cross_entropy_frozen(
+    x: &Tensor,
+    w: &FrozenWeight,
+    targets: &Tensor,
+    coef: &Tensor,
+    budget: usize,
+    train: bool,
+) -> Result<Tensor> {
+    let stored = match w {
+        FrozenWeight::Dense(t) => {
+            return linear_cross_entropy(x, &t.detach(), targets, coef, budget, train)
+        }
+        FrozenWeight::Stored(s) => s,
+    };
+    let (rows, h) = x.dims2()?;
+    let (vocab, h2) = stored.dims();
+    if h != h2 || !fused_kernels_apply(&[x]) {
+        candle_core::bail!(
+            "linear cross-entropy: f32 CPU x {:?} and a ({vocab}, {h2}) weight expected",
+            x.dims()
+        );
+    }
+    let (targets, coef) = target_vecs(targets, coef, rows, vocab)?;
+    linear_cross_entropy_frozen_head(x, w, &targets, &coef, budget, x.track_op())
+}
+
+/// `linear_cross_entropy` with a frozen head: blocks of whole rows of logits, each
+/// giving its rows' values, log-sum-exp and (`with_grad`), at once, the gradient
 /// `((softmax - one_hot) * coef) W` of those rows of `x` for an incoming gradient of 1.
 /// The backward pass scales each stored row by its incoming gradient: exact for any
 /// incoming gradient, since row r of the input's gradient depends on row r alone.
 fn linear_cross_entropy_frozen_head(
     x: &Tensor,
-    w: &Tensor,
+    w: &FrozenWeight,
     targets: &[i64],
     coef: &[f32],
     budget: usize,
+    with_grad: bool,
 ) -> Result<Tensor> {
     let (rows, _) = x.dims2()?;
-    let (vocab, _) = w.dims2()?;
-    let (xd, wd) = (x.detach(), w.detach());
+    let (vocab, _) = w.dims()?;
+    let xd = x.detach();
     let block = (budget / vocab.max(1)).max(1);
     let mut value = Vec::with_capacity(rows);
     let mut dx = Vec::with_capacity(rows.div_ceil(block));
     for r0 in (0..rows).step_by(block) {
         let n = block.min(rows - r0);
         let (t, c) = (&targets[r0..r0 + n], &coef[r0..r0 + n]);
-        let logits = gemm::matmul(&xd.narrow(0, r0, n)?, &wd.t()?)?;
+        let logits = w.forward(&xd.narrow(0, r0, n)?)?;
         let d = with_data(&logits, "linear cross-entropy", |lg| {
             let (v, lse) = cross_entropy_forward(lg, vocab, t, c);
             value.extend_from_slice(&v);
-            Ok(cross_entropy_backward(lg, vocab, 0, t, &lse, c))
+            Ok(with_grad.then(|| cross_entropy_backward(lg, vocab, 0, t, &lse, c)))
         })?;
         drop(logits);
-        let d = Tensor::from_vec(d, (n, vocab), xd.device())?;
-        dx.push(gemm::matmul(&d, &wd)?);
+        if let Some(d) = d {
+            let d = Tensor::from_vec(d, (n, vocab), xd.device())?;
+            dx.push(w.input_gradient(&d)?);
+        }
     }
     let value = Tensor::from_vec(value, rows, x.device())?;
+    if !with_grad {
+        return Ok(value);
+    }
     x.apply_op1(FrozenHeadCrossEntropy {
         dx: Tensor::cat(&dx, 0)?,
         value: Mutex::new(Some(value)),

@@ -79,6 +79,90 @@ pub fn sum_of_products(terms: &[(&Tensor, &Tensor, f64)]) -> Result<Tensor> {
     Tensor::from_vec(out, shape, a0.device())
 }
 
+/// A 2-D f32 operand inside a slice: its elements, row stride and column stride.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `dst = s (a @ b)`, or `dst += s (a @ b)` with `accumulate`, for `a` (m, k), `b` (k, n)
+/// and `dst` (m, n) lying in `dst` with row stride `dst_row_stride` (a block of columns of
+/// a wider matrix): the stored-weight products write each panel's columns in place.
+pub(crate) fn product_into(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    s: f32,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) -> Result<()> {
+    if m * n == 0 {
+        return Ok(());
+    }
+    let reach = |o: &Strided<'_>, rows: usize, cols: usize| {
+        (rows - 1) * o.row_stride + (cols - 1) * o.col_stride + 1
+    };
+    if (m - 1) * dst_row_stride + n > dst.len() || n > dst_row_stride {
+        candle_core::bail!("product_into: a ({m}, {n}) output does not fit its buffer");
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    if reach(&a, m, k) > a.data.len() || reach(&b, k, n) > b.data.len() {
+        candle_core::bail!("product_into: an operand reaches past its buffer");
+    }
+    // Safety: checked above that every element the strides reach lies inside the
+    // operands and the output; the output is initialised (a slice of f32).
+    unsafe {
+        direct::product(
+            dst.as_mut_ptr(),
+            dst_row_stride,
+            (m, n, k),
+            accumulate,
+            s,
+            (a.data.as_ptr(), a.row_stride, a.col_stride),
+            (b.data.as_ptr(), b.row_stride, b.col_stride),
+            direct::parallelism(),
+        )
+    };
+    Ok(())
+}
+
+/// `out += sum_i s_i (a_i @ b_i)` for 2-D f32 CPU tensors and a row-major (m, n) `out`:
+/// the LoRA terms added to a stored weight's product. Not tracked.
+pub(crate) fn add_products(
+    out: &mut [f32],
+    (m, n): (usize, usize),
+    terms: &[(&Tensor, &Tensor, f64)],
+) -> Result<()> {
+    for &(a, b, s) in terms {
+        let (a, b) = (a.contiguous()?, b.contiguous()?);
+        let ((am, k), (k2, bn)) = (a.dims2()?, b.dims2()?);
+        if am != m || bn != n || k != k2 {
+            candle_core::bail!("add_products: ({am}, {k}) @ ({k2}, {bn}) into ({m}, {n})");
+        }
+        super::custom_op::with_data(&a, "add_products", |a| {
+            super::custom_op::with_data(&b, "add_products", |b| {
+                let operand = |data, cols| Strided {
+                    data,
+                    row_stride: cols,
+                    col_stride: 1,
+                };
+                product_into(out, n, (m, n, k), true, s as f32, operand(a, k), operand(b, n))
+            })
+        })?;
+    }
+    Ok(())
+}
+
 /// `a @ b` on CPU storages inside a custom op's forward pass, with the layouts
 /// `matmul` accepts.
 pub fn cpu_matmul(
@@ -167,20 +251,23 @@ mod direct {
     }
 
     /// The threads gemm may use for one product called from this thread.
-    fn parallelism() -> Parallelism {
+    pub(super) fn parallelism() -> Parallelism {
         match rayon::current_num_threads() {
             0 | 1 => Parallelism::None,
             n => Parallelism::Rayon(n),
         }
     }
 
-    /// `dst = s * (a @ b)`, or `dst += s * (a @ b)` with `accumulate`, for a row-major
-    /// (m, n) `dst` and operands given as (first element, row stride, column stride).
+    /// `dst = s * (a @ b)`, or `dst += s * (a @ b)` with `accumulate`, for an (m, n)
+    /// `dst` with row stride `dst_rs` and operands given as (first element, row stride,
+    /// column stride).
     ///
     /// Safety: every element the operands' strides reach lies inside their buffers, and
-    /// `dst` holds m * n elements (initialised when `accumulate`).
-    unsafe fn product(
+    /// `dst` holds (m - 1) * dst_rs + n elements (initialised when `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
         dst: *mut f32,
+        dst_rs: usize,
         (m, n, k): (usize, usize, usize),
         accumulate: bool,
         s: f32,
@@ -194,7 +281,7 @@ mod direct {
             k,
             dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a,
             a_cs as isize,
@@ -248,6 +335,7 @@ mod direct {
             unsafe {
                 product(
                     out.as_mut_ptr(),
+                    n,
                     (m, n, al.dims()[1]),
                     i > 0,
                     s,
@@ -299,6 +387,7 @@ mod direct {
             unsafe {
                 product(
                     dst.as_mut_ptr() as *mut f32,
+                    n,
                     (m, n, k),
                     false,
                     1.0,

@@ -14,20 +14,24 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::custom_op::precomputed_forward;
-use super::gemm;
+use super::custom_op::{precomputed_forward, slice};
+use super::{gemm, stored};
+use crate::stored::{storage_name, StoredWeight};
 
 /// A weight that does not train, (out, in), in the storage the products read it from.
 ///
-/// Storage types plug in here: a weight held as bf16, q8_0 or 4-bit GGUF blocks becomes a
-/// variant whose arms of [`FrozenWeight::forward_cpu`] (`x W^T` inside the op's forward
-/// pass), [`FrozenWeight::input_gradient`] (`g W`) and the two sums with LoRA's terms read
-/// it in its own type; `frozen_linear` and `lora_linear` then take it unchanged.
+/// Each storage type is a variant whose arms of [`FrozenWeight::forward_cpu`] (`x W^T`
+/// inside the op's forward pass), [`FrozenWeight::input_gradient`] (`g W`) and the two
+/// sums with LoRA's terms read it in its own type; `frozen_linear` and `lora_linear`
+/// take any of them unchanged.
 #[derive(Debug, Clone)]
 pub enum FrozenWeight {
     /// A candle tensor of any dtype and device: f32 on the CPU goes through `gemm`'s
     /// kernels, everything else through candle's matmul.
     Dense(Tensor),
+    /// GGUF blocks or 16-bit floats on the CPU, multiplied by dequantized panels
+    /// (`ops::stored`).
+    Stored(StoredWeight),
 }
 
 impl FrozenWeight {
@@ -35,7 +39,54 @@ impl FrozenWeight {
     pub fn dims(&self) -> Result<(usize, usize)> {
         match self {
             FrozenWeight::Dense(w) => w.dims2(),
+            FrozenWeight::Stored(w) => Ok(w.dims()),
         }
+    }
+
+    /// Rows `r0 .. r0 + n` (the head's vocabulary blocks), sharing the storage.
+    pub fn narrow_rows(&self, r0: usize, n: usize) -> Result<FrozenWeight> {
+        Ok(match self {
+            FrozenWeight::Dense(w) => FrozenWeight::Dense(w.narrow(0, r0, n)?),
+            FrozenWeight::Stored(w) => FrozenWeight::Stored(w.narrow_rows(r0, n)?),
+        })
+    }
+
+    /// The rows `ids` (an embedding lookup), (ids, in), in f32 for a stored weight and in
+    /// the tensor's dtype for a dense one. Not tracked.
+    pub fn gather_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => w.detach().index_select(ids, 0),
+            FrozenWeight::Stored(w) => w.gather_rows(&ids.to_vec1::<u32>()?, ids.device()),
+        }
+    }
+
+    /// The whole weight as a tensor (dequantized when stored), e.g. to merge or export.
+    pub fn to_dense(&self, device: &candle_core::Device) -> Result<Tensor> {
+        match self {
+            FrozenWeight::Dense(w) => Ok(w.clone()),
+            FrozenWeight::Stored(w) => w.dequantize(device),
+        }
+    }
+
+    /// The storage type's name (`f32`, `bf16`, `q4_k`, ...).
+    pub fn storage_name(&self) -> String {
+        match self {
+            FrozenWeight::Dense(w) => w.dtype().as_str().to_string(),
+            FrozenWeight::Stored(w) => storage_name(w.dtype()).to_string(),
+        }
+    }
+
+    /// Bytes the weight takes in its storage.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            FrozenWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            FrozenWeight::Stored(w) => w.storage_bytes(),
+        }
+    }
+
+    /// `x W^T` for `x` (n, in). Not tracked.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_plus(x, &[])
     }
 
     /// `x W^T` for `x` (n, in) on the CPU, inside a custom op's forward pass.
@@ -49,6 +100,11 @@ impl FrozenWeight {
                         candle_core::bail!("frozen_linear: the input is on the CPU, the weight not")
                     }
                 }
+            }
+            FrozenWeight::Stored(w) => {
+                let (n, _) = xl.shape().dims2()?;
+                let y = stored::forward(w, slice(x, xl, "frozen_linear")?, n)?;
+                Ok((CpuStorage::F32(y), Shape::from((n, w.dims().0))))
             }
         }
     }
@@ -74,6 +130,9 @@ impl FrozenWeight {
                 let res = x.matmul(ws, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
                 Ok((res, Shape::from((n, out))))
             }
+            FrozenWeight::Stored(w) => {
+                candle_core::bail!("{w:?}: stored weights are multiplied on the CPU only")
+            }
         }
     }
 
@@ -81,6 +140,7 @@ impl FrozenWeight {
     pub fn input_gradient(&self, g: &Tensor) -> Result<Tensor> {
         match self {
             FrozenWeight::Dense(w) => gemm::matmul(g, &w.detach()),
+            FrozenWeight::Stored(w) => stored::input_gradient_plus(w, g, &[]),
         }
     }
 
@@ -94,6 +154,7 @@ impl FrozenWeight {
                 all.extend_from_slice(terms);
                 gemm::sum_of_products(&all)
             }
+            FrozenWeight::Stored(w) => stored::forward_plus(w, x, terms),
         }
     }
 
@@ -111,6 +172,7 @@ impl FrozenWeight {
                 all.extend_from_slice(terms);
                 gemm::sum_of_products(&all)
             }
+            FrozenWeight::Stored(w) => stored::input_gradient_plus(w, g, terms),
         }
     }
 }
@@ -169,6 +231,12 @@ pub fn frozen_linear(x: &Tensor, w: &FrozenWeight) -> Result<Tensor> {
     let (_, k2) = w.dims()?;
     if k != k2 {
         candle_core::bail!("frozen_linear: input has {k} features, weight expects {k2}");
+    }
+    if let FrozenWeight::Stored(_) = w {
+        if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
+            candle_core::bail!("frozen_linear: a stored weight multiplies f32 CPU inputs");
+        }
+        return x.contiguous()?.apply_op1(FrozenMatmul { weight: w.clone() });
     }
     x.apply_op1(FrozenMatmul { weight: w.clone() })
 }

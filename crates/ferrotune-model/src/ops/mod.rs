@@ -25,6 +25,7 @@ mod linear;
 pub mod mask;
 mod rms_norm;
 mod rope;
+mod stored;
 mod swiglu;
 
 use candle_core::{DType, Tensor};
@@ -32,6 +33,7 @@ use candle_core::{DType, Tensor};
 pub use attention::{attention, attention_composed, repeat_kv};
 pub use cross_entropy::{
     cross_entropy, cross_entropy_composed, cross_entropy_fused, linear_cross_entropy,
+    linear_cross_entropy_frozen,
 };
 pub use linear::{frozen_linear, lora_linear, trainable_linear, FrozenWeight};
 pub use rms_norm::{rms_norm, rms_norm_composed, rms_norm_fused};

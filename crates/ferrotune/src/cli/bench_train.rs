@@ -372,11 +372,11 @@ impl Run {
             .model
             .params()
             .iter()
-            .map(|p| p.tensor().elem_count())
+            .map(|p| p.elem_count())
             .sum();
         let trainable = trainable(&self.model)
             .iter()
-            .map(|p| p.tensor().elem_count())
+            .map(|p| p.elem_count())
             .sum();
         Figures {
             tokens_per_s: (a.batch * a.seq * a.steps) as f64 / self.step_s,
