@@ -30,6 +30,28 @@ pub fn cache_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// A folder of ferrotune's cache: `sub` beside `$FERROTUNE_CACHE_DIR` (the data cache)
+/// when that is set, else `$XDG_CACHE_HOME/ferrotune/sub`, else `~/.cache/ferrotune/sub`.
+pub fn ferrotune_cache(sub: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("FERROTUNE_CACHE_DIR") {
+        let dir = PathBuf::from(dir);
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        return Some(parent.unwrap_or(Path::new(".")).join(sub));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ferrotune").join(sub))
+}
+
+/// The folder standing for a GGUF file (`gguf::gguf_folder`), in the ferrotune cache.
+fn gguf_model(file: &Path) -> Result<PathBuf> {
+    let cache = crate::gguf::gguf_cache().ok_or_else(|| {
+        ModelError::file(file, "no cache folder for the GGUF's config and tokenizer: HOME is unset (set FERROTUNE_CACHE_DIR)")
+    })?;
+    crate::gguf::gguf_folder(file, &cache)
+}
+
 fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
@@ -103,6 +125,12 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
 
 pub fn resolve_model_with(spec: &str, options: &HubOptions) -> Result<PathBuf> {
     let path = Path::new(spec);
+    if crate::gguf::is_gguf_file(path) {
+        return gguf_model(path);
+    }
+    if let Some(file) = crate::gguf::gguf_in_folder(path)? {
+        return gguf_model(&file);
+    }
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }

@@ -22,25 +22,43 @@ use crate::ops::{
     trainable_linear,
 };
 use crate::param::Param;
+use crate::stored::StoredWeight;
 
 /// Weights by Hugging Face name, consumed while the model is built.
 pub type WeightMap = HashMap<String, Tensor>;
 
-fn take(weights: &mut WeightMap, name: &str, dtype: DType) -> Result<Param> {
-    let t = weights
-        .remove(name)
-        .ok_or_else(|| candle_core::Error::Msg(format!("missing weight {name}")))?;
-    Ok(Param::frozen(name, t.to_dtype(dtype)?))
+/// Frozen weights held in a storage type, by Hugging Face name.
+pub type StoredMap = HashMap<String, StoredWeight>;
+
+/// The weights a model is built from: tensors (converted to the compute dtype) and
+/// weights kept in their storage type, each taken once by name.
+struct Source {
+    tensors: WeightMap,
+    stored: StoredMap,
+    dtype: DType,
 }
 
-fn linear(weights: &mut WeightMap, prefix: &str, bias: bool, dtype: DType) -> Result<Linear> {
-    let weight = take(weights, &format!("{prefix}.weight"), dtype)?;
-    let bias = if bias {
-        Some(take(weights, &format!("{prefix}.bias"), dtype)?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
+impl Source {
+    fn take(&mut self, name: &str) -> Result<Param> {
+        if let Some(w) = self.stored.remove(name) {
+            return Ok(Param::stored(name, w));
+        }
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing weight {name}")))?;
+        Ok(Param::frozen(name, t.to_dtype(self.dtype)?))
+    }
+
+    fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear> {
+        let weight = self.take(&format!("{prefix}.weight"))?;
+        let bias = if bias {
+            Some(self.take(&format!("{prefix}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,19 +104,19 @@ impl KvCache {
 }
 
 impl Attention {
-    fn load(w: &mut WeightMap, p: &str, c: &ModelConfig, dtype: DType) -> Result<Self> {
-        let norm = |w: &mut WeightMap, n: &str| -> Result<Option<Param>> {
+    fn load(w: &mut Source, p: &str, c: &ModelConfig) -> Result<Self> {
+        let norm = |w: &mut Source, n: &str| -> Result<Option<Param>> {
             if c.qk_norm {
-                Ok(Some(take(w, &format!("{p}.{n}.weight"), dtype)?))
+                Ok(Some(w.take(&format!("{p}.{n}.weight"))?))
             } else {
                 Ok(None)
             }
         };
         Ok(Attention {
-            q_proj: linear(w, &format!("{p}.q_proj"), c.qkv_bias, dtype)?,
-            k_proj: linear(w, &format!("{p}.k_proj"), c.qkv_bias, dtype)?,
-            v_proj: linear(w, &format!("{p}.v_proj"), c.qkv_bias, dtype)?,
-            o_proj: linear(w, &format!("{p}.o_proj"), c.o_bias, dtype)?,
+            q_proj: w.linear(&format!("{p}.q_proj"), c.qkv_bias)?,
+            k_proj: w.linear(&format!("{p}.k_proj"), c.qkv_bias)?,
+            v_proj: w.linear(&format!("{p}.v_proj"), c.qkv_bias)?,
+            o_proj: w.linear(&format!("{p}.o_proj"), c.o_bias)?,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             num_heads: c.num_attention_heads,
@@ -202,39 +220,55 @@ impl CausalLm {
     /// `crate::tuning` to choose what trains). Unused weights are returned.
     pub fn from_weights(
         config: ModelConfig,
-        mut w: WeightMap,
+        w: WeightMap,
         dtype: DType,
         device: &Device,
     ) -> Result<(Self, Vec<String>)> {
+        CausalLm::from_stored_weights(config, w, StoredMap::new(), dtype, device)
+    }
+
+    /// [`CausalLm::from_weights`] with some frozen weights kept in their storage type
+    /// (`stored`, taken before `w` for a name in both).
+    pub fn from_stored_weights(
+        config: ModelConfig,
+        w: WeightMap,
+        stored: StoredMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, Vec<String>)> {
+        let mut w = Source {
+            tensors: w,
+            stored,
+            dtype,
+        };
         let c = &config;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(DecoderLayer {
-                input_layernorm: take(&mut w, &format!("{p}.input_layernorm.weight"), dtype)?,
-                self_attn: Attention::load(&mut w, &format!("{p}.self_attn"), c, dtype)?,
-                post_attention_layernorm: take(
-                    &mut w,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    dtype,
-                )?,
+                input_layernorm: w.take(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention::load(&mut w, &format!("{p}.self_attn"), c)?,
+                post_attention_layernorm: w.take(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate_proj: linear(&mut w, &format!("{p}.mlp.gate_proj"), c.mlp_bias, dtype)?,
-                    up_proj: linear(&mut w, &format!("{p}.mlp.up_proj"), c.mlp_bias, dtype)?,
-                    down_proj: linear(&mut w, &format!("{p}.mlp.down_proj"), c.mlp_bias, dtype)?,
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
                 },
             });
         }
-        let embed_tokens = take(&mut w, "model.embed_tokens.weight", dtype)?;
-        let norm = take(&mut w, "model.norm.weight", dtype)?;
+        let embed_tokens = w.take("model.embed_tokens.weight")?;
+        let norm = w.take("model.norm.weight")?;
         let lm_head = if c.tie_word_embeddings {
-            w.remove("lm_head.weight");
+            w.tensors.remove("lm_head.weight");
+            w.stored.remove("lm_head.weight");
             None
         } else {
-            Some(linear(&mut w, "lm_head", false, dtype)?)
+            Some(w.linear("lm_head", false)?)
         };
         let mut unused: Vec<String> = w
+            .tensors
             .into_keys()
+            .chain(w.stored.into_keys())
             .filter(|k| !k.ends_with("rotary_emb.inv_freq"))
             .collect();
         unused.sort();

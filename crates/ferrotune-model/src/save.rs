@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::CausalLm;
 
@@ -56,6 +57,37 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
     move |e| ModelError::file(path, e.to_string())
 }
 
+/// Writes config.json (the original keys, with the ones ferrotune decides updated;
+/// `dtype` as torch_dtype) and generation_config.json (bos and eos ids) into `dir`.
+pub fn write_config_files(config: &ModelConfig, dir: &Path, dtype: DType) -> Result<()> {
+    // config.json: the original keys, with the ones ferrotune decides updated.
+    let mut raw = config.raw.clone();
+    raw.insert(
+        "architectures".into(),
+        json!([config.architecture.hf_class()]),
+    );
+    raw.insert(
+        "model_type".into(),
+        json!(config.architecture.model_type()),
+    );
+    raw.insert("torch_dtype".into(), json!(dtype_name(dtype)));
+    raw.remove("dtype");
+    write_json(&dir.join("config.json"), &Value::Object(raw))?;
+
+    let mut generation = json!({"_from_model_config": true});
+    if let Some(bos) = config.bos_token_id {
+        generation["bos_token_id"] = json!(bos);
+    }
+    match config.eos_token_ids.as_slice() {
+        [] => {}
+        [one] => generation["eos_token_id"] = json!(one),
+        many => generation["eos_token_id"] = json!(many),
+    }
+    write_json(&dir.join("generation_config.json"), &generation)?;
+
+    Ok(())
+}
+
 /// Saves the model (LoRA adapters must be merged first, or saved separately).
 pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -68,30 +100,7 @@ pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result
         .dtype
         .unwrap_or_else(|| dtype_from_name(model.config.torch_dtype.as_deref()));
 
-    // config.json: the original keys, with the ones ferrotune decides updated.
-    let mut config = model.config.raw.clone();
-    config.insert(
-        "architectures".into(),
-        json!([model.config.architecture.hf_class()]),
-    );
-    config.insert(
-        "model_type".into(),
-        json!(model.config.architecture.model_type()),
-    );
-    config.insert("torch_dtype".into(), json!(dtype_name(dtype)));
-    config.remove("dtype");
-    write_json(&dir.join("config.json"), &Value::Object(config))?;
-
-    let mut generation = json!({"_from_model_config": true});
-    if let Some(bos) = model.config.bos_token_id {
-        generation["bos_token_id"] = json!(bos);
-    }
-    match model.config.eos_token_ids.as_slice() {
-        [] => {}
-        [one] => generation["eos_token_id"] = json!(one),
-        many => generation["eos_token_id"] = json!(many),
-    }
-    write_json(&dir.join("generation_config.json"), &generation)?;
+    write_config_files(&model.config, dir, dtype)?;
 
     // Weights, in shards of at most max_shard_bytes.
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];

@@ -67,7 +67,13 @@ pub fn read_safetensors(files: &[PathBuf], device: &Device) -> Result<WeightMap>
 
 /// Loads a model folder. `dtype` is the compute dtype (f32 for training: master weights
 /// stay f32 whatever the file holds).
+///
+/// A folder standing for a GGUF file (`gguf::gguf_folder`) loads the file's tensors in
+/// place, its matrices in their storage types.
 pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<CausalLm> {
+    if let Some(source) = crate::gguf::GgufSource::of_folder(dir)? {
+        return crate::gguf::load_gguf_model(&source, dtype, device);
+    }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = read_safetensors(&weight_files(dir)?, device)?;
     let (model, _unused) = CausalLm::from_weights(config, weights, dtype, device)

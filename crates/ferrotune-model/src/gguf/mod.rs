@@ -1,14 +1,21 @@
 //! llama.cpp's GGUF files, both ways: `read` turns one into a Hugging Face model folder
 //! (weights dequantized, config.json from the metadata, the tokenizer rebuilt from the
-//! vocabulary), `write` exports a model (and its tokenizer) as one. The tensor-name tables
+//! vocabulary), `load` uses one in place (its quantized tensors as they are, behind a
+//! small folder of config and tokenizer files), `write` exports a model (and its
+//! tokenizer) as one. The tensor-name tables
 //! both directions use live here.
 //!
 //! llama.cpp's converter permutes the rows of the q and k projections of Llama-architecture
 //! models for its rope layout: `write::permute` applies it, `read::unpermute` undoes it.
 
+mod load;
 mod read;
 mod write;
 
+pub use load::{
+    gguf_cache, gguf_folder, gguf_in_folder, is_gguf_file, load_gguf_model, sha256_file,
+    storage_summary, GgufSource, GGUF_SOURCE,
+};
 pub use read::{import_gguf, unpermute, Imported};
 pub use write::{export_gguf, permute};
 

@@ -72,8 +72,22 @@ pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// Reads a GGUF file and writes a Hugging Face model folder to `out`.
-pub fn import_gguf(path: &Path, out: &Path) -> Result<Imported> {
+/// A GGUF file's header: its metadata and tensor table, read without the tensors.
+pub(super) struct Header {
+    pub file: std::fs::File,
+    pub content: Content,
+    pub arch: String,
+    /// The Hugging Face class (`LlamaForCausalLM`).
+    pub class: &'static str,
+    pub config: ModelConfig,
+    pub tokens: Vec<String>,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+/// Reads a GGUF file's header: the architecture, config.json's keys from the metadata
+/// and the vocabulary.
+pub(super) fn read_header(path: &Path) -> Result<Header> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| ModelError::file(path, format!("cannot open: {e}")))?;
     let content = Content::read(&mut file)
@@ -144,7 +158,32 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<Imported> {
             config[hf] = json!(id);
         }
     }
-    let model_config = ModelConfig::from_value(config.clone()).map_err(fail)?;
+    let config = ModelConfig::from_value(config).map_err(fail)?;
+    Ok(Header {
+        file,
+        content,
+        arch,
+        class,
+        config,
+        tokens,
+        heads,
+        kv_heads,
+    })
+}
+
+/// Reads a GGUF file and writes a Hugging Face model folder to `out`.
+pub fn import_gguf(path: &Path, out: &Path) -> Result<Imported> {
+    let Header {
+        mut file,
+        content,
+        arch,
+        class,
+        config: model_config,
+        tokens,
+        heads,
+        kv_heads,
+    } = read_header(path)?;
+    let fail = |p: String| ModelError::file(path, p);
 
     let device = Device::Cpu;
     let mut weights = WeightMap::new();
@@ -215,7 +254,7 @@ fn pre_tokenizer(pre: &str) -> Value {
 
 /// Writes tokenizer.json and tokenizer_config.json from the GGUF vocabulary. Returns
 /// whether the file carried a chat template.
-fn write_tokenizer(content: &Content, tokens: &[String], out: &Path) -> Result<bool> {
+pub(super) fn write_tokenizer(content: &Content, tokens: &[String], out: &Path) -> Result<bool> {
     let model = meta_s(content, "tokenizer.ggml.model").unwrap_or("gpt2");
     if model != "gpt2" {
         return Err(ModelError::invalid(format!(

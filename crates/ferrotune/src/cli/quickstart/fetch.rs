@@ -31,15 +31,7 @@ pub const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70
 /// cache) when that is set, else `$XDG_CACHE_HOME/ferrotune/models`, else
 /// `~/.cache/ferrotune/models`.
 pub fn models_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("FERROTUNE_CACHE_DIR") {
-        let dir = PathBuf::from(dir);
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-        return Some(parent.unwrap_or(Path::new(".")).join("models"));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ferrotune").join("models"))
+    ferrotune_model::hub::ferrotune_cache("models")
 }
 
 fn is_model_folder(dir: &Path) -> bool {
