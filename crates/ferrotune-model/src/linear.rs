@@ -66,7 +66,7 @@ impl Linear {
                 }
                 if let Some(lora) = &self.lora {
                     let xd = if train && lora.dropout > 0.0 {
-                        candle_nn::ops::dropout(&x2, lora.dropout)?
+                        crate::ops::dropout::dropout(&x2, lora.dropout)?
                     } else {
                         x2
                     };

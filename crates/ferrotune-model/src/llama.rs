@@ -16,6 +16,7 @@ use crate::loss::{
     causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, HeadWeight, LossSum,
     LOGITS_BUDGET,
 };
+use crate::ops::dropout::{pass_seed, with_layer_masks};
 use crate::ops::mask::attention_bias;
 use crate::ops::{
     apply_rope, attention, frozen_linear, repeat_kv, rms_norm, rope_tables, swiglu,
@@ -248,7 +249,8 @@ impl CausalLm {
             layers.push(DecoderLayer {
                 input_layernorm: w.take(&format!("{p}.input_layernorm.weight"))?,
                 self_attn: Attention::load(&mut w, &format!("{p}.self_attn"), c)?,
-                post_attention_layernorm: w.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: w
+                    .take(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
                     gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
                     up_proj: w.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
@@ -329,10 +331,7 @@ impl CausalLm {
 
     /// How many numbers the trainable parameters hold.
     pub fn trainable_count(&self) -> usize {
-        self.trainable_params()
-            .iter()
-            .map(|p| p.elem_count())
-            .sum()
+        self.trainable_params().iter().map(|p| p.elem_count()).sum()
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -482,9 +481,12 @@ impl CausalLm {
         let mask = self.attention_bias(q_segments, k_segments, b, past)?;
         let mut x = self.embed(ids)?;
         let mut slots = cache.map(|c| &mut c.layers);
+        let seed = pass_seed();
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = slots.as_mut().map(|s| &mut s[i]);
-            x = layer.forward(&x, &rope, &mask, slot, train, self.config.rms_norm_eps)?;
+            x = with_layer_masks(seed, i, || {
+                layer.forward(&x, &rope, &mask, slot, train, self.config.rms_norm_eps)
+            })?;
         }
         rms_norm(&x, self.norm.tensor()?, self.config.rms_norm_eps)
     }
@@ -601,8 +603,8 @@ impl CausalLm {
     ///
     /// Each layer's backward is started from the surrogate `sum(output * d_output)`, whose
     /// gradient with respect to the layer's input and weights is exactly the chain rule's.
-    /// Dropout would draw a new mask in the recomputation, so the caller must not combine
-    /// this with `train` and LoRA dropout (the trainer refuses it).
+    /// LoRA dropout draws the same masks in the recomputation as in the first pass
+    /// (`ops::dropout`: each layer's masks come from the pass's seed and the layer).
     pub fn backward_checkpointed(
         &self,
         batch: &Batch,
@@ -619,12 +621,14 @@ impl CausalLm {
         let eps = self.config.rms_norm_eps;
 
         // Forward: keep each layer's input, detached, and nothing else.
+        let seed = pass_seed();
         let mut inputs = Vec::with_capacity(self.layers.len() + 1);
         inputs.push(self.embed(&batch.input_ids)?.detach());
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let x = inputs.last().expect("the embeddings are pushed first");
-            let out = layer.forward(x, &rope, &mask, None, train, eps)?.detach();
-            inputs.push(out);
+            let out =
+                with_layer_masks(seed, i, || layer.forward(x, &rope, &mask, None, train, eps))?;
+            inputs.push(out.detach());
         }
 
         // The head and the loss, from the last hidden state as a leaf with a gradient.
@@ -637,9 +641,11 @@ impl CausalLm {
         drop((grads, x));
 
         // The layers from the last: recompute, then backward from the surrogate.
-        for (layer, input) in self.layers.iter().zip(inputs).rev() {
+        for (i, (layer, input)) in self.layers.iter().zip(inputs).enumerate().rev() {
             let input = Var::from_tensor(&input)?;
-            let out = layer.forward(input.as_tensor(), &rope, &mask, None, train, eps)?;
+            let out = with_layer_masks(seed, i, || {
+                layer.forward(input.as_tensor(), &rope, &mask, None, train, eps)
+            })?;
             let grads = (out * d_out)?.sum_all()?.backward()?;
             on_grads(&grads)?;
             d_out = take_grad(&grads, input.as_tensor())?;

@@ -124,9 +124,7 @@ pub fn causal_lm_loss_chunked(
     let x = hidden.reshape((b * s, h))?;
     let per_token = match w {
         HeadWeight::Trainable(w) => linear_cross_entropy(&x, w, &safe, &coef, budget, train)?,
-        HeadWeight::Frozen(w) => {
-            linear_cross_entropy_frozen(&x, w, &safe, &coef, budget, train)?
-        }
+        HeadWeight::Frozen(w) => linear_cross_entropy_frozen(&x, w, &safe, &coef, budget, train)?,
     };
     Ok(LossSum {
         sum: per_token.sum_all()?,

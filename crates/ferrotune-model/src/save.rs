@@ -66,10 +66,7 @@ pub fn write_config_files(config: &ModelConfig, dir: &Path, dtype: DType) -> Res
         "architectures".into(),
         json!([config.architecture.hf_class()]),
     );
-    raw.insert(
-        "model_type".into(),
-        json!(config.architecture.model_type()),
-    );
+    raw.insert("model_type".into(), json!(config.architecture.model_type()));
     raw.insert("torch_dtype".into(), json!(dtype_name(dtype)));
     raw.remove("dtype");
     write_json(&dir.join("config.json"), &Value::Object(raw))?;

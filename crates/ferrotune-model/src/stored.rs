@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{bail, DType, Device, Result, Tensor};
@@ -165,7 +165,10 @@ impl StoredWeight {
         for r0 in (0..rows).step_by(slab) {
             let n = slab.min(rows - r0);
             // A fresh buffer: candle's quantize reads the storage from its start.
-            let part = t.narrow(0, r0, n)?.to_dtype(DType::F32)?.force_contiguous()?;
+            let part = t
+                .narrow(0, r0, n)?
+                .to_dtype(DType::F32)?
+                .force_contiguous()?;
             let q = QTensor::quantize(&part, dtype)?;
             bytes.extend_from_slice(&q.data()?);
         }
@@ -330,13 +333,23 @@ mod tests {
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
             let part = w.narrow_rows(5, 7).unwrap().dequantize(&dev).unwrap();
             let want_part = want.narrow(0, 5, 7).unwrap();
-            let diff = (part - want_part).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = (part - want_part)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} narrowed");
             let rows = w.gather_rows(&[3, 0, 3], &dev).unwrap();
             let want_rows = want
                 .index_select(&Tensor::new(&[3u32, 0, 3], &dev).unwrap(), 0)
                 .unwrap();
-            let diff = (rows - want_rows).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = (rows - want_rows)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} gathered");
         }
         assert!(StoredWeight::quantize(&t.narrow(1, 0, 100).unwrap(), GgmlDType::Q4_0).is_err());

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use ferrotune_model::ops::dropout::with_pass_seed;
 use ferrotune_model::tuning::{load_peft_adapter, train_everything};
 use ferrotune_model::weights::load_model;
 use ferrotune_model::{Batch, CausalLm};
@@ -46,18 +47,27 @@ fn model(name: &str, lora: bool) -> CausalLm {
     model
 }
 
-fn compare(name: &str, lora: bool) {
-    let model = model(name, lora);
+/// Checkpointed against plain gradients; `dropout`: LoRA dropout on every adapter, both
+/// passes training with the same pass seed (the recomputed layers must drop what the
+/// first pass dropped).
+fn compare(name: &str, lora: bool, dropout: Option<f32>) {
+    let mut model = model(name, lora);
+    if let Some(p) = dropout {
+        for (_, linear) in model.linears_mut() {
+            linear.lora.as_mut().unwrap().dropout = p;
+        }
+    }
+    let train = dropout.is_some();
     let batch = batch(name);
     let scale = 1.0 / batch.supervised_tokens as f64;
 
-    let (_, loss) = model.forward_loss(&batch, false).unwrap();
+    let loss = with_pass_seed(11, || model.loss(&batch, train)).unwrap();
     let plain = loss.sum.affine(scale, 0.0).unwrap().backward().unwrap();
 
     // Sum the parts as the trainer does (a tied embedding gets two).
     let mut parts: HashMap<String, Tensor> = HashMap::new();
-    let checkpointed = model
-        .backward_checkpointed(&batch, scale, false, |grads| {
+    let checkpointed = with_pass_seed(11, || {
+        model.backward_checkpointed(&batch, scale, train, |grads| {
             for p in model.params() {
                 if let Some(g) = grads.get(p.tensor().unwrap()) {
                     let sum = match parts.remove(p.name()) {
@@ -69,7 +79,8 @@ fn compare(name: &str, lora: bool) {
             }
             Ok(())
         })
-        .unwrap();
+    })
+    .unwrap();
     let a = loss.sum.to_scalar::<f32>().unwrap();
     let b = checkpointed.sum.to_scalar::<f32>().unwrap();
     assert!((a - b).abs() <= 1e-6 * a.abs(), "{name}: loss {a} vs {b}");
@@ -86,7 +97,9 @@ fn compare(name: &str, lora: bool) {
         );
         let Some(got) = got else { continue };
         trainable += 1;
-        let want = plain.get(p.tensor().unwrap()).expect("the plain backward grads it");
+        let want = plain
+            .get(p.tensor().unwrap())
+            .expect("the plain backward grads it");
         let scale = want
             .abs()
             .unwrap()
@@ -107,13 +120,35 @@ fn compare(name: &str, lora: bool) {
 #[test]
 fn checkpointed_gradients_equal_the_plain_ones_full() {
     for name in MODELS {
-        compare(name, false);
+        compare(name, false, None);
     }
 }
 
 #[test]
 fn checkpointed_gradients_equal_the_plain_ones_lora() {
     for name in MODELS {
-        compare(name, true);
+        compare(name, true, None);
     }
+}
+
+#[test]
+fn checkpointed_gradients_equal_the_plain_ones_with_lora_dropout() {
+    for name in MODELS {
+        compare(name, true, Some(0.3));
+    }
+    // The masks matter: another seed gives another loss.
+    let mut model = model(MODELS[0], true);
+    for (_, linear) in model.linears_mut() {
+        linear.lora.as_mut().unwrap().dropout = 0.3;
+    }
+    let batch = batch(MODELS[0]);
+    let loss = |seed| {
+        with_pass_seed(seed, || model.loss(&batch, true))
+            .unwrap()
+            .sum
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(loss(11), loss(11));
+    assert_ne!(loss(11), loss(12));
 }

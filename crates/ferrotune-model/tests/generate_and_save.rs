@@ -296,7 +296,12 @@ fn bf16_and_f16_files_load_into_f32_master_weights() {
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap();
-            assert_eq!(max_abs_diff(&rounded, q.tensor().unwrap()), 0.0, "{}", p.name());
+            assert_eq!(
+                max_abs_diff(&rounded, q.tensor().unwrap()),
+                0.0,
+                "{}",
+                p.name()
+            );
         }
     }
 }
@@ -316,7 +321,13 @@ fn init_follows_transformers() {
             0.0,
             "same seed, same weights"
         );
-        let v = p.tensor().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = p
+            .tensor()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         if p.name().ends_with("norm.weight") {
             assert!(v.iter().all(|&x| x == 1.0), "{}", p.name());

@@ -83,6 +83,7 @@ impl ModelSource {
     pub fn load_unmerged(&self) -> Result<CausalLm> {
         let mut model = load_model(&self.base, DType::F32, &Device::Cpu)?;
         if let Some(adapter) = &self.adapter {
+            ferrotune_model::gguf::check_adapter_base(adapter, &self.base)?;
             load_peft_adapter(&mut model, adapter)?;
         }
         Ok(model)
@@ -120,7 +121,13 @@ fn adapter_base(adapter: &Path) -> Result<PathBuf> {
     if Path::new(base).is_relative() && !Path::new(base).exists() && adapter.join(base).is_dir() {
         return Ok(adapter.join(base));
     }
-    resolve_model(base).with_context(|| format!("the base model named in {}", path.display()))
+    // A GGUF base named by a relative path: the recorded file, wherever this runs from.
+    let recorded = ferrotune_model::gguf::adapter_base(adapter)?;
+    let base = match &recorded {
+        Some(source) if !Path::new(base).exists() => source.file.to_string_lossy().into_owned(),
+        _ => base.to_string(),
+    };
+    resolve_model(&base).with_context(|| format!("the base model named in {}", path.display()))
 }
 
 /// The tokenizer and the chat template saved with the model, or the one `choice` names.

@@ -138,7 +138,11 @@ fn lora_on_a_stored_base_equals_lora_on_its_dequantized_import() {
         import_gguf(&file, &import).unwrap();
         let mut dense = load_model(&import, DType::F32, &Device::Cpu).unwrap();
         let stored_count = stored.params().iter().filter(|p| p.is_stored()).count();
-        assert_eq!(stored_count, 2 * 7 + 2, "{dtype:?}: every matrix stays stored");
+        assert_eq!(
+            stored_count,
+            2 * 7 + 2,
+            "{dtype:?}: every matrix stays stored"
+        );
         assert!(dense.params().iter().all(|p| !p.is_stored()));
         with_adapter(&mut stored);
         with_adapter(&mut dense);
@@ -167,14 +171,20 @@ fn lora_on_a_stored_base_equals_lora_on_its_dequantized_import() {
                     assert!(r < 1e-4, "{dtype:?}: adapter gradients differ by {r}");
                 }
             }
-            opt[0]
-                .step(&stored.trainable_params(), &gs, 1e-3)
-                .unwrap();
+            opt[0].step(&stored.trainable_params(), &gs, 1e-3).unwrap();
             opt[1].step(&dense.trainable_params(), &gd, 1e-3).unwrap();
         }
-        for (p, q) in stored.trainable_params().iter().zip(dense.trainable_params()) {
+        for (p, q) in stored
+            .trainable_params()
+            .iter()
+            .zip(dense.trainable_params())
+        {
             let r = rel(p.tensor().unwrap(), q.tensor().unwrap());
-            assert!(r < 1e-4, "{dtype:?}: {} after 12 steps differs by {r}", p.name());
+            assert!(
+                r < 1e-4,
+                "{dtype:?}: {} after 12 steps differs by {r}",
+                p.name()
+            );
         }
     }
 }
@@ -193,8 +203,7 @@ fn the_chunked_loss_reads_a_stored_head() {
     let targets = Tensor::new(targets.as_slice(), &dev).unwrap();
     let coef = Tensor::ones(rows, DType::F32, &dev).unwrap();
     let run = |w: &FrozenWeight| {
-        let v = linear_cross_entropy_frozen(x.as_tensor(), w, &targets, &coef, 3000, true)
-            .unwrap();
+        let v = linear_cross_entropy_frozen(x.as_tensor(), w, &targets, &coef, 3000, true).unwrap();
         let g = v.sum_all().unwrap().backward().unwrap();
         (v, g.get(x.as_tensor()).unwrap().clone())
     };

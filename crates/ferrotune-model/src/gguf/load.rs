@@ -51,6 +51,68 @@ impl GgufSource {
     }
 }
 
+/// The file an adapter trained on a GGUF base writes beside adapter_config.json: the
+/// base's [`GgufSource`] (file and SHA-256), so that chat, serve, eval and export find
+/// the same file and notice when it changed.
+pub const ADAPTER_BASE: &str = "base_gguf.json";
+
+/// Records the GGUF base `base_dir` stands for (when it stands for one) in an adapter
+/// folder.
+pub fn record_adapter_base(adapter_dir: &Path, base_dir: &Path) -> Result<()> {
+    let Some(source) = GgufSource::of_folder(base_dir)? else {
+        return Ok(());
+    };
+    let path = adapter_dir.join(ADAPTER_BASE);
+    let text = serde_json::to_string_pretty(&source).expect("json") + "\n";
+    std::fs::write(&path, text).map_err(|e| ModelError::file(&path, format!("cannot write: {e}")))
+}
+
+/// The GGUF base an adapter folder records, if any.
+pub fn adapter_base(adapter_dir: &Path) -> Result<Option<GgufSource>> {
+    let path = adapter_dir.join(ADAPTER_BASE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ModelError::file(&path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelError::file(&path, format!("malformed: {e}")))
+}
+
+/// Checks that `base_dir` stands for the GGUF file the adapter recorded (the same
+/// SHA-256): an adapter applied to another base would run without a word otherwise.
+pub fn check_adapter_base(adapter_dir: &Path, base_dir: &Path) -> Result<()> {
+    let Some(recorded) = adapter_base(adapter_dir)? else {
+        return Ok(());
+    };
+    let found = GgufSource::of_folder(base_dir)?;
+    match found {
+        Some(found) if found.sha256 == recorded.sha256 => Ok(()),
+        Some(found) => Err(ModelError::file(
+            &found.file,
+            format!(
+                "the adapter in {} was trained on {} (SHA-256 {}), and this file's SHA-256 is {}: \
+                 give the base it was trained on with --model",
+                adapter_dir.display(),
+                recorded.file.display(),
+                recorded.sha256,
+                found.sha256
+            ),
+        )),
+        None => Err(ModelError::file(
+            base_dir,
+            format!(
+                "the adapter in {} was trained on the GGUF file {} (SHA-256 {}), not on this folder: \
+                 give that file with --model",
+                adapter_dir.display(),
+                recorded.file.display(),
+                recorded.sha256
+            ),
+        )),
+    }
+}
+
 /// Whether `path` names a GGUF file: a file ending in `.gguf`.
 pub fn is_gguf_file(path: &Path) -> bool {
     path.is_file()
@@ -113,7 +175,11 @@ pub fn gguf_folder(file: &Path, cache: &Path) -> Result<PathBuf> {
     }
     // Made in a scratch folder and renamed, so that an interrupted run leaves no half
     // folder behind.
-    let scratch = cache.join(format!(".{stem}-{}-{}", &hex(&key)[..16], std::process::id()));
+    let scratch = cache.join(format!(
+        ".{stem}-{}-{}",
+        &hex(&key)[..16],
+        std::process::id()
+    ));
     let io = |p: &Path, e: std::io::Error| ModelError::file(p, e.to_string());
     std::fs::create_dir_all(&scratch).map_err(|e| io(&scratch, e))?;
     let header = read_header(&file)?;
@@ -143,8 +209,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).map_err(|e| ModelError::file(path, format!("cannot open: {e}")))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ModelError::file(path, format!("cannot open: {e}")))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

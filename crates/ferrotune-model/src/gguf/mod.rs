@@ -13,8 +13,9 @@ mod read;
 mod write;
 
 pub use load::{
-    gguf_cache, gguf_folder, gguf_in_folder, is_gguf_file, load_gguf_model, sha256_file,
-    storage_summary, GgufSource, GGUF_SOURCE,
+    adapter_base, check_adapter_base, gguf_cache, gguf_folder, gguf_in_folder, is_gguf_file,
+    load_gguf_model, record_adapter_base, sha256_file, storage_summary, GgufSource, ADAPTER_BASE,
+    GGUF_SOURCE,
 };
 pub use read::{import_gguf, unpermute, Imported};
 pub use write::{export_gguf, permute};

@@ -199,7 +199,10 @@ pub fn export_gguf(
     for p in model.params() {
         let name = gguf_name(p.name())
             .ok_or_else(|| ModelError::invalid(format!("no GGUF name for {}", p.name())))?;
-        let mut t = p.to_dense(&Device::Cpu)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let mut t = p
+            .to_dense(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         if arch == "llama" && p.name().ends_with("q_proj.weight") {
             t = permute(&t, c.num_attention_heads)?;
         } else if arch == "llama" && p.name().ends_with("k_proj.weight") {

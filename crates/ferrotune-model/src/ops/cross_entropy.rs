@@ -25,8 +25,8 @@ use rayon::prelude::*;
 use super::custom_op::{cpu_storage, rows_per_task, take, with_data};
 use super::fused_kernels_apply;
 use super::gemm;
-use super::linear::FrozenWeight;
 use super::lanes::{exp_neg, exp_shifted_scaled, max_of, sum_exp};
+use super::linear::FrozenWeight;
 
 /// Per-row `coef * (logsumexp(logits) - logits[target])`, (rows,), for `logits` (rows,
 /// vocab), `targets` (rows,) i64 and `coef` (rows,).

@@ -156,7 +156,15 @@ pub(crate) fn add_products(
                     row_stride: cols,
                     col_stride: 1,
                 };
-                product_into(out, n, (m, n, k), true, s as f32, operand(a, k), operand(b, n))
+                product_into(
+                    out,
+                    n,
+                    (m, n, k),
+                    true,
+                    s as f32,
+                    operand(a, k),
+                    operand(b, n),
+                )
             })
         })?;
     }

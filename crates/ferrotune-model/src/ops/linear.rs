@@ -236,7 +236,9 @@ pub fn frozen_linear(x: &Tensor, w: &FrozenWeight) -> Result<Tensor> {
         if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
             candle_core::bail!("frozen_linear: a stored weight multiplies f32 CPU inputs");
         }
-        return x.contiguous()?.apply_op1(FrozenMatmul { weight: w.clone() });
+        return x
+            .contiguous()?
+            .apply_op1(FrozenMatmul { weight: w.clone() });
     }
     x.apply_op1(FrozenMatmul { weight: w.clone() })
 }

@@ -19,6 +19,7 @@
 mod attention;
 mod cross_entropy;
 mod custom_op;
+pub mod dropout;
 pub mod gemm;
 pub mod lanes;
 mod linear;

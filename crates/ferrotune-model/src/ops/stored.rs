@@ -135,7 +135,10 @@ mod tests {
                 assert!(max_diff(&y, &want) < 1e-3, "{dtype:?} {out}x{cols} forward");
                 let dx = input_gradient_plus(&w, &g, &[]).unwrap();
                 let want = g.matmul(&dense).unwrap();
-                assert!(max_diff(&dx, &want) < 1e-3, "{dtype:?} {out}x{cols} gradient");
+                assert!(
+                    max_diff(&dx, &want) < 1e-3,
+                    "{dtype:?} {out}x{cols} gradient"
+                );
             }
         }
     }

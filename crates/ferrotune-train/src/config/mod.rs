@@ -108,9 +108,10 @@ pub struct TrainArgs {
     /// Batches of similar lengths (less padding), as transformers' LengthGroupedSampler.
     pub group_by_length: bool,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping
-    /// them (less memory, one more forward pass of the layers). transformers' key; off by
-    /// default, unlike LLaMA-Factory, where `disable_gradient_checkpointing: false` is the
-    /// default: ferrotune's activations are already small (docs/perf-log/2026-11-26-speed-rounds.md).
+    /// them (less memory, one more forward pass of the layers). transformers' key; on by
+    /// default, as in LLaMA-Factory (`disable_gradient_checkpointing: false`), so that the
+    /// activations of a long sequence fit; `gradient_checkpointing: false` or
+    /// `disable_gradient_checkpointing: true` turns it off.
     pub gradient_checkpointing: bool,
     /// LLaMA-Factory's switch; `true` wins over `gradient_checkpointing`.
     pub disable_gradient_checkpointing: bool,
@@ -167,7 +168,7 @@ impl Default for TrainArgs {
             fp16: false,
             resume_from_checkpoint: None,
             group_by_length: false,
-            gradient_checkpointing: false,
+            gradient_checkpointing: true,
             disable_gradient_checkpointing: false,
             cpu_data_parallel: true,
             ewc_lambda: None,
@@ -186,16 +187,6 @@ impl TrainArgs {
         let mut out = Vec::new();
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());
-        }
-        if self.checkpointing()
-            && self.finetuning_type == FinetuningType::Lora
-            && self.lora_dropout > 0.0
-        {
-            out.push(
-                "gradient_checkpointing with lora_dropout > 0 (the recomputed layer would draw a \
-                 new dropout mask; set lora_dropout: 0 or turn checkpointing off)"
-                    .to_string(),
-            );
         }
         out
     }

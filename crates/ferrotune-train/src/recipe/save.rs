@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferrotune_model::gguf::record_adapter_base;
 use ferrotune_model::save::{save_model, SaveOptions};
 use ferrotune_model::tuning::save_peft_adapter;
 use ferrotune_model::ModelError;
@@ -63,6 +64,7 @@ pub(super) fn trained_model(setup: &Setup) -> Result<()> {
                 output_dir,
                 Some(setup.tuned.source.spec.as_str()),
             )?;
+            record_adapter_base(output_dir, &setup.tuned.source.dir)?;
             copy_tokenizer(&prepared.tokenizer.dir, output_dir, template.as_deref())
         }
         None => {

