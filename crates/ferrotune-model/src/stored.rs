@@ -125,7 +125,7 @@ pub fn parse_storage(name: &str) -> Option<GgmlDType> {
 /// number of its blocks.
 pub fn row_bytes(dtype: GgmlDType, cols: usize) -> Result<usize> {
     let block = dtype.block_size();
-    if cols % block != 0 {
+    if !cols.is_multiple_of(block) {
         bail!(
             "{} stores rows in blocks of {block} weights; a row of {cols} does not divide",
             storage_name(dtype)
@@ -294,7 +294,7 @@ fn blocks_to_f32<T: GgmlType>(bytes: &[u8], out: &mut [f32]) {
     let size = std::mem::size_of::<T>();
     let count = bytes.len() / size;
     debug_assert_eq!(count * T::BLCK_SIZE, out.len());
-    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // Safety: the bytes hold `count` whole blocks at `T`'s alignment, and candle's
         // block types are plain `repr(C)` structs of integers and 16/32-bit floats, for
         // which every bit pattern is a value.
