@@ -134,6 +134,28 @@ pub fn row_bytes(dtype: GgmlDType, cols: usize) -> Result<usize> {
     Ok(cols / block * dtype.type_size())
 }
 
+/// The type a row of `cols` weights is stored in when `want` is asked for: `want` when
+/// its blocks divide the row; else llama.cpp's fallback (`llama_tensor_get_type`: a
+/// K-quant's 256-weight superblocks fall back to a 32-weight type of at least its bits),
+/// and f16 when not even 32 divides the row.
+pub fn fit_type(want: GgmlDType, cols: usize) -> GgmlDType {
+    if cols.is_multiple_of(want.block_size()) {
+        return want;
+    }
+    let fallback = match want {
+        GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
+        _ => GgmlDType::F16,
+    };
+    if cols.is_multiple_of(fallback.block_size()) {
+        fallback
+    } else {
+        GgmlDType::F16
+    }
+}
+
 impl StoredWeight {
     /// A weight from its bytes as a GGUF file holds them.
     pub fn from_bytes(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {

@@ -80,3 +80,61 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<CausalLm>
         .map_err(|e| ModelError::file(dir, e.to_string()))?;
     Ok(model)
 }
+
+/// How a model folder's frozen matrices are held when it loads quantized (LLaMA-Factory's
+/// `quantization_bit`): the decoder's linear weights in `matrices` (with llama.cpp's
+/// fallback for rows the type's blocks do not divide, [`crate::stored::fit_type`]), the
+/// embeddings and an untied head in `embeddings`; norms and biases stay in the compute
+/// dtype.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantization {
+    pub matrices: candle_core::quantized::GgmlDType,
+    pub embeddings: candle_core::quantized::GgmlDType,
+}
+
+/// Loads a model folder with its matrices quantized as `q` says, one tensor at a time
+/// from the memory-mapped files, so that the whole model is never held in f32 (nor in the
+/// file's dtype). A folder standing for a GGUF file keeps the file's own types.
+pub fn load_model_quantized(
+    dir: &Path,
+    q: Quantization,
+    dtype: DType,
+    device: &Device,
+) -> Result<CausalLm> {
+    if crate::gguf::GgufSource::of_folder(dir)?.is_some() {
+        return load_model(dir, dtype, device);
+    }
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let files = weight_files(dir)?;
+    // SAFETY: as in `read_safetensors`.
+    let mmaped = unsafe { MmapedSafetensors::multi(&files) }
+        .map_err(|e| ModelError::file(&files[0], format!("cannot map safetensors: {e}")))?;
+    let mut tensors = WeightMap::new();
+    let mut stored = crate::llama::StoredMap::new();
+    for (name, _) in mmaped.tensors() {
+        let t = mmaped
+            .load(&name, &Device::Cpu)
+            .map_err(|e| ModelError::invalid(format!("cannot load tensor {name}: {e}")))?;
+        let target = if name.ends_with("embed_tokens.weight") || name.ends_with("lm_head.weight") {
+            Some(q.embeddings)
+        } else if name.ends_with("_proj.weight") && t.rank() == 2 {
+            Some(q.matrices)
+        } else {
+            None
+        };
+        match target {
+            Some(want) => {
+                let ty = crate::stored::fit_type(want, t.dim(1)?);
+                let w = crate::stored::StoredWeight::quantize(&t, ty)
+                    .map_err(|e| ModelError::invalid(format!("cannot quantize {name}: {e}")))?;
+                stored.insert(name, w);
+            }
+            None => {
+                tensors.insert(name, t.to_device(device)?);
+            }
+        }
+    }
+    let (model, _unused) = CausalLm::from_stored_weights(config, tensors, stored, dtype, device)
+        .map_err(|e| ModelError::file(dir, e.to_string()))?;
+    Ok(model)
+}

@@ -457,3 +457,53 @@ fn gradient_checkpointing_trains_the_same_steps() {
     let o = run(&["train", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn quantization_keys_quantize_the_base_or_name_what_is_wrong() {
+    let tmp = TempDir::new("quantized");
+    let model = tiny_model(tmp.path());
+    let base = "learning_rate: 1.0e-3\nmax_steps: 3\n";
+    let mut runs = Vec::new();
+    for (name, extra) in [
+        ("f32", ""),
+        ("q8", "quantization_bit: 8\n"),
+        ("q4", "quantization_bit: 4\nquantization_type: nf4\n"),
+    ] {
+        let out = tmp.path().join(name);
+        let cfg = config(tmp.path(), &model, &out, &format!("{base}{extra}"));
+        let o = run(&["train", cfg.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        if name != "f32" {
+            assert!(
+                err.contains("quantization_bit") && err.contains("GPU library"),
+                "{err}"
+            );
+        }
+        runs.push(losses(&out));
+    }
+    // Quantization moves the losses a little, not a lot: q8_0 less than the 4-bit type.
+    let first = |r: &[(u64, f64)]| r[0].1;
+    let d8 = (first(&runs[1]) - first(&runs[0])).abs() / first(&runs[0]);
+    let d4 = (first(&runs[2]) - first(&runs[0])).abs() / first(&runs[0]);
+    assert!(d8 > 0.0 && d8 < 0.01, "q8_0 moved the first loss by {d8}");
+    assert!(d4 < 0.05, "4-bit moved the first loss by {d4}");
+
+    for (extra, needle) in [
+        ("quantization_bit: 3\n", "quantization_bit must be 4 or 8"),
+        ("quantization_bit: 4\nquantization_type: nf5\n", "q4_k"),
+        ("quantization_bit: 4\nquantization_method: gptq\n", "eetq"),
+        (
+            "quantization_bit: 4\nfinetuning_type: full\n",
+            "adapters only",
+        ),
+    ] {
+        let cfg = config(tmp.path(), &model, &tmp.path().join("bad"), extra);
+        let o = run(&["train", cfg.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{extra}: {err}"
+        );
+    }
+}

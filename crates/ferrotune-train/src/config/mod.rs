@@ -3,6 +3,7 @@
 
 pub mod choices;
 pub mod file;
+pub mod quantization;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,10 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "ewc_fisher",
     "ewc_samples",
     "eval_dataset",
+    "quantization_bit",
+    "quantization_type",
+    "double_quantization",
+    "quantization_method",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -131,6 +136,14 @@ pub struct TrainArgs {
     /// LLaMA-Factory's `eval_dataset`.
     #[serde(deserialize_with = "ferrotune_data::config::optional_names")]
     pub eval_dataset: Option<Vec<String>>,
+    /// Quantize the frozen base when it loads: 4 or 8 (`config::quantization`).
+    pub quantization_bit: Option<u32>,
+    /// nf4 / fp4 (bitsandbytes' names, mapped to q4_k) or a GGUF type name (q4_0, q5_k, ...).
+    pub quantization_type: Option<String>,
+    /// bitsandbytes' quantized scales; accepted (q4_k's scales are quantized already).
+    pub double_quantization: bool,
+    /// bitsandbytes, hqq or eetq: accepted with a note (GPU libraries).
+    pub quantization_method: Option<String>,
 }
 
 impl Default for TrainArgs {
@@ -176,6 +189,10 @@ impl Default for TrainArgs {
             ewc_fisher: None,
             ewc_samples: 256,
             eval_dataset: None,
+            quantization_bit: None,
+            quantization_type: None,
+            double_quantization: true,
+            quantization_method: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::data::{sanity_warnings, TrainingData};
 use super::tuning::{ModelSource, Tuned};
 use super::{metrics, Result, Run};
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Choice, TrainArgs};
+use crate::config::{Choice, FinetuningType, TrainArgs};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::Schedule;
 
@@ -35,6 +35,18 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
             unsupported.join("; ")
         )));
     }
+    let quantization = t.quantization_plan().map_err(ModelError::invalid)?;
+    if quantization.quantization.is_some() && t.finetuning_type != FinetuningType::Lora {
+        return Err(ModelError::invalid(format!(
+            "quantization_bit {} with finetuning_type {}: a quantized base trains adapters only \
+             (finetuning_type: lora)",
+            t.quantization_bit.unwrap_or(0),
+            t.finetuning_type.name()
+        )));
+    }
+    for note in &quantization.notes {
+        eprintln!("note: {note}");
+    }
     let output_dir = output_folder(t)?;
     let device = Device::Cpu;
     if t.bf16 {
@@ -42,7 +54,7 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
     }
     let source = ModelSource::resolve(&run.data)?;
     let data = TrainingData::prepare(&run.data, t, &source.dir)?;
-    let tuned = Tuned::load(source, t, &data.args, &output_dir, &device)?;
+    let tuned = Tuned::load(source, t, &data.args, &output_dir, &device, &quantization)?;
     let plan = Plan::new(t, data.rows.len());
     announce(run, &data, &tuned, &plan);
     let (optimizer, state) = optimizer_and_resume(t, &tuned, &output_dir, run.data.seed)?;

@@ -9,10 +9,11 @@ use ferrotune_model::hub::resolve_model;
 use ferrotune_model::tuning::{
     add_lora, freeze_tuning, load_peft_adapter, train_everything, LoraConfig,
 };
-use ferrotune_model::weights::load_model;
+use ferrotune_model::weights::{load_model, load_model_quantized};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 
 use super::Result;
+use crate::config::quantization::QuantizationPlan;
 use crate::config::{FinetuningType, TrainArgs};
 use crate::ewc::Ewc;
 use crate::rows::to_example;
@@ -56,8 +57,12 @@ impl Tuned {
         data: &DataArgs,
         output_dir: &Path,
         device: &Device,
+        quantization: &QuantizationPlan,
     ) -> Result<Self> {
-        let mut model = load_model(&source.dir, DType::F32, device)?;
+        let mut model = match quantization.quantization {
+            Some(q) => load_model_quantized(&source.dir, q, DType::F32, device)?,
+            None => load_model(&source.dir, DType::F32, device)?,
+        };
         let lora = choose_trainable(&mut model, t, data.seed)?;
         let ewc = setup_ewc(&model, t, data, output_dir, device)?;
         Ok(Tuned {
