@@ -1,12 +1,14 @@
 //! A randomly initialised model, initialised as transformers does for Llama-family models:
 //! linear and embedding weights ~ N(0, initializer_range), biases 0, RMSNorm weights 1.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::llama::{CausalLm, WeightMap};
+use crate::llama::{CausalLm, StoredMap, WeightMap};
+use crate::stored::{fit_type, row_bytes, StoredWeight};
 
 /// Standard normal draws (Box-Muller), deterministic for a seed.
 fn normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32> {
@@ -23,21 +25,9 @@ fn normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32> {
     out
 }
 
-/// Builds the weights of `config` with the given seed.
-pub fn init_weights(config: &ModelConfig, seed: u64, device: &Device) -> Result<WeightMap> {
-    let std = config
-        .raw
-        .get("initializer_range")
-        .and_then(|v| v.as_f64())
-        .unwrap_or(0.02) as f32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut w = WeightMap::new();
-    let mut put =
-        |name: String, shape: (usize, usize), rng: &mut rand::rngs::StdRng| -> Result<()> {
-            let t = Tensor::from_vec(normal(rng, shape.0 * shape.1, std), shape, device)?;
-            w.insert(name, t);
-            Ok(())
-        };
+/// The matrices of `config` in the order their values are drawn: the embeddings, each
+/// layer's projections, an untied head.
+fn matrices(config: &ModelConfig) -> Vec<(String, (usize, usize))> {
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,
@@ -45,7 +35,7 @@ pub fn init_weights(config: &ModelConfig, seed: u64, device: &Device) -> Result<
     );
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
-    put("model.embed_tokens.weight".into(), (v, h), &mut rng)?;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), (v, h))];
     for l in 0..config.num_hidden_layers {
         let p = format!("model.layers.{l}");
         for (name, shape) in [
@@ -57,12 +47,29 @@ pub fn init_weights(config: &ModelConfig, seed: u64, device: &Device) -> Result<
             ("mlp.up_proj", (i, h)),
             ("mlp.down_proj", (h, i)),
         ] {
-            put(format!("{p}.{name}.weight"), shape, &mut rng)?;
+            out.push((format!("{p}.{name}.weight"), shape));
         }
     }
     if !config.tie_word_embeddings {
-        put("lm_head.weight".into(), (v, h), &mut rng)?;
+        out.push(("lm_head.weight".into(), (v, h)));
     }
+    out
+}
+
+fn initializer_range(config: &ModelConfig) -> f32 {
+    config
+        .raw
+        .get("initializer_range")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.02) as f32
+}
+
+/// Norm weights (ones) and biases (zeros).
+fn vectors(config: &ModelConfig, device: &Device) -> Result<WeightMap> {
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mut w = WeightMap::new();
     let ones = |n: usize| Tensor::ones(n, DType::F32, device);
     let zeros = |n: usize| Tensor::zeros(n, DType::F32, device);
     for l in 0..config.num_hidden_layers {
@@ -97,9 +104,52 @@ pub fn init_weights(config: &ModelConfig, seed: u64, device: &Device) -> Result<
     Ok(w)
 }
 
+/// Builds the weights of `config` with the given seed.
+pub fn init_weights(config: &ModelConfig, seed: u64, device: &Device) -> Result<WeightMap> {
+    let std = initializer_range(config);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut w = vectors(config, device)?;
+    for (name, shape) in matrices(config) {
+        let t = Tensor::from_vec(normal(&mut rng, shape.0 * shape.1, std), shape, device)?;
+        w.insert(name, t);
+    }
+    Ok(w)
+}
+
 /// A freshly initialised model.
 pub fn init_model(config: ModelConfig, seed: u64, device: &Device) -> Result<CausalLm> {
     let weights = init_weights(&config, seed, device)?;
     let (model, _) = CausalLm::from_weights(config, weights, DType::F32, device)?;
+    Ok(model)
+}
+
+/// A freshly initialised model whose matrices (the embeddings and head included) are held
+/// in `storage` from the start: each is drawn and quantized a slab of rows at a time, so
+/// that a model of any size is made without an f32 copy of even one whole matrix. The
+/// values follow the same draws as [`init_model`]'s.
+pub fn init_stored_model(
+    config: ModelConfig,
+    seed: u64,
+    storage: GgmlDType,
+    device: &Device,
+) -> Result<CausalLm> {
+    let std = initializer_range(&config);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tensors = vectors(&config, device)?;
+    let mut stored = StoredMap::new();
+    for (name, (rows, cols)) in matrices(&config) {
+        let ty = fit_type(storage, cols);
+        // Slabs of an even number of values, so that the draws pair up as in one go.
+        let slab = ((1 << 20) / cols.max(1)).max(2) & !1;
+        let mut bytes = Vec::with_capacity(rows * row_bytes(ty, cols)?);
+        for r0 in (0..rows).step_by(slab) {
+            let n = slab.min(rows - r0);
+            let values =
+                Tensor::from_vec(normal(&mut rng, n * cols, std), (n, cols), &Device::Cpu)?;
+            bytes.extend_from_slice(&QTensor::quantize(&values, ty)?.data()?);
+        }
+        stored.insert(name, StoredWeight::from_bytes(ty, rows, cols, &bytes)?);
+    }
+    let (model, _) = CausalLm::from_stored_weights(config, tensors, stored, DType::F32, device)?;
     Ok(model)
 }

@@ -290,6 +290,16 @@ impl CausalLm {
         ))
     }
 
+    /// A copy that shares the weights, every one frozen: its passes build no autograd
+    /// graph (evaluation, generation with a model in training).
+    pub fn detached(&self) -> Result<CausalLm> {
+        let mut model = self.clone();
+        for p in model.params_mut() {
+            p.set_trainable(false)?;
+        }
+        Ok(model)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -515,13 +525,16 @@ impl CausalLm {
         batch_size: usize,
         pad: u32,
     ) -> Result<(f64, usize)> {
+        // Without gradients: on a copy whose weights are all plain tensors, candle keeps no
+        // graph, and each layer's activations are freed as the next is computed.
+        let model = self.detached()?;
         let (mut sum, mut tokens) = (0f64, 0usize);
         for chunk in examples.chunks(batch_size.max(1)) {
             let batch = Batch::padded(chunk, pad, 8, self.device())?;
             if batch.supervised_tokens == 0 {
                 continue;
             }
-            let loss = self.loss(&batch, false)?;
+            let loss = model.loss(&batch, false)?;
             sum += f64::from(loss.sum.to_scalar::<f32>()?);
             tokens += batch.supervised_tokens;
         }

@@ -8,9 +8,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use clap::Args;
-use ferrotune_model::init::init_model;
+use ferrotune_model::init::{init_model, init_stored_model};
 use ferrotune_model::tuning::{add_lora, train_everything, LoraConfig};
 use ferrotune_model::{Batch, CausalLm, Example, ModelConfig, Param};
 use ferrotune_train::parallel::{Pass, Workers};
@@ -76,9 +77,36 @@ pub struct BenchTrainArgs {
     /// shard of rows per thread (the trainer's `cpu_data_parallel: false`).
     #[arg(long)]
     no_data_parallel: bool,
+    /// With --lora: how the frozen matrices (the embeddings and head included) are held:
+    /// f32, or a storage type they are drawn straight into, one slab of rows at a time
+    /// (bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k .. q6_k), so that a 7B shape never
+    /// needs an f32 copy.
+    #[arg(long, default_value = "f32", value_parser = parse_base_dtype, requires = "lora")]
+    base_dtype: GgmlDType,
+    /// An output head of its own instead of the tied embeddings.
+    #[arg(long)]
+    untied: bool,
+    /// Gradient checkpointing: each decoder layer recomputed in the backward pass (the
+    /// trainer's default).
+    #[arg(long, conflicts_with = "whole_logits")]
+    checkpointing: bool,
+    /// The PyTorch side's precision (torch_train_bench.py's --precision): f32, autocast
+    /// (bf16 autocast over f32 weights) or bf16 (bf16 weights).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "autocast", "bf16"])]
+    torch_precision: String,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_base_dtype(name: &str) -> std::result::Result<GgmlDType, String> {
+    ferrotune_model::stored::parse_storage(name).ok_or_else(|| {
+        let names: Vec<&str> = ferrotune_model::stored::STORAGE_TYPES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        format!("unknown storage type {name:?}; one of {}", names.join(", "))
+    })
 }
 
 /// The figures of one run.
@@ -142,6 +170,9 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         "threads": threads,
         "shards": ours.shards,
         "steps": a.steps,
+        "base_dtype": ferrotune_model::stored::storage_name(a.base_dtype),
+        "untied": a.untied,
+        "checkpointing": a.checkpointing,
         "peak_rss_mib": peak,
     });
     if let (Value::Object(doc), Value::Object(speed)) = (&mut doc, ours.speed_json(a.steps)) {
@@ -174,9 +205,15 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "ferrotune: {} {}, {:.2}M parameters ({:.2}M trainable), batch {} x {}, {threads} threads ({}), gemm: {}",
+        "ferrotune: {} {}{}, {:.2}M parameters ({:.2}M trainable), batch {} x {}, {threads} threads ({}), gemm: {}",
         a.arch,
         if a.lora { "LoRA r=8" } else { "full" },
+        match (a.lora, a.checkpointing) {
+            (true, true) => format!(" on a {} base, checkpointing", ferrotune_model::stored::storage_name(a.base_dtype)),
+            (true, false) => format!(" on a {} base", ferrotune_model::stored::storage_name(a.base_dtype)),
+            (false, true) => ", checkpointing".to_string(),
+            (false, false) => String::new(),
+        },
         ours.parameters as f64 / 1e6,
         ours.trainable as f64 / 1e6,
         a.batch,
@@ -253,7 +290,7 @@ fn config(a: &BenchTrainArgs) -> Result<ModelConfig> {
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
-        "tie_word_embeddings": true,
+        "tie_word_embeddings": !a.untied,
     });
     ModelConfig::from_value(value).map_err(|e| anyhow::anyhow!("model config: {e}"))
 }
@@ -306,7 +343,11 @@ impl Run {
     /// The flags' model, randomly initialised (the same weights either way), with LoRA
     /// adapters or every weight trainable.
     fn new(a: &BenchTrainArgs, lora: bool, device: &Device) -> Result<Run> {
-        let mut model = init_model(config(a)?, 0, device)?;
+        let mut model = match a.base_dtype {
+            GgmlDType::F32 => init_model(config(a)?, 0, device)?,
+            storage if lora => init_stored_model(config(a)?, 0, storage, device)?,
+            _ => bail!("--base-dtype needs --lora: a stored weight does not train"),
+        };
         if lora {
             add_lora(
                 &mut model,
@@ -398,6 +439,8 @@ fn train(a: &BenchTrainArgs) -> Result<(Figures, Option<Figures>)> {
     let workers = Workers::for_training(&device, !a.no_data_parallel)?;
     let pass = if a.whole_logits {
         Pass::WholeLogits
+    } else if a.checkpointing {
+        Pass::Checkpointed
     } else {
         Pass::Plain
     };
@@ -458,6 +501,7 @@ fn run_torch(a: &BenchTrainArgs, python: &str, threads: usize) -> Result<Value> 
     if a.lora {
         cmd.arg("--lora");
     }
+    cmd.arg("--precision").arg(&a.torch_precision);
     let output = cmd
         .output()
         .with_context(|| format!("cannot run {python}"))?;
