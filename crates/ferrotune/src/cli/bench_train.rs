@@ -157,6 +157,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     }
     let (ours, full) = train(&a)?;
     let peak = peak_rss_mib();
+    let planned = memory_plan(&a)?;
     let gemm = ferrotune_model::ops::gemm::backend_info();
     let mut doc = json!({
         "framework": format!("ferrotune {}", env!("CARGO_PKG_VERSION")),
@@ -174,6 +175,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         "untied": a.untied,
         "checkpointing": a.checkpointing,
         "peak_rss_mib": peak,
+        "planned_peak_mib": planned,
     });
     if let (Value::Object(doc), Value::Object(speed)) = (&mut doc, ours.speed_json(a.steps)) {
         doc.extend(speed);
@@ -234,6 +236,13 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         peak.unwrap_or(f64::NAN),
         ours.final_loss
     )?;
+    if let (Some(plan), Some(peak)) = (planned, peak) {
+        writeln!(
+            out,
+            "  memory plan: {plan:.0} MiB; measured peak / plan {:.2}",
+            peak / plan
+        )?;
+    }
     if let Some(f) = &full {
         writeln!(
             out,
@@ -264,6 +273,28 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The memory plan's peak for this run (`ferrotune_model::memory`), in MiB; None for
+/// the runs it does not describe (--whole-logits, --against-full's two models).
+fn memory_plan(a: &BenchTrainArgs) -> Result<Option<f64>> {
+    use ferrotune_model::memory::{plan, PlanInput, Tuning, WeightStorage};
+    if a.whole_logits || a.against_full {
+        return Ok(None);
+    }
+    let input = PlanInput {
+        tuning: if a.lora {
+            Tuning::Lora { rank: 8 }
+        } else {
+            Tuning::Full
+        },
+        storage: WeightStorage::uniform(a.base_dtype),
+        batch: a.batch,
+        seq_len: a.seq,
+        checkpointing: a.checkpointing,
+    };
+    let p = plan(&config(a)?, &input);
+    Ok(Some(p.total_bytes as f64 / (1u64 << 20) as f64))
 }
 
 /// The model config for the flags, as torch_train_bench.py builds it (transformers'

@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use ferrotune_data::TokenizerBundle;
 use ferrotune_model::check::{check, CheckReport, Tolerances};
 use ferrotune_model::hub::resolve_model;
-use ferrotune_model::memory::{estimate, Tuning};
+use ferrotune_model::memory::{
+    available_bytes, human, plan, MemoryPlan, PlanInput, Tuning, WeightStorage,
+};
 use ferrotune_model::save::{save_model, SaveOptions};
 use ferrotune_model::tuning::{load_peft_adapter, train_everything};
 use ferrotune_model::weights::load_model;
@@ -34,7 +37,7 @@ pub enum ModelCommand {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Model folder or Hub id (resolved from the local Hugging Face cache).
+    /// Model folder, GGUF file or Hub id (resolved from the local Hugging Face cache).
     model: String,
     /// Rows per batch for the memory estimate.
     #[arg(long, default_value_t = 4)]
@@ -48,6 +51,9 @@ pub struct InfoArgs {
     /// Trainable layers for the freeze estimate.
     #[arg(long, default_value_t = 2)]
     freeze_layers: usize,
+    /// Plan without gradient checkpointing (the trainer's `gradient_checkpointing: false`).
+    #[arg(long)]
+    no_checkpointing: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -147,33 +153,79 @@ pub fn run(command: ModelCommand) -> Result<()> {
     }
 }
 
-fn gib(bytes: usize) -> String {
-    let b = bytes as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
-    } else {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+/// The rows of `model info`'s memory table: the trainer's three tunings with an f32
+/// model, then LoRA on each way of holding the base.
+fn plan_rows(dir: &std::path::Path, a: &InfoArgs) -> Result<Vec<(String, PlanInput)>> {
+    let input = |tuning, storage| PlanInput {
+        tuning,
+        storage,
+        batch: a.batch_size,
+        seq_len: a.seq_len,
+        checkpointing: !a.no_checkpointing,
+    };
+    let lora = Tuning::Lora { rank: a.lora_rank };
+    let mut rows = vec![
+        ("full".to_string(), input(Tuning::Full, WeightStorage::F32)),
+        (
+            "freeze".to_string(),
+            input(
+                Tuning::Freeze {
+                    layers: a.freeze_layers,
+                },
+                WeightStorage::F32,
+            ),
+        ),
+    ];
+    if let Some(source) = ferrotune_model::gguf::GgufSource::of_folder(dir)? {
+        let bytes: u64 = ferrotune_model::gguf::storage_summary(&source.file)?
+            .iter()
+            .map(|(_, _, b)| *b)
+            .sum();
+        rows.push((
+            "lora, the GGUF file's types".to_string(),
+            input(lora, WeightStorage::Bytes(bytes)),
+        ));
     }
+    for storage in [
+        WeightStorage::F32,
+        WeightStorage::uniform(GgmlDType::BF16),
+        WeightStorage::Types {
+            matrices: GgmlDType::Q8_0,
+            embeddings: GgmlDType::BF16,
+        },
+        WeightStorage::Types {
+            matrices: GgmlDType::Q4K,
+            embeddings: GgmlDType::BF16,
+        },
+    ] {
+        rows.push((
+            format!("lora, {}", storage.describe()),
+            input(lora, storage),
+        ));
+    }
+    Ok(rows)
 }
 
 fn info(a: InfoArgs) -> Result<()> {
     let dir = resolve_model(&a.model)?;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
-    let tunings = [
-        ("full", Tuning::Full),
-        ("lora", Tuning::Lora { rank: a.lora_rank }),
-        (
-            "freeze",
-            Tuning::Freeze {
-                layers: a.freeze_layers,
-            },
-        ),
-    ];
-    let estimates: Vec<_> = tunings
+    let rows = plan_rows(&dir, &a)?;
+    let plans: Vec<(String, MemoryPlan)> = rows
         .iter()
-        .map(|(name, t)| (*name, estimate(&config, *t, a.batch_size, a.seq_len)))
+        .map(|(name, input)| (name.clone(), plan(&config, input)))
         .collect();
     if a.json {
+        let mut memory = serde_json::Map::new();
+        for (name, p) in &plans {
+            // The first rows keep their short names ("full", "freeze"); LoRA's f32 row
+            // is also "lora".
+            let key = if name == "lora, f32" {
+                "lora".to_string()
+            } else {
+                name.clone()
+            };
+            memory.insert(key, json!(p));
+        }
         let doc = json!({
             "architecture": config.architecture.hf_class(),
             "parameters": config.num_parameters(),
@@ -182,7 +234,9 @@ fn info(a: InfoArgs) -> Result<()> {
             "vocab_size": config.vocab_size,
             "batch_size": a.batch_size,
             "seq_len": a.seq_len,
-            "memory": estimates.iter().map(|(n, e)| (n.to_string(), json!(e))).collect::<serde_json::Map<_, _>>(),
+            "checkpointing": !a.no_checkpointing,
+            "available_bytes": available_bytes(),
+            "memory": memory,
         });
         println!("{doc}");
         return Ok(());
@@ -200,25 +254,45 @@ fn info(a: InfoArgs) -> Result<()> {
         c.vocab_size,
         if c.tie_word_embeddings { "tied" } else { "untied" }
     );
+    if let Some(source) = ferrotune_model::gguf::GgufSource::of_folder(&dir)? {
+        println!("  weights read in place from {}:", source.file.display());
+        for (name, n, bytes) in ferrotune_model::gguf::storage_summary(&source.file)? {
+            println!("    {name:<6} {n:>4} tensors {:>12}", human(bytes));
+        }
+    }
     println!(
-        "\nestimated training memory at batch {} x {} tokens (f32 weights, AdamW):",
-        a.batch_size, a.seq_len
+        "\nmemory plan at batch {} x {} tokens ({}; AdamW):",
+        a.batch_size,
+        a.seq_len,
+        if a.no_checkpointing {
+            "no gradient checkpointing"
+        } else {
+            "gradient checkpointing"
+        }
     );
+    let width = plans.iter().map(|(n, _)| n.len()).max().unwrap_or(8);
     println!(
-        "  {:<8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "", "trainable", "weights", "gradients", "AdamW", "activations", "total"
+        "  {:<width$} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "", "trainable", "weights", "training", "activations", "head", "total"
     );
-    for (name, e) in &estimates {
+    for (name, p) in &plans {
         println!(
-            "  {:<8} {:>11.2}M {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "  {:<width$} {:>9.2}M {:>10} {:>12} {:>12} {:>10} {:>10}",
             name,
-            e.trainable_parameters as f64 / 1e6,
-            gib(e.weights_bytes),
-            gib(e.gradients_bytes),
-            gib(e.optimizer_bytes),
-            gib(e.activations_bytes),
-            gib(e.total_bytes)
+            p.trainable_parameters as f64 / 1e6,
+            human(p.weights_bytes),
+            human(p.trainable_bytes),
+            human(p.activations_bytes),
+            human(p.head_bytes),
+            human(p.total_bytes)
         );
+    }
+    println!(
+        "  (training: trainable parameters, gradients and AdamW's moments in f32; total adds {} for the process)",
+        human(plans[0].1.overhead_bytes)
+    );
+    if let Some(avail) = available_bytes() {
+        println!("  available to this process now: {}", human(avail));
     }
     Ok(())
 }
