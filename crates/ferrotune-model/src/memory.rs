@@ -311,56 +311,88 @@ pub fn parse_size(text: &str) -> Option<u64> {
     Some((number * scale) as u64)
 }
 
-/// Ways to make `input` fit in `limit` bytes, each with its planned peak: a 4-bit base
-/// (LoRA), checkpointing, the longest cutoff_len that fits, the largest batch that fits.
+/// Ways to make `input` fit in `limit` bytes, each with its planned peak: each change
+/// that fits alone (a 4-bit base for LoRA, checkpointing, the longest cutoff_len that
+/// fits, the largest batch that fits); when none does, them together.
 pub fn what_would_fit(c: &ModelConfig, input: &PlanInput, limit: u64) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
     let fits = |i: &PlanInput| plan(c, i).total_bytes <= limit;
     let q4 = WeightStorage::Types {
         matrices: GgmlDType::Q4K,
         embeddings: GgmlDType::BF16,
     };
-    let mut changed = *input;
+    let mut changes: Vec<(String, PlanInput)> = Vec::new();
     if matches!(input.tuning, Tuning::Lora { .. }) && input.storage != q4 {
-        changed.storage = q4;
-        out.push((
-            "a 4-bit base (quantization_bit: 4)".to_string(),
-            plan(c, &changed).total_bytes,
-        ));
+        let mut i = *input;
+        i.storage = q4;
+        changes.push(("a 4-bit base (quantization_bit: 4)".to_string(), i));
     }
     if !input.checkpointing {
         let mut i = *input;
         i.checkpointing = true;
-        out.push((
+        changes.push((
             "gradient checkpointing (leave gradient_checkpointing on)".to_string(),
-            plan(c, &i).total_bytes,
+            i,
         ));
     }
-    let mut i = *input;
-    while i.seq_len > 16 && !fits(&i) {
-        i.seq_len /= 2;
+    let shorter = |mut i: PlanInput| {
+        while i.seq_len > 16 && !fits(&i) {
+            i.seq_len /= 2;
+        }
+        i
+    };
+    let smaller = |mut i: PlanInput| {
+        while i.batch > 1 && !fits(&i) {
+            i.batch /= 2;
+        }
+        i
+    };
+    let i = shorter(*input);
+    if i.seq_len < input.seq_len {
+        changes.push((format!("cutoff_len: {}", i.seq_len), i));
     }
-    if i.seq_len < input.seq_len && fits(&i) {
-        out.push((
-            format!("cutoff_len: {}", i.seq_len),
-            plan(c, &i).total_bytes,
-        ));
+    let i = smaller(*input);
+    if i.batch < input.batch {
+        changes.push((batch_advice(i.batch), i));
     }
-    let mut i = *input;
-    while i.batch > 1 && !fits(&i) {
-        i.batch /= 2;
+    let mut out: Vec<(String, u64)> = changes
+        .iter()
+        .filter(|(_, i)| fits(i))
+        .map(|(what, i)| (what.clone(), plan(c, i).total_bytes))
+        .collect();
+    if out.is_empty() {
+        // Everything together: the base and checkpointing, then the batch, then the rows.
+        let mut i = *input;
+        let mut what = Vec::new();
+        if matches!(input.tuning, Tuning::Lora { .. }) && input.storage != q4 {
+            i.storage = q4;
+            what.push("a 4-bit base (quantization_bit: 4)".to_string());
+        }
+        if !i.checkpointing {
+            i.checkpointing = true;
+            what.push("gradient checkpointing".to_string());
+        }
+        let batch = smaller(i).batch;
+        if batch < i.batch {
+            i.batch = batch;
+            what.push(batch_advice(batch));
+        }
+        let seq = shorter(i).seq_len;
+        if seq < i.seq_len {
+            i.seq_len = seq;
+            what.push(format!("cutoff_len: {seq}"));
+        }
+        if fits(&i) && !what.is_empty() {
+            out.push((what.join(", with "), plan(c, &i).total_bytes));
+        }
     }
-    if i.batch < input.batch && fits(&i) {
-        out.push((
-            format!(
-                "per_device_train_batch_size: {} (raise gradient_accumulation_steps to keep the effective batch)",
-                i.batch
-            ),
-            plan(c, &i).total_bytes,
-        ));
-    }
-    out.retain(|(_, bytes)| *bytes <= limit);
     out
+}
+
+fn batch_advice(batch: usize) -> String {
+    format!(
+        "per_device_train_batch_size: {batch} (raise gradient_accumulation_steps to keep the \
+         effective batch)"
+    )
 }
 
 #[cfg(test)]

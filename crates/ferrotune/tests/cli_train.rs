@@ -507,3 +507,125 @@ fn quantization_keys_quantize_the_base_or_name_what_is_wrong() {
         );
     }
 }
+
+/// A Qwen2.5-7B-shaped bf16 model folder whose weights are a sparse file: config.json, the
+/// example tokenizer and a model.safetensors whose header lists every tensor.
+fn sparse_7b_folder(dir: &Path) -> PathBuf {
+    let model = dir.join("qwen7b");
+    std::fs::create_dir_all(&model).unwrap();
+    let (h, i, v, layers, kv) = (3584usize, 18944usize, 152064usize, 28usize, 512usize);
+    std::fs::write(
+        model.join("config.json"),
+        serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": v,
+            "hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": false,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+            "torch_dtype": "bfloat16"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            ferrotune_testing::workspace_root()
+                .join("examples/tokenizer")
+                .join(f),
+            model.join(f),
+        )
+        .unwrap();
+    }
+    let mut tensors = vec![
+        ("model.embed_tokens.weight".to_string(), vec![v, h]),
+        ("lm_head.weight".to_string(), vec![v, h]),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj.weight", vec![h, h]),
+            ("self_attn.q_proj.bias", vec![h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.k_proj.bias", vec![kv]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.bias", vec![kv]),
+            ("self_attn.o_proj.weight", vec![h, h]),
+            ("mlp.gate_proj.weight", vec![i, h]),
+            ("mlp.up_proj.weight", vec![i, h]),
+            ("mlp.down_proj.weight", vec![h, i]),
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+        ] {
+            tensors.push((format!("{p}.{name}"), shape));
+        }
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in &tensors {
+        let bytes = 2 * shape.iter().product::<usize>();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    let mut file = std::fs::File::create(model.join("model.safetensors")).unwrap();
+    use std::io::Write;
+    file.write_all(&(header.len() as u64).to_le_bytes())
+        .unwrap();
+    file.write_all(header.as_bytes()).unwrap();
+    // The data: a hole of 15 GB, which takes no disk space.
+    file.set_len((8 + header.len() + offset) as u64).unwrap();
+    model
+}
+
+#[test]
+fn the_memory_plan_stops_a_run_that_cannot_fit_before_loading_it() {
+    let tmp = TempDir::new("memory-plan");
+    let model = sparse_7b_folder(tmp.path());
+    for (name, extra, cutoff, needle) in [
+        // An f32 7B base takes 28 GiB: only a 4-bit base fits in 24 GiB.
+        (
+            "f32",
+            "memory_limit: 24GiB\n",
+            "cutoff_len=1024",
+            "a 4-bit base",
+        ),
+        // Packed 4 x 4096 rows without checkpointing: checkpointing or shorter rows fit.
+        (
+            "unchecked",
+            "memory_limit: 24GiB\nquantization_bit: 4\npacking: true\n\
+             gradient_checkpointing: false\n",
+            "cutoff_len=4096",
+            "gradient checkpointing",
+        ),
+    ] {
+        let out = tmp.path().join(name);
+        let cfg = config(tmp.path(), &model, &out, extra);
+        let started = std::time::Instant::now();
+        let o = run(&["train", cfg.to_str().unwrap(), cutoff]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("memory plan") && err.contains("What would fit") && err.contains(needle),
+            "{name}: {err}"
+        );
+        // Stopped before the data and the weights were read.
+        assert!(!err.contains("data:"), "{name}: {err}");
+        assert!(started.elapsed().as_secs() < 30);
+    }
+    // memory_limit accepts sizes only; a bad one is named.
+    let cfg = config(
+        tmp.path(),
+        &model,
+        &tmp.path().join("bad"),
+        "memory_limit: lots\n",
+    );
+    let o = run(&["train", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("memory_limit \"lots\""),
+        "{err}"
+    );
+}

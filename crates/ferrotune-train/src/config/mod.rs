@@ -57,6 +57,8 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "quantization_type",
     "double_quantization",
     "quantization_method",
+    "memory_limit",
+    "ignore_memory_plan",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,6 +146,11 @@ pub struct TrainArgs {
     pub double_quantization: bool,
     /// bitsandbytes, hqq or eetq: accepted with a note (GPU libraries).
     pub quantization_method: Option<String>,
+    /// The memory the run may use (`24GiB`, `512MiB`, bytes), instead of what the machine
+    /// has available: the memory plan is checked against it. ferrotune's key.
+    pub memory_limit: Option<String>,
+    /// Train even when the memory plan does not fit (`train --ignore-memory-plan`).
+    pub ignore_memory_plan: bool,
 }
 
 impl Default for TrainArgs {
@@ -193,6 +200,8 @@ impl Default for TrainArgs {
             quantization_type: None,
             double_quantization: true,
             quantization_method: None,
+            memory_limit: None,
+            ignore_memory_plan: false,
         }
     }
 }

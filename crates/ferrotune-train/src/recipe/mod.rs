@@ -11,6 +11,7 @@
 
 mod data;
 mod evaluate;
+mod memory_check;
 mod metrics;
 mod progress;
 mod save;

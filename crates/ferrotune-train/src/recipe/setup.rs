@@ -7,6 +7,7 @@ use candle_core::Device;
 use ferrotune_model::ModelError;
 
 use super::data::{sanity_warnings, TrainingData};
+use super::memory_check;
 use super::tuning::{ModelSource, Tuned};
 use super::{metrics, Result, Run};
 use crate::checkpoint::{self, TrainerState};
@@ -53,6 +54,7 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
         eprintln!("note: bf16 requested, but candle's CPU bf16 matrix multiply is slower than f32 (45-95 against 95-115 GFLOP/s measured): training in f32");
     }
     let source = ModelSource::resolve(&run.data)?;
+    memory_check::check(t, &run.data, &source.dir, &quantization)?;
     let data = TrainingData::prepare(&run.data, t, &source.dir)?;
     let tuned = Tuned::load(source, t, &data.args, &output_dir, &device, &quantization)?;
     let plan = Plan::new(t, data.rows.len());

@@ -14,12 +14,19 @@ pub struct TrainCommand {
     /// Overrides of config keys, e.g. `learning_rate=1e-4 max_steps=20`.
     #[arg(value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Train even when the memory plan says the run does not fit (the config key
+    /// `ignore_memory_plan: true`).
+    #[arg(long)]
+    ignore_memory_plan: bool,
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
     let mut config = ConfigFile::load(&cmd.config)?;
     for o in &cmd.overrides {
         config.set_override(o)?;
+    }
+    if cmd.ignore_memory_plan {
+        config.set_override("ignore_memory_plan=true")?;
     }
     let ignored: Vec<String> = IGNORED_KEYS
         .iter()
