@@ -20,7 +20,7 @@ use crate::ops::dropout::{pass_seed, with_layer_masks};
 use crate::ops::mask::attention_bias;
 use crate::ops::{
     apply_rope, attention, frozen_linear, repeat_kv, rms_norm, rope_tables, swiglu,
-    trainable_linear,
+    trainable_linear, FrozenWeight,
 };
 use crate::param::Param;
 use crate::stored::StoredWeight;
@@ -298,6 +298,29 @@ impl CausalLm {
             p.set_trainable(false)?;
         }
         Ok(model)
+    }
+
+    /// Makes every frozen matrix (the embeddings and head included) multiply in bf16 with
+    /// f32 accumulation (`bf16: true`): a stored weight keeps its type, an f32 one is held
+    /// as bf16. What trains, norms, softmax and the loss stay f32. Returns how many
+    /// matrices changed.
+    pub fn use_bf16_products(&mut self) -> Result<usize> {
+        let mut changed = 0;
+        for p in self.params_mut() {
+            if p.is_trainable() || p.dims().len() != 2 {
+                continue;
+            }
+            let FrozenWeight::Stored(w) = p.frozen_weight() else {
+                let t = p.tensor()?.to_dtype(DType::F32)?;
+                let w = StoredWeight::quantize(&t, candle_core::quantized::GgmlDType::BF16)?;
+                *p = Param::stored(p.name().to_string(), w.with_bf16_products(true));
+                changed += 1;
+                continue;
+            };
+            *p = Param::stored(p.name().to_string(), w.with_bf16_products(true));
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     pub fn device(&self) -> &Device {

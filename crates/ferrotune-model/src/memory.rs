@@ -426,7 +426,7 @@ mod tests {
         let ratio = q4.weights_bytes as f64 / f32.weights_bytes as f64;
         assert!((ratio - 4.5 / 32.0).abs() < 0.01, "{ratio}");
         let plain = plan(&c, &input(WeightStorage::F32, false));
-        assert!(plain.activations_bytes > 10 * f32.activations_bytes);
+        assert!(plain.activations_bytes > 5 * f32.activations_bytes);
         assert_eq!(plain.weights_bytes, f32.weights_bytes);
     }
 

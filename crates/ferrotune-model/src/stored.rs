@@ -59,6 +59,8 @@ pub struct StoredWeight {
     bytes: Arc<AlignedBytes>,
     /// The first row of this view in `bytes` (a narrowed weight shares its parent's bytes).
     first_row: usize,
+    /// Multiply in bf16 with f32 accumulation (`ops::bf16`) instead of f32.
+    bf16_products: bool,
 }
 
 impl std::fmt::Debug for StoredWeight {
@@ -173,7 +175,19 @@ impl StoredWeight {
             cols,
             bytes: Arc::new(AlignedBytes::new(bytes)),
             first_row: 0,
+            bf16_products: false,
         })
+    }
+
+    /// The same weight, multiplied in bf16 (f32 accumulation) when `on`.
+    pub fn with_bf16_products(mut self, on: bool) -> Self {
+        self.bf16_products = on;
+        self
+    }
+
+    /// Whether the products read this weight in bf16.
+    pub fn bf16_products(&self) -> bool {
+        self.bf16_products
     }
 
     /// Quantizes a 2-D tensor into `dtype` (llama.cpp's reference quantization, through
@@ -245,6 +259,19 @@ impl StoredWeight {
     fn view(&self) -> &[u8] {
         let len = self.row_len();
         &self.bytes.as_slice()[self.first_row * len..(self.first_row + self.rows) * len]
+    }
+
+    /// Rows `r0 .. r0 + n` as bf16 bits, row-major, when the weight is stored in bf16
+    /// (read in place: no conversion).
+    pub fn bf16_rows(&self, r0: usize, n: usize) -> Option<&[u16]> {
+        if self.dtype != GgmlDType::BF16 || r0 + n > self.rows {
+            return None;
+        }
+        let len = self.row_len();
+        let bytes = &self.view()[r0 * len..(r0 + n) * len];
+        // Safety: the buffer is 8-byte aligned and every row starts at an even offset
+        // (2 bytes a value); u16 has no invalid bit pattern.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, bytes.len() / 2) })
     }
 
     /// Rows `r0 .. r0 + n` in f32, row-major, into `out` (n * cols), split over rayon's

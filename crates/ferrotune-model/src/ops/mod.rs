@@ -17,6 +17,7 @@
 //! for training and decoding).
 
 mod attention;
+pub mod bf16;
 mod cross_entropy;
 mod custom_op;
 pub mod dropout;

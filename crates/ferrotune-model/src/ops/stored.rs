@@ -13,6 +13,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::bf16;
 use super::custom_op::with_data;
 use super::gemm::{add_products, product_into, Strided};
 use crate::stored::StoredWeight;
@@ -32,6 +33,9 @@ pub(crate) fn forward(w: &StoredWeight, x: &[f32], n: usize) -> Result<Vec<f32>>
     let (out, cols) = w.dims();
     if x.len() != n * cols {
         candle_core::bail!("stored product: {} values for {n} rows of {cols}", x.len());
+    }
+    if w.bf16_products() {
+        return forward_bf16(w, x, n);
     }
     let mut y = vec![0f32; n * out];
     let p = panel_rows(cols, out, 16);
@@ -62,6 +66,9 @@ pub(crate) fn input_gradient(w: &StoredWeight, g: &[f32], n: usize) -> Result<Ve
     if g.len() != n * out {
         candle_core::bail!("stored product: {} values for {n} rows of {out}", g.len());
     }
+    if w.bf16_products() {
+        return input_gradient_bf16(w, g, n);
+    }
     let mut dx = vec![0f32; n * cols];
     let p = panel_rows(cols, out, 256);
     let mut panel = vec![0f32; p * cols];
@@ -80,6 +87,61 @@ pub(crate) fn input_gradient(w: &StoredWeight, g: &[f32], n: usize) -> Result<Ve
             col_stride: 1,
         };
         product_into(&mut dx, cols, (n, cols, rows), i > 0, 1.0, g_op, w_op)?;
+    }
+    Ok(dx)
+}
+
+/// [`forward`] in bf16: `x` rounded to bf16 pairs once, each panel packed as bf16 pairs
+/// (`ops::bf16`), f32 sums.
+fn forward_bf16(w: &StoredWeight, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let (out, cols) = w.dims();
+    let xp = bf16::pairs_of(x, n, cols, cols);
+    let kp = cols.div_ceil(2);
+    let mut y = vec![0f32; n * out];
+    let p = panel_rows(cols, out, bf16::NR);
+    let mut panel = vec![0f32; p * cols];
+    for r0 in (0..out).step_by(p) {
+        let rows = p.min(out - r0);
+        let b = match w.bf16_rows(r0, rows) {
+            Some(bits) => bf16::pack_rows(bits, rows, cols),
+            None => {
+                let panel = &mut panel[..rows * cols];
+                w.dequantize_rows(r0, rows, panel)?;
+                bf16::pack_rows(panel, rows, cols)
+            }
+        };
+        bf16::gemm(&mut y[r0..], out, (n, rows, kp), &xp, &b, false, false);
+    }
+    Ok(y)
+}
+
+/// [`input_gradient`] in bf16: each panel's rows of `W` and columns of `g` as bf16 pairs
+/// along the panel's rows, f32 sums accumulated across panels.
+fn input_gradient_bf16(w: &StoredWeight, g: &[f32], n: usize) -> Result<Vec<f32>> {
+    let (out, cols) = w.dims();
+    let mut dx = vec![0f32; n * cols];
+    let p = panel_rows(cols, out, 256);
+    let mut panel = vec![0f32; p * cols];
+    for (i, r0) in (0..out).step_by(p).enumerate() {
+        let rows = p.min(out - r0);
+        let b = match w.bf16_rows(r0, rows) {
+            Some(bits) => bf16::pack_columns(bits, rows, cols),
+            None => {
+                let panel = &mut panel[..rows * cols];
+                w.dequantize_rows(r0, rows, panel)?;
+                bf16::pack_columns(panel, rows, cols)
+            }
+        };
+        let gp = bf16::pairs_of(&g[r0..], n, rows, out);
+        bf16::gemm(
+            &mut dx,
+            cols,
+            (n, cols, rows.div_ceil(2)),
+            &gp,
+            &b,
+            i > 0,
+            false,
+        );
     }
     Ok(dx)
 }

@@ -32,6 +32,9 @@ fn plan_input(
             matrices: q.matrices,
             embeddings: q.embeddings,
         },
+        (None, None) if t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16() => {
+            WeightStorage::uniform(candle_core::quantized::GgmlDType::BF16)
+        }
         (None, None) => WeightStorage::F32,
     };
     let tuning = match t.finetuning_type {

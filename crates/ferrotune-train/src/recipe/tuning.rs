@@ -64,6 +64,13 @@ impl Tuned {
             None => load_model(&source.dir, DType::F32, device)?,
         };
         let lora = choose_trainable(&mut model, t, data.seed)?;
+        if t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16() {
+            let n = model.use_bf16_products()?;
+            eprintln!(
+                "bf16: {n} frozen matrices multiply in bf16 with f32 sums (AVX512-BF16); what \
+                 trains, norms, softmax, the loss and AdamW stay f32"
+            );
+        }
         let ewc = setup_ewc(&model, t, data, output_dir, device)?;
         Ok(Tuned {
             source,

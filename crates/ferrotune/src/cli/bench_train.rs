@@ -83,6 +83,15 @@ pub struct BenchTrainArgs {
     /// needs an f32 copy.
     #[arg(long, default_value = "f32", value_parser = parse_base_dtype, requires = "lora")]
     base_dtype: GgmlDType,
+    /// With --lora: the frozen products in bf16 with f32 sums (the trainer's `bf16: true`;
+    /// an f32 base is then held as bf16). AVX512-BF16 where the CPU has it, else the
+    /// portable kernel. With --against-f32, the same model in f32 takes turns with it.
+    #[arg(long, requires = "lora")]
+    bf16: bool,
+    /// With --bf16: also train the f32 model, the two taking turns step by step in this
+    /// process, and print the bf16 speed as a ratio of the f32 one.
+    #[arg(long, requires = "bf16", conflicts_with = "against_full")]
+    against_f32: bool,
     /// An output head of its own instead of the tied embeddings.
     #[arg(long)]
     untied: bool,
@@ -90,10 +99,11 @@ pub struct BenchTrainArgs {
     /// trainer's default).
     #[arg(long, conflicts_with = "whole_logits")]
     checkpointing: bool,
-    /// The PyTorch side's precision (torch_train_bench.py's --precision): f32, autocast
-    /// (bf16 autocast over f32 weights) or bf16 (bf16 weights).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "autocast", "bf16"])]
-    torch_precision: String,
+    /// The PyTorch side's precisions (torch_train_bench.py's --precision), run one after
+    /// the other and compared at their best: f32, autocast (bf16 autocast over f32
+    /// weights), bf16 (bf16 weights); comma-separated.
+    #[arg(long, default_value = "f32", value_delimiter = ',', value_parser = ["f32", "autocast", "bf16"])]
+    torch_precision: Vec<String>,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -181,13 +191,33 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         doc.extend(speed);
     }
     if let Some(f) = &full {
-        doc["full"] = f.speed_json(a.steps);
-        doc["lora_step_vs_full"] = json!(ours.seconds / f.seconds);
+        if a.against_f32 {
+            doc["f32"] = f.speed_json(a.steps);
+            doc["bf16_speedup_vs_f32"] = json!(f.seconds / ours.seconds);
+        } else {
+            doc["full"] = f.speed_json(a.steps);
+            doc["lora_step_vs_full"] = json!(ours.seconds / f.seconds);
+        }
     }
-    let torch = match &a.torch {
-        Some(python) => Some(run_torch(&a, python, threads)?),
-        None => None,
-    };
+    // Every precision asked for; the comparison is with the fastest.
+    let mut torch_runs = Vec::new();
+    if let Some(python) = &a.torch {
+        for precision in &a.torch_precision {
+            let mut run = run_torch(&a, python, threads, precision)?;
+            run["precision"] = json!(precision);
+            torch_runs.push(run);
+        }
+    }
+    let torch = torch_runs
+        .iter()
+        .max_by(|x, y| {
+            let speed = |v: &Value| v["tokens_per_s"].as_f64().unwrap_or(0.0);
+            speed(x).total_cmp(&speed(y))
+        })
+        .cloned();
+    if torch_runs.len() > 1 {
+        doc["torch_runs"] = json!(torch_runs);
+    }
     let mut out = std::io::stdout().lock();
     if let Some(t) = &torch {
         let speedup = t["tokens_per_s"]
@@ -243,7 +273,25 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
             peak / plan
         )?;
     }
-    if let Some(f) = &full {
+    if let (Some(f), true) = (&full, a.against_f32) {
+        writeln!(
+            out,
+            "  the same model in f32, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
+            f.tokens_per_s,
+            f.time_split(a.steps),
+            f.final_loss
+        )?;
+        writeln!(
+            out,
+            "  bf16 / f32 speed: {:.2}x (products on {}; peak memory above: both models)",
+            f.seconds / ours.seconds,
+            if ferrotune_model::ops::bf16::has_avx512_bf16() {
+                "AVX512-BF16"
+            } else {
+                "the portable bf16 kernel"
+            }
+        )?;
+    } else if let Some(f) = &full {
         writeln!(
             out,
             "  full fine-tuning, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
@@ -257,13 +305,23 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
             ours.seconds / f.seconds
         )?;
     }
+    for t in &torch_runs {
+        writeln!(
+            out,
+            "{} ({}): {:.0} tokens/s; peak memory {:.0} MiB",
+            t["framework"].as_str().unwrap_or("torch"),
+            t["precision"].as_str().unwrap_or("f32"),
+            t["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+        )?;
+    }
     if let Some(t) = &torch {
         let theirs = t["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let their_peak = t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
         writeln!(
             out,
-            "{}: {theirs:.0} tokens/s; peak memory {their_peak:.0} MiB",
-            t["framework"].as_str().unwrap_or("torch")
+            "PyTorch's best: {}",
+            t["precision"].as_str().unwrap_or("f32")
         )?;
         writeln!(
             out,
@@ -279,7 +337,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
 /// the runs it does not describe (--whole-logits, --against-full's two models).
 fn memory_plan(a: &BenchTrainArgs) -> Result<Option<f64>> {
     use ferrotune_model::memory::{plan, PlanInput, Tuning, WeightStorage};
-    if a.whole_logits || a.against_full {
+    if a.whole_logits || a.against_full || a.against_f32 {
         return Ok(None);
     }
     let input = PlanInput {
@@ -288,7 +346,12 @@ fn memory_plan(a: &BenchTrainArgs) -> Result<Option<f64>> {
         } else {
             Tuning::Full
         },
-        storage: WeightStorage::uniform(a.base_dtype),
+        storage: match (a.bf16, a.base_dtype) {
+            (true, candle_core::quantized::GgmlDType::F32) => {
+                WeightStorage::uniform(candle_core::quantized::GgmlDType::BF16)
+            }
+            (_, t) => WeightStorage::uniform(t),
+        },
         batch: a.batch,
         seq_len: a.seq,
         checkpointing: a.checkpointing,
@@ -373,7 +436,7 @@ struct Run {
 impl Run {
     /// The flags' model, randomly initialised (the same weights either way), with LoRA
     /// adapters or every weight trainable.
-    fn new(a: &BenchTrainArgs, lora: bool, device: &Device) -> Result<Run> {
+    fn new(a: &BenchTrainArgs, lora: bool, bf16: bool, device: &Device) -> Result<Run> {
         let mut model = match a.base_dtype {
             GgmlDType::F32 => init_model(config(a)?, 0, device)?,
             storage if lora => init_stored_model(config(a)?, 0, storage, device)?,
@@ -391,6 +454,9 @@ impl Run {
             )?;
         } else {
             train_everything(&mut model)?;
+        }
+        if bf16 {
+            model.use_bf16_products()?;
         }
         // torch.optim.AdamW's defaults, given every trainable parameter (weight decay
         // 0.01 on all of them), at the script's learning rate.
@@ -460,9 +526,11 @@ impl Run {
 /// taking turns, each going first every other step): its figures, and the full run's.
 fn train(a: &BenchTrainArgs) -> Result<(Figures, Option<Figures>)> {
     let device = Device::Cpu;
-    let mut ours = Run::new(a, a.lora, &device)?;
+    let mut ours = Run::new(a, a.lora, a.bf16, &device)?;
     let mut full = if a.against_full {
-        Some(Run::new(a, false, &device)?)
+        Some(Run::new(a, false, false, &device)?)
+    } else if a.against_f32 {
+        Some(Run::new(a, true, false, &device)?)
     } else {
         None
     };
@@ -497,7 +565,7 @@ fn train(a: &BenchTrainArgs) -> Result<(Figures, Option<Figures>)> {
 }
 
 /// Runs torch_train_bench.py with the same arguments; its JSON line.
-fn run_torch(a: &BenchTrainArgs, python: &str, threads: usize) -> Result<Value> {
+fn run_torch(a: &BenchTrainArgs, python: &str, threads: usize, precision: &str) -> Result<Value> {
     let script = match &a.torch_script {
         Some(p) => p.clone(),
         None => std::env::var_os("FERROTUNE_SHARED")
@@ -532,7 +600,7 @@ fn run_torch(a: &BenchTrainArgs, python: &str, threads: usize) -> Result<Value> 
     if a.lora {
         cmd.arg("--lora");
     }
-    cmd.arg("--precision").arg(&a.torch_precision);
+    cmd.arg("--precision").arg(precision);
     let output = cmd
         .output()
         .with_context(|| format!("cannot run {python}"))?;
