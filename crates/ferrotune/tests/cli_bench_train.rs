@@ -118,6 +118,7 @@ fn torch_side_runs_the_script_with_the_same_arguments() {
         "--steps 2",
         "--warmup 1",
         "--lora",
+        "--precision f32",
     ] {
         assert!(args.contains(expected), "{expected} missing from {args}");
     }
@@ -134,6 +135,6 @@ fn torch_side_runs_the_script_with_the_same_arguments() {
         .collect();
     let out = cli::run_ok(BIN, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("torch fake: 100 tokens/s"), "{text}");
+    assert!(text.contains("torch fake (f32): 100 tokens/s"), "{text}");
     assert!(text.contains("ratio (ferrotune / torch)"), "{text}");
 }

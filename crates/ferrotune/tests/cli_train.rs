@@ -261,8 +261,10 @@ resume_from_checkpoint: null
             "{ignored} is named as ignored: {err}"
         );
     }
+    // bf16: true multiplies the frozen matrices in bf16 where the CPU has AVX512-BF16, and
+    // says it stays f32 where it has not.
     assert!(
-        err.contains("bf16 requested") && err.contains("training in f32"),
+        err.contains("multiply in bf16 with f32 sums") || err.contains("no AVX512-BF16"),
         "{err}"
     );
     assert!(out.join("adapter_model.safetensors").is_file());

@@ -39,15 +39,19 @@ pub struct GgufSource {
 impl GgufSource {
     /// The source a GGUF folder names, or None for another folder.
     pub fn of_folder(dir: &Path) -> Result<Option<GgufSource>> {
-        let path = dir.join(GGUF_SOURCE);
+        GgufSource::read(&dir.join(GGUF_SOURCE))
+    }
+
+    /// The source a JSON file records, or None when there is no such file.
+    fn read(path: &Path) -> Result<Option<GgufSource>> {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ModelError::file(&path, format!("cannot read: {e}")))?;
-        let source: GgufSource = serde_json::from_str(&text)
-            .map_err(|e| ModelError::file(&path, format!("malformed: {e}")))?;
-        Ok(Some(source))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ModelError::file(path, format!("malformed: {e}")))
     }
 }
 
@@ -69,15 +73,7 @@ pub fn record_adapter_base(adapter_dir: &Path, base_dir: &Path) -> Result<()> {
 
 /// The GGUF base an adapter folder records, if any.
 pub fn adapter_base(adapter_dir: &Path) -> Result<Option<GgufSource>> {
-    let path = adapter_dir.join(ADAPTER_BASE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ModelError::file(&path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ModelError::file(&path, format!("malformed: {e}")))
+    GgufSource::read(&adapter_dir.join(ADAPTER_BASE))
 }
 
 /// Checks that `base_dir` stands for the GGUF file the adapter recorded (the same

@@ -273,37 +273,34 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
             peak / plan
         )?;
     }
-    if let (Some(f), true) = (&full, a.against_f32) {
-        writeln!(
-            out,
-            "  the same model in f32, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
-            f.tokens_per_s,
-            f.time_split(a.steps),
-            f.final_loss
-        )?;
-        writeln!(
-            out,
-            "  bf16 / f32 speed: {:.2}x (products on {}; peak memory above: both models)",
-            f.seconds / ours.seconds,
-            if ferrotune_model::ops::bf16::has_avx512_bf16() {
+    if let Some(f) = &full {
+        let (other, ratio) = if a.against_f32 {
+            let kernel = if ferrotune_model::ops::bf16::has_avx512_bf16() {
                 "AVX512-BF16"
             } else {
                 "the portable bf16 kernel"
-            }
-        )?;
-    } else if let Some(f) = &full {
+            };
+            (
+                "the same model in f32",
+                format!(
+                    "bf16 / f32 speed: {:.2}x (products on {kernel}; ",
+                    f.seconds / ours.seconds
+                ),
+            )
+        } else {
+            (
+                "full fine-tuning",
+                format!("LoRA step / full step: {:.2}x (", ours.seconds / f.seconds),
+            )
+        };
         writeln!(
             out,
-            "  full fine-tuning, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
+            "  {other}, taking turns with it: {:.0} tokens/s ({}); last loss {:.4}",
             f.tokens_per_s,
             f.time_split(a.steps),
             f.final_loss
         )?;
-        writeln!(
-            out,
-            "  LoRA step / full step: {:.2}x (peak memory above: both models)",
-            ours.seconds / f.seconds
-        )?;
+        writeln!(out, "  {ratio}peak memory above: both models)")?;
     }
     for t in &torch_runs {
         writeln!(
