@@ -97,10 +97,36 @@ impl GgufType {
     }
 }
 
+/// Merging dequantizes the base into f32 matrices, the whole model at once: a base held
+/// quantized (a GGUF file, a 4-bit run) grows about 7x. Stops before loading when that
+/// cannot fit in the memory available, instead of failing an allocation halfway.
+fn check_merge_fits(source: &ModelSource) -> Result<()> {
+    use ferrotune_model::memory::{available_bytes, human};
+    let config = ferrotune_model::ModelConfig::from_file(&source.base.join("config.json"))?;
+    // The f32 model, the quantized base while it is being replaced, and the written
+    // copies of one shard.
+    let need = config.num_parameters() as u64 * 4 * 5 / 4;
+    if let Some(available) = available_bytes() {
+        if need > available {
+            bail!(
+                "merging this adapter needs the base dequantized to f32: about {} for {:.1}B \
+                 parameters, and {} are available. Exporting models this size by streaming \
+                 one layer at a time is not done yet: export on a machine with more memory, or \
+                 use the adapter as it is (chat, serve and eval take --adapter)",
+                human(need),
+                config.num_parameters() as f64 / 1e9,
+                human(available)
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: ExportArgs) -> Result<()> {
     let source = ModelSource::locate(a.model.as_deref(), a.adapter.as_deref())?;
     let (tok, template) = loading::tokenizer_and_template(&source, None)?;
     let template_source = template.as_ref().map(|t| t.source().to_string());
+    check_merge_fits(&source)?;
     let mut model = source.load_unmerged()?;
 
     // The probe: a short chat prompt (or plain text without a template), tokenized.
