@@ -12,6 +12,7 @@ use ferrotune_data::template::{ChatTemplate, TemplateChoice};
 use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::GenerationConfig;
 use ferrotune_model::hub::resolve_model;
+use ferrotune_model::infer::WeightType;
 use ferrotune_model::tuning::{load_peft_adapter, merge_lora};
 use ferrotune_model::weights::load_model;
 use ferrotune_model::CausalLm;
@@ -94,6 +95,25 @@ impl ModelSource {
         let mut model = self.load_unmerged()?;
         merge_lora(&mut model)?;
         Ok(model)
+    }
+}
+
+/// The inference weights for a model when none is asked for: f32 for an f32 model, bf16
+/// for a base held in 16-bit floats, q8_0 for a quantized one (a GGUF file, a 4-bit run),
+/// so that decoding never dequantizes a quantized base to f32.
+pub fn inference_weights(model: &CausalLm) -> WeightType {
+    let names: Vec<String> = model
+        .params()
+        .iter()
+        .filter(|p| p.is_stored())
+        .map(|p| p.storage_name())
+        .collect();
+    if names.iter().any(|n| n.starts_with('q')) {
+        WeightType::Q8_0
+    } else if names.iter().any(|n| n == "bf16" || n == "f16") {
+        WeightType::Bf16
+    } else {
+        WeightType::F32
     }
 }
 
@@ -295,5 +315,38 @@ mod tests {
         let d = model_defaults(&dir);
         assert_eq!((d.temperature, d.repetition_penalty), (0.0, 1.1));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod inference_weight_tests {
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+    use ferrotune_model::infer::WeightType;
+    use ferrotune_model::init::{init_model, init_stored_model};
+    use ferrotune_model::ModelConfig;
+
+    use super::inference_weights;
+
+    #[test]
+    fn the_default_inference_weights_follow_how_the_base_is_held() {
+        let config = ModelConfig::from_value(serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "tie_word_embeddings": true
+        }))
+        .unwrap();
+        let dev = Device::Cpu;
+        let f32 = init_model(config.clone(), 0, &dev).unwrap();
+        assert_eq!(inference_weights(&f32), WeightType::F32);
+        for (storage, want) in [
+            (GgmlDType::BF16, WeightType::Bf16),
+            (GgmlDType::F16, WeightType::Bf16),
+            (GgmlDType::Q4_0, WeightType::Q8_0),
+            (GgmlDType::Q8_0, WeightType::Q8_0),
+        ] {
+            let model = init_stored_model(config.clone(), 0, storage, &dev).unwrap();
+            assert_eq!(inference_weights(&model), want, "{storage:?}");
+        }
     }
 }

@@ -43,7 +43,8 @@ pub struct PredictOptions {
     /// Its seed is the sampler's; greedy answers need `temperature: Some(0.0)`.
     pub sampling: SamplingOptions,
     /// Inference weights for generating; the eval loss is computed in f32 either way.
-    pub weights: WeightType,
+    /// None: as the base is stored (`loading::inference_weights`).
+    pub weights: Option<WeightType>,
 }
 
 /// The samples read and ready to predict.
@@ -117,7 +118,9 @@ impl Prediction {
             items,
             skipped,
         } = self;
-        let model = o.source.load()?;
+        // With its adapter unmerged: the eval loss is training's own computation, and the
+        // inference weights merge it one layer at a time.
+        let model = o.source.load_unmerged()?;
         let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
         let config = o.sampling.config(&o.source.base, stop_ids)?;
 
@@ -168,7 +171,7 @@ impl Prediction {
             "template": chat.template().name(),
             "max_new_tokens": config.max_new_tokens,
             "temperature": config.temperature,
-            "inference_weights": o.weights.name(),
+            "inference_weights": chat.weights().name(),
         });
         let results_path = out.join("predict_results.json");
         std::fs::write(

@@ -115,6 +115,7 @@ pub struct Turn<'a> {
 /// chat template saved with it, and what ends an answer.
 pub struct ChatModel {
     model: InferenceModel,
+    weights: WeightType,
     tok: TokenizerBundle,
     template: ChatTemplate,
     stop_ids: Vec<u32>,
@@ -122,32 +123,41 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Loads `source` (the adapter merged) and converts it to `weights`.
+    /// Loads `source` and converts it to `weights` (None: as the base is stored, see
+    /// [`loading::inference_weights`]). The adapter is merged one layer at a time as the
+    /// layers are converted, so a quantized base is never held in f32 as a whole.
     pub fn load(
         source: &ModelSource,
         tok: TokenizerBundle,
         template: ChatTemplate,
-        weights: WeightType,
+        weights: Option<WeightType>,
     ) -> Result<Self> {
-        Self::new(source.load()?, tok, template, weights)
+        Self::new(source.load_unmerged()?, tok, template, weights)
     }
 
-    /// Converts a loaded model to `weights` for answering.
+    /// Converts a loaded model (merged or with its adapter) to `weights` for answering.
     pub fn new(
         model: CausalLm,
         tok: TokenizerBundle,
         template: ChatTemplate,
-        weights: WeightType,
+        weights: Option<WeightType>,
     ) -> Result<Self> {
         let stop_ids = loading::stop_ids(&model, &tok, Some(&template));
+        let weights = weights.unwrap_or_else(|| loading::inference_weights(&model));
         let model = InferenceModel::new(model, weights)?;
         Ok(ChatModel {
+            weights,
             stop_strings: template.stop_strings(),
             model,
             tok,
             template,
             stop_ids,
         })
+    }
+
+    /// The inference weights the model was converted to.
+    pub fn weights(&self) -> WeightType {
+        self.weights
     }
 
     /// Ids that end an answer; [`Turn::config`]'s `stop_token_ids` should be these.

@@ -34,7 +34,7 @@ fn options(model: &Path, dataset: &str, dataset_dir: PathBuf, out: PathBuf) -> P
         out,
         batch_size: 2,
         sampling: common::greedy_options(8),
-        weights: WeightType::F32,
+        weights: Some(WeightType::F32),
     }
 }
 

@@ -54,7 +54,7 @@ pub fn chat_model(dir: &Path) -> ChatModel {
         &source,
         tok,
         template.expect("a chat template"),
-        WeightType::F32,
+        Some(WeightType::F32),
     )
     .unwrap()
 }

@@ -51,9 +51,10 @@ pub struct PredictArgs {
     #[arg(long)]
     max_new_tokens: Option<usize>,
     /// Inference weights for generating: f32 (as trained), bf16 or q8_0 (faster, and
-    /// close to f32: see the README). The eval loss is computed in f32 either way.
-    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
-    weights: WeightType,
+    /// close to f32: see the README); default: as the base is held (q8_0 for a quantized
+    /// base, bf16 for a 16-bit one). The eval loss is computed in f32 either way.
+    #[arg(long, value_name = "f32|bf16|q8_0")]
+    weights: Option<WeightType>,
 }
 
 /// The config: file, overrides, then flags (flags win).

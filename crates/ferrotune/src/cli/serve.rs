@@ -34,9 +34,11 @@ pub struct ServeArgs {
     max_queue: usize,
     /// Inference weights: f32 (as trained), bf16 (half the bytes to read per token) or
     /// q8_0 (8.5 bits a weight), converted when the model loads; decoding speed follows
-    /// the bytes (docs/perf-log/2026-11-26-speed-rounds.md).
-    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
-    weights: WeightType,
+    /// the bytes (docs/perf-log/2026-11-26-speed-rounds.md). Default: as the base is
+    /// held: f32, bf16 for a 16-bit base, q8_0 for a quantized one (a GGUF file, a 4-bit
+    /// run).
+    #[arg(long, value_name = "f32|bf16|q8_0")]
+    weights: Option<WeightType>,
     /// Defaults for requests that do not set them (max_tokens, temperature, ...).
     #[command(flatten)]
     sampling: SamplingArgs,
