@@ -58,6 +58,14 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
         );
     }
     let source = ModelSource::resolve(&run.data)?;
+    if quantization.quantization.is_some()
+        && ferrotune_model::gguf::GgufSource::of_folder(&source.dir)?.is_some()
+    {
+        eprintln!(
+            "note: quantization_bit is not applied to a GGUF base: its tensors train in the \
+             file's own types"
+        );
+    }
     memory_check::check(t, &run.data, &source.dir, &quantization)?;
     let data = TrainingData::prepare(&run.data, t, &source.dir)?;
     let tuned = Tuned::load(source, t, &data.args, &output_dir, &device, &quantization)?;
