@@ -208,7 +208,7 @@ pub fn streaming_sum(data: &[f32]) -> f32 {
 
 /// Deterministic values in [-1, 1] for the kernels' tests (xorshift).
 #[cfg(test)]
-fn test_noise(n: usize, seed: u32) -> Vec<f32> {
+pub(crate) fn test_noise(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).max(1);
     (0..n)
         .map(|_| {

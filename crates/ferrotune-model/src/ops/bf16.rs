@@ -35,7 +35,10 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
-/// f32 to bf16, rounded to nearest even (NaN stays NaN).
+/// f32 to bf16 bits, rounded to nearest even (NaN stays NaN). Written out rather than
+/// `half::bf16::from_f32`, which does not inline into the packing loops and made bf16
+/// training markedly slower (docs/PERFORMANCE.md, issue 22's section).
+#[inline(always)]
 pub(crate) fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     if x.is_nan() {
@@ -46,10 +49,6 @@ pub(crate) fn to_bf16(x: f32) -> u16 {
 
 fn from_bf16(b: u32) -> f32 {
     f32::from_bits(b << 16)
-}
-
-fn pair(lo: f32, hi: f32) -> u32 {
-    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
 /// A value the packers read: f32 (rounded to bf16) or bf16 bits as stored.
@@ -78,15 +77,31 @@ fn pair_of<E: Element>(lo: E, hi: E) -> u32 {
 
 /// Rows of `a` (m rows of k values, row stride `lda`) as bf16 pairs: (m, ceil(k/2)).
 pub(crate) fn pairs_of(a: &[f32], m: usize, k: usize, lda: usize) -> Vec<u32> {
+    pairs_of_with(a, m, k, lda, !has_avx512_bf16())
+}
+
+/// [`pairs_of`], on the portable path when `portable` (the tests compare both). A row's
+/// pairs are its bf16 values in order, which AVX512-BF16 converts 32 at a time
+/// (`vcvtne2ps2bf16`, round to nearest even as [`to_bf16`]).
+pub(crate) fn pairs_of_with(a: &[f32], m: usize, k: usize, lda: usize, portable: bool) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let mut out = vec![0u32; m * kp];
     out.par_chunks_mut(kp.max(1))
         .enumerate()
         .for_each(|(r, row)| {
             let src = &a[r * lda..r * lda + k];
-            for (j, w) in row.iter_mut().enumerate() {
+            // Whole groups of 32 values through the instruction, the rest one by one.
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if !portable && has_avx512_bf16() {
+                done = k / 32 * 32;
+                // Safety: the CPU has AVX512-BF16; `src` holds `done` values and `row`
+                // `done / 2` words.
+                unsafe { avx512::convert(&src[..done], &mut row[..done / 2]) };
+            }
+            for (j, w) in row.iter_mut().enumerate().skip(done / 2) {
                 let hi = src.get(2 * j + 1).copied().unwrap_or(0.0);
-                *w = pair(src[2 * j], hi);
+                *w = pair_of(src[2 * j], hi);
             }
         });
     out
@@ -248,6 +263,20 @@ mod avx512 {
         }
     }
 
+    /// `src` (a multiple of 32 values) to bf16, in order, into `dst` (two a word).
+    ///
+    /// Safety: the CPU has AVX512-BF16; `dst` holds `src.len() / 2` words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert(src: &[f32], dst: &mut [u32]) {
+        for (s, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(16)) {
+            let lo = _mm512_loadu_ps(s.as_ptr());
+            let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+            // The second operand fills the low half of the result.
+            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(d.as_mut_ptr() as *mut _, packed);
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn rows<const R: usize>(
         c: &mut [f32],
@@ -302,17 +331,7 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::infer::test_noise as values;
 
     /// `x W^T` and `g W` in bf16 against f32 products of the same values: within bf16
     /// rounding of the exact f32 result, and, against f32 sums of the bf16-rounded values,
@@ -322,6 +341,19 @@ mod tests {
     fn bf16_products_match_f32_within_bf16_rounding() {
         let round =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| from_bf16(to_bf16(x) as u32)).collect() };
+        // The rounding is half's (round to nearest even), on both conversion paths.
+        let xs: Vec<f32> = values(1000, 9).iter().map(|x| x * 1e3).collect();
+        for x in &xs {
+            assert_eq!(to_bf16(*x), half::bf16::from_f32(*x).to_bits());
+        }
+        assert_eq!(
+            pairs_of_with(&xs, 10, 99, 100, true),
+            pairs_of_with(&xs, 10, 99, 100, false)
+        );
+        assert_eq!(
+            pairs_of_with(&xs, 1, 1000, 1000, true),
+            pairs_of_with(&xs, 1, 1000, 1000, false)
+        );
         for (m, n, k) in [(13, 70, 75), (8, 32, 64), (37, 100, 576), (1, 5, 3)] {
             let a = values(m * k, 1);
             let w = values(n * k, 2);
