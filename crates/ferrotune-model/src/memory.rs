@@ -6,8 +6,8 @@
 //! * the weights as they are held: frozen matrices in their storage type (f32, bf16,
 //!   q8_0, 4-bit blocks), norms in f32;
 //! * what trains, in f32: the parameters (LoRA's adapters, or the weights of full and
-//!   freeze tuning, f32 copies of which the model holds), their gradients and AdamW's
-//!   two moments;
+//!   freeze tuning, f32 copies of which the model holds), their gradients (the shards'
+//!   and their sum) and AdamW's two moments;
 //! * the activations the backward pass keeps: every decoder layer's, or with gradient
 //!   checkpointing each layer's input plus one layer's activations and its backward's
 //!   temporaries;
@@ -115,6 +115,10 @@ pub struct MemoryPlan {
 }
 
 const F32: u64 = 4;
+
+/// Gradients of every trainable parameter held besides the summed one while a batch's
+/// shards run side by side (one per thread of the development machine's two).
+const SHARD_GRADIENTS: u64 = 2;
 const MIB: u64 = 1 << 20;
 
 /// What the process holds besides the model and its activations: the binary, rayon's
@@ -211,12 +215,14 @@ pub fn plan(c: &ModelConfig, input: &PlanInput) -> MemoryPlan {
     };
     let weights = weight_bytes(c, storage);
     // LoRA's adapters are parameters beside the weights; every trained parameter has a
-    // gradient and two moments.
+    // gradient and two moments, and on two threads each shard of a batch holds its own
+    // gradient until they are summed (`ferrotune_train::parallel`): measured with full
+    // fine-tuning, where they are 1 GiB at SmolLM2's size.
     let extra = match input.tuning {
         Tuning::Lora { .. } => 1,
         _ => 0,
     };
-    let trainable_bytes = (extra + 3) * trainable as u64 * F32;
+    let trainable_bytes = (extra + 3 + SHARD_GRADIENTS) * trainable as u64 * F32;
 
     let tokens = (input.batch * input.seq_len) as u64;
     let h = c.hidden_size as u64;
