@@ -99,6 +99,9 @@ pub struct PlanInput {
     /// Tokens per row (cutoff_len: the longest a row can be).
     pub seq_len: usize,
     pub checkpointing: bool,
+    /// Shards of each batch run side by side, one per thread (`cpu_data_parallel`); 1
+    /// when each batch runs whole.
+    pub shards: usize,
 }
 
 /// The plan's parts, in bytes.
@@ -116,9 +119,6 @@ pub struct MemoryPlan {
 
 const F32: u64 = 4;
 
-/// Gradients of every trainable parameter held besides the summed one while a batch's
-/// shards run side by side (one per thread of the development machine's two).
-const SHARD_GRADIENTS: u64 = 2;
 const MIB: u64 = 1 << 20;
 
 /// What the process holds besides the model and its activations: the binary, rayon's
@@ -215,14 +215,19 @@ pub fn plan(c: &ModelConfig, input: &PlanInput) -> MemoryPlan {
     };
     let weights = weight_bytes(c, storage);
     // LoRA's adapters are parameters beside the weights; every trained parameter has a
-    // gradient and two moments, and on two threads each shard of a batch holds its own
-    // gradient until they are summed (`ferrotune_train::parallel`): measured with full
-    // fine-tuning, where they are 1 GiB at SmolLM2's size.
+    // gradient and two moments, and when a batch's shards run side by side each holds
+    // its own gradient until they are summed (`ferrotune_train::parallel`): measured
+    // with full fine-tuning on two threads, 1 GiB at SmolLM2's size.
     let extra = match input.tuning {
         Tuning::Lora { .. } => 1,
         _ => 0,
     };
-    let trainable_bytes = (extra + 3 + SHARD_GRADIENTS) * trainable as u64 * F32;
+    let shard_gradients = if input.shards > 1 {
+        input.shards as u64
+    } else {
+        0
+    };
+    let trainable_bytes = (extra + 3 + shard_gradients) * trainable as u64 * F32;
 
     let tokens = (input.batch * input.seq_len) as u64;
     let h = c.hidden_size as u64;
@@ -424,6 +429,7 @@ mod tests {
             batch: 1,
             seq_len: 1024,
             checkpointing,
+            shards: 1,
         };
         let f32 = plan(&c, &input(WeightStorage::F32, true));
         let q4 = plan(&c, &input(WeightStorage::uniform(GgmlDType::Q4_0), true));
@@ -445,6 +451,7 @@ mod tests {
             batch: 4,
             seq_len: 4096,
             checkpointing: false,
+            shards: 2,
         };
         let limit = 20u64 << 30;
         let fits = what_would_fit(&c, &input, limit);

@@ -50,6 +50,11 @@ fn plan_input(
         batch: t.per_device_train_batch_size.max(1),
         seq_len: data.cutoff_len.max(1),
         checkpointing: t.checkpointing(),
+        shards: if t.cpu_data_parallel {
+            rayon::current_num_threads().min(t.per_device_train_batch_size.max(1))
+        } else {
+            1
+        },
     })
 }
 

@@ -162,6 +162,8 @@ fn plan_rows(dir: &std::path::Path, a: &InfoArgs) -> Result<Vec<(String, PlanInp
         batch: a.batch_size,
         seq_len: a.seq_len,
         checkpointing: !a.no_checkpointing,
+        // The trainer's default: one shard of each batch per thread.
+        shards: rayon::current_num_threads().min(a.batch_size),
     };
     let lora = Tuning::Lora { rank: a.lora_rank };
     let mut rows = vec![
@@ -235,6 +237,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "batch_size": a.batch_size,
             "seq_len": a.seq_len,
             "checkpointing": !a.no_checkpointing,
+            "shards": rows[0].1.shards,
             "available_bytes": available_bytes(),
             "memory": memory,
         });
