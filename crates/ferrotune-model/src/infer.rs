@@ -408,7 +408,7 @@ impl InferenceModel {
         };
         let engine = DecodeWeights {
             layers,
-            embed: Matrix::new(&embed_tokens.to_dense(&Device::Cpu)?, weights)?,
+            embed: Matrix::new(&embed_tokens.to_dense()?, weights)?,
             head,
             norm: vector(norm.tensor()?)?,
             inv_freq: c.inv_freq(),

@@ -1,14 +1,14 @@
 //! A randomly initialised model, initialised as transformers does for Llama-family models:
 //! linear and embedding weights ~ N(0, initializer_range), biases 0, RMSNorm weights 1.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::llama::{CausalLm, StoredMap, WeightMap};
-use crate::stored::{fit_type, row_bytes, StoredWeight};
+use crate::stored::{fit_type, StoredWeight};
 
 /// Standard normal draws (Box-Muller), deterministic for a seed.
 fn normal(rng: &mut rand::rngs::StdRng, n: usize, std: f32) -> Vec<f32> {
@@ -138,17 +138,10 @@ pub fn init_stored_model(
     let tensors = vectors(&config, device)?;
     let mut stored = StoredMap::new();
     for (name, (rows, cols)) in matrices(&config) {
-        let ty = fit_type(storage, cols);
-        // Slabs of an even number of values, so that the draws pair up as in one go.
-        let slab = ((1 << 20) / cols.max(1)).max(2) & !1;
-        let mut bytes = Vec::with_capacity(rows * row_bytes(ty, cols)?);
-        for r0 in (0..rows).step_by(slab) {
-            let n = slab.min(rows - r0);
-            let values =
-                Tensor::from_vec(normal(&mut rng, n * cols, std), (n, cols), &Device::Cpu)?;
-            bytes.extend_from_slice(&QTensor::quantize(&values, ty)?.data()?);
-        }
-        stored.insert(name, StoredWeight::from_bytes(ty, rows, cols, &bytes)?);
+        let w = StoredWeight::from_row_slabs(fit_type(storage, cols), rows, cols, |_, n| {
+            Tensor::from_vec(normal(&mut rng, n * cols, std), (n, cols), &Device::Cpu)
+        })?;
+        stored.insert(name, w);
     }
     let (model, _) = CausalLm::from_stored_weights(config, tensors, stored, DType::F32, device)?;
     Ok(model)

@@ -91,15 +91,6 @@ impl Linear {
         self.weight.frozen_weight()
     }
 
-    /// Where the layer's tensors live (a stored weight is on the CPU).
-    fn lora_device(&self) -> Result<&candle_core::Device> {
-        match (&self.lora, self.weight.tensor()) {
-            (_, Ok(w)) => Ok(w.device()),
-            (Some(l), Err(_)) => Ok(l.a.tensor()?.device()),
-            (None, Err(_)) => Ok(&candle_core::Device::Cpu),
-        }
-    }
-
     fn base_is_frozen(&self) -> bool {
         !self.weight.is_trainable() && !self.bias.as_ref().is_some_and(Param::is_trainable)
     }
@@ -120,8 +111,7 @@ impl Linear {
     /// `W + scale * B A`: the LoRA update folded into the weight (dequantized when the
     /// base is stored).
     pub fn merged_weight(&self) -> Result<Tensor> {
-        let w = self.weight.to_dense(self.lora_device()?)?;
-        let w = &w;
+        let w = &self.weight.to_dense()?;
         match &self.lora {
             Some(l) => {
                 let delta = l.b.tensor()?.matmul(l.a.tensor()?)?.affine(l.scale, 0.0)?;

@@ -310,12 +310,12 @@ impl CausalLm {
             if p.is_trainable() || p.dims().len() != 2 {
                 continue;
             }
-            let FrozenWeight::Stored(w) = p.frozen_weight() else {
-                let t = p.tensor()?.to_dtype(DType::F32)?;
-                let w = StoredWeight::quantize(&t, candle_core::quantized::GgmlDType::BF16)?;
-                *p = Param::stored(p.name().to_string(), w.with_bf16_products(true));
-                changed += 1;
-                continue;
+            let w = match p.frozen_weight() {
+                FrozenWeight::Stored(w) => w,
+                FrozenWeight::Dense(t) => StoredWeight::quantize(
+                    &t.to_dtype(DType::F32)?,
+                    candle_core::quantized::GgmlDType::BF16,
+                )?,
             };
             *p = Param::stored(p.name().to_string(), w.with_bf16_products(true));
             changed += 1;

@@ -3,7 +3,7 @@
 //! a storage type of its own (GGUF blocks, 16-bit floats: `crate::stored`), which only
 //! the frozen products read.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::ops::FrozenWeight;
 use crate::stored::StoredWeight;
@@ -71,17 +71,23 @@ impl Param {
         }
     }
 
-    /// The weight as a tensor, dequantized to f32 on `device` when it is stored.
-    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
-        match &self.value {
-            Value::Tensor(t) => Ok(t.clone()),
-            Value::Stored(w) => w.dequantize(device),
-        }
+    /// The weight as a tensor: itself, or dequantized to f32 on the CPU (where a stored
+    /// weight lives) when it is stored.
+    pub fn to_dense(&self) -> Result<Tensor> {
+        self.frozen_weight().to_dense()
     }
 
     /// Whether the weight is held in a storage type (not a tensor).
     pub fn is_stored(&self) -> bool {
-        matches!(self.value, Value::Stored(_))
+        self.stored_type().is_some()
+    }
+
+    /// The storage type of a weight held in one.
+    pub fn stored_type(&self) -> Option<candle_core::quantized::GgmlDType> {
+        match &self.value {
+            Value::Stored(w) => Some(w.dtype()),
+            Value::Tensor(_) => None,
+        }
     }
 
     pub fn dims(&self) -> Vec<usize> {
@@ -93,16 +99,6 @@ impl Param {
 
     pub fn elem_count(&self) -> usize {
         self.dims().iter().product()
-    }
-
-    /// The storage type's name (`f32`, `bf16`, `q4_k`, ...).
-    pub fn storage_name(&self) -> String {
-        self.frozen_weight().storage_name()
-    }
-
-    /// Bytes the weight takes in its storage.
-    pub fn storage_bytes(&self) -> usize {
-        self.frozen_weight().storage_bytes()
     }
 
     pub fn var(&self) -> Option<&Var> {

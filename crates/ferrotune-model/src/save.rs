@@ -104,7 +104,7 @@ pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result
     let mut size = 0;
     for p in model.params() {
         let t = p
-            .to_dense(&Device::Cpu)?
+            .to_dense()?
             .to_dtype(dtype)?
             .to_device(&Device::Cpu)?
             .contiguous()?;

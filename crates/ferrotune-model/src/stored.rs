@@ -195,18 +195,26 @@ impl StoredWeight {
     /// beyond the input.
     pub fn quantize(t: &Tensor, dtype: GgmlDType) -> Result<Self> {
         let (rows, cols) = t.dims2()?;
-        let row_len = row_bytes(dtype, cols)?;
-        let mut bytes = Vec::with_capacity(rows * row_len);
-        let slab = (1 << 20) / cols.max(1) + 1;
-        for r0 in (0..rows).step_by(slab) {
-            let n = slab.min(rows - r0);
+        StoredWeight::from_row_slabs(dtype, rows, cols, |r0, n| {
             // A fresh buffer: candle's quantize reads the storage from its start.
-            let part = t
-                .narrow(0, r0, n)?
-                .to_dtype(DType::F32)?
-                .force_contiguous()?;
-            let q = QTensor::quantize(&part, dtype)?;
-            bytes.extend_from_slice(&q.data()?);
+            t.narrow(0, r0, n)?.to_dtype(DType::F32)?.force_contiguous()
+        })
+    }
+
+    /// A (rows, cols) weight quantized into `dtype` from slabs of rows that `slab(r0, n)`
+    /// gives in f32, in order: about 1 MiB at a time, an even number of rows each (so that
+    /// values drawn in pairs pair up as in one go), never the whole weight in f32.
+    pub fn from_row_slabs(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        mut slab: impl FnMut(usize, usize) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let mut bytes = Vec::with_capacity(rows * row_bytes(dtype, cols)?);
+        let step = ((1 << 20) / cols.max(1)).max(2) & !1;
+        for r0 in (0..rows).step_by(step) {
+            let part = slab(r0, step.min(rows - r0))?;
+            bytes.extend_from_slice(&QTensor::quantize(&part, dtype)?.data()?);
         }
         StoredWeight::from_bytes(dtype, rows, cols, &bytes)
     }

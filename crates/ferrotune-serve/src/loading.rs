@@ -102,15 +102,19 @@ impl ModelSource {
 /// for a base held in 16-bit floats, q8_0 for a quantized one (a GGUF file, a 4-bit run),
 /// so that decoding never dequantizes a quantized base to f32.
 pub fn inference_weights(model: &CausalLm) -> WeightType {
-    let names: Vec<String> = model
+    use candle_core::quantized::GgmlDType;
+    let types: Vec<GgmlDType> = model
         .params()
         .iter()
-        .filter(|p| p.is_stored())
-        .map(|p| p.storage_name())
+        .filter_map(|p| p.stored_type())
         .collect();
-    if names.iter().any(|n| n.starts_with('q')) {
+    let floats = [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16];
+    if types.iter().any(|t| !floats.contains(t)) {
         WeightType::Q8_0
-    } else if names.iter().any(|n| n == "bf16" || n == "f16") {
+    } else if types
+        .iter()
+        .any(|t| matches!(t, GgmlDType::F16 | GgmlDType::BF16))
+    {
         WeightType::Bf16
     } else {
         WeightType::F32

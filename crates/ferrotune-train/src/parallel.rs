@@ -66,6 +66,19 @@ impl Workers {
         Self::with_threads(threads)
     }
 
+    /// The shards a micro-batch of `batch` rows is split into by the workers
+    /// [`Workers::for_training`] makes on the CPU: one per thread of the calling pool when
+    /// `enabled` and there are several, never more than the rows. The memory plan counts a
+    /// gradient per shard.
+    pub fn shards_for(batch: usize, enabled: bool) -> usize {
+        let threads = rayon::current_num_threads();
+        if enabled && threads >= 2 {
+            threads.min(batch.max(1))
+        } else {
+            1
+        }
+    }
+
     /// `threads` workers (none below 2).
     pub fn with_threads(threads: usize) -> Result<Self> {
         if threads < 2 {

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::hf_name;
-use super::read::{read_header, unpermute, write_tokenizer};
+use super::read::{permuted_heads, read_header, unpermute, write_tokenizer};
 use crate::error::{ModelError, Result};
 use crate::llama::{CausalLm, StoredMap, WeightMap};
 use crate::save::write_config_files;
@@ -246,12 +246,9 @@ pub fn load_gguf_model(source: &GgufSource, dtype: DType, device: &Device) -> Re
             let t = q
                 .dequantize(&Device::Cpu)
                 .map_err(|e| fail(format!("cannot read tensor {name}: {e}")))?;
-            let t = match rows_order(&header, &name, t.dims().first().copied().unwrap_or(0)) {
-                Some(_) if t.rank() == 2 => {
-                    let heads = qk_heads(&header, &name);
-                    unpermute(&t, heads)?
-                }
-                _ => t,
+            let t = match permuted(&header, &name).filter(|_| t.rank() == 2) {
+                Some(heads) => unpermute(&t, heads)?,
+                None => t,
             };
             tensors.insert(hf, t.to_device(device)?);
             continue;
@@ -261,8 +258,8 @@ pub fn load_gguf_model(source: &GgufSource, dtype: DType, device: &Device) -> Re
         let mut w = StoredWeight::from_bytes(q.dtype(), rows, cols, &bytes)
             .map_err(|e| fail(format!("tensor {name}: {e}")))?;
         drop(bytes);
-        if let Some(order) = rows_order(&header, &name, rows) {
-            w = w.reorder_rows(&order)?;
+        if let Some(heads) = permuted(&header, &name) {
+            w = w.reorder_rows(&unpermuted_order(rows, heads)?)?;
         }
         stored.insert(hf, w);
     }
@@ -275,28 +272,19 @@ pub fn load_gguf_model(source: &GgufSource, dtype: DType, device: &Device) -> Re
     Ok(model)
 }
 
-/// The heads whose rows llama.cpp permuted in tensor `name` (q or k of a Llama file).
-fn qk_heads(header: &super::read::Header, name: &str) -> usize {
-    if name.contains("attn_q.") {
-        header.heads
-    } else {
-        header.kv_heads
-    }
+/// The heads whose rows llama.cpp permuted in tensor `name` of this file, if any.
+fn permuted(header: &super::read::Header, name: &str) -> Option<usize> {
+    permuted_heads(&header.arch, name, header.heads, header.kv_heads)
 }
 
-/// For the q and k projections of a Llama-architecture file, the order of rows that
-/// undoes llama.cpp's permutation (row `i` of the result is row `order[i]` of the file),
-/// found by unpermuting the row numbers themselves.
-fn rows_order(header: &super::read::Header, name: &str, rows: usize) -> Option<Vec<usize>> {
-    let permuted = header.arch == "llama" && (name.contains("attn_q.") || name.contains("attn_k."));
-    if !permuted || !name.ends_with(".weight") {
-        return None;
-    }
+/// The order of rows that undoes llama.cpp's permutation of `rows` rows over `heads`
+/// heads (row `i` of the result is row `order[i]` of the file), found by unpermuting the
+/// row numbers themselves.
+fn unpermuted_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
     let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
-    let index = Tensor::from_vec(index, (rows, 1), &Device::Cpu).ok()?;
-    let order = unpermute(&index, qk_heads(header, name)).ok()?;
-    let order = order.flatten_all().ok()?.to_vec1::<f32>().ok()?;
-    Some(order.into_iter().map(|r| r as usize).collect())
+    let index = Tensor::from_vec(index, (rows, 1), &Device::Cpu)?;
+    let order = unpermute(&index, heads)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(order.into_iter().map(|r| r as usize).collect())
 }
 
 /// The model card of a GGUF file for `model info`: each storage type and how many

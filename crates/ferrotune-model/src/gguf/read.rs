@@ -171,6 +171,26 @@ pub(super) fn read_header(path: &Path) -> Result<Header> {
     })
 }
 
+/// The heads whose rows llama.cpp permuted in tensor `name`: the q and k projections of
+/// a Llama-architecture file (`heads` for q, `kv_heads` for k); None for any other.
+pub(super) fn permuted_heads(
+    arch: &str,
+    name: &str,
+    heads: usize,
+    kv_heads: usize,
+) -> Option<usize> {
+    if arch != "llama" {
+        return None;
+    }
+    if name.contains("attn_q.") {
+        Some(heads)
+    } else if name.contains("attn_k.") {
+        Some(kv_heads)
+    } else {
+        None
+    }
+}
+
 /// Reads a GGUF file and writes a Hugging Face model folder to `out`.
 pub fn import_gguf(path: &Path, out: &Path) -> Result<Imported> {
     let Header {
@@ -208,12 +228,8 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<Imported> {
             .dequantize(&device)
             .map_err(|e| fail(format!("cannot dequantize {name}: {e}")))?
             .to_dtype(DType::F32)?;
-        if arch == "llama" && t.rank() == 2 {
-            if name.contains("attn_q.") {
-                t = unpermute(&t, heads)?;
-            } else if name.contains("attn_k.") {
-                t = unpermute(&t, kv_heads)?;
-            }
+        if let Some(h) = permuted_heads(&arch, name, heads, kv_heads).filter(|_| t.rank() == 2) {
+            t = unpermute(&t, h)?;
         }
         weights.insert(hf, t);
     }

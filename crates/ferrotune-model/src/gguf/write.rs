@@ -200,7 +200,7 @@ pub fn export_gguf(
         let name = gguf_name(p.name())
             .ok_or_else(|| ModelError::invalid(format!("no GGUF name for {}", p.name())))?;
         let mut t = p
-            .to_dense(&Device::Cpu)?
+            .to_dense()?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
         if arch == "llama" && p.name().ends_with("q_proj.weight") {

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 
 use super::custom_op::{precomputed_forward, slice};
 use super::{gemm, stored};
-use crate::stored::{storage_name, StoredWeight};
+use crate::stored::StoredWeight;
 
 /// A weight that does not train, (out, in), in the storage the products read it from.
 ///
@@ -60,27 +60,12 @@ impl FrozenWeight {
         }
     }
 
-    /// The whole weight as a tensor (dequantized when stored), e.g. to merge or export.
-    pub fn to_dense(&self, device: &candle_core::Device) -> Result<Tensor> {
+    /// The whole weight as a tensor (dequantized to f32 on the CPU, where a stored weight
+    /// lives), e.g. to merge or export.
+    pub fn to_dense(&self) -> Result<Tensor> {
         match self {
             FrozenWeight::Dense(w) => Ok(w.clone()),
-            FrozenWeight::Stored(w) => w.dequantize(device),
-        }
-    }
-
-    /// The storage type's name (`f32`, `bf16`, `q4_k`, ...).
-    pub fn storage_name(&self) -> String {
-        match self {
-            FrozenWeight::Dense(w) => w.dtype().as_str().to_string(),
-            FrozenWeight::Stored(w) => storage_name(w.dtype()).to_string(),
-        }
-    }
-
-    /// Bytes the weight takes in its storage.
-    pub fn storage_bytes(&self) -> usize {
-        match self {
-            FrozenWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            FrozenWeight::Stored(w) => w.storage_bytes(),
+            FrozenWeight::Stored(w) => w.dequantize(&candle_core::Device::Cpu),
         }
     }
 
@@ -232,14 +217,14 @@ pub fn frozen_linear(x: &Tensor, w: &FrozenWeight) -> Result<Tensor> {
     if k != k2 {
         candle_core::bail!("frozen_linear: input has {k} features, weight expects {k2}");
     }
-    if let FrozenWeight::Stored(_) = w {
-        if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
-            candle_core::bail!("frozen_linear: a stored weight multiplies f32 CPU inputs");
+    // A stored weight's product reads its input as one contiguous f32 block on the CPU.
+    let x = match w {
+        FrozenWeight::Stored(_) if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() => {
+            candle_core::bail!("frozen_linear: a stored weight multiplies f32 CPU inputs")
         }
-        return x
-            .contiguous()?
-            .apply_op1(FrozenMatmul { weight: w.clone() });
-    }
+        FrozenWeight::Stored(_) => x.contiguous()?,
+        FrozenWeight::Dense(_) => x.clone(),
+    };
     x.apply_op1(FrozenMatmul { weight: w.clone() })
 }
 

@@ -10,7 +10,8 @@ use ferrotune_data::unknown_choice;
 use ferrotune_model::stored::{parse_storage, storage_name, STORAGE_TYPES};
 use ferrotune_model::weights::Quantization;
 
-use super::TrainArgs;
+use super::{FinetuningType, TrainArgs};
+use ferrotune_model::ops::bf16::has_avx512_bf16;
 
 /// The `quantization_method` values LLaMA-Factory accepts.
 const METHODS: [&str; 4] = ["bitsandbytes", "bnb", "hqq", "eetq"];
@@ -23,6 +24,22 @@ pub struct QuantizationPlan {
 }
 
 impl TrainArgs {
+    /// How a model folder's matrices are held when the base loads, from the quantization
+    /// keys' plan (None: f32): the keys' types, else bf16 for LoRA with bf16 products on a
+    /// CPU that has them (the base is read straight into bf16, never held in f32). The
+    /// loader and the memory plan both ask here. A GGUF base keeps its file's types.
+    pub fn base_storage(&self, plan: &QuantizationPlan) -> Option<Quantization> {
+        let bf16_base = Quantization {
+            matrices: GgmlDType::BF16,
+            embeddings: GgmlDType::BF16,
+        };
+        match (plan.quantization, self.finetuning_type) {
+            (Some(q), _) => Some(q),
+            (None, FinetuningType::Lora) if self.bf16 && has_avx512_bf16() => Some(bf16_base),
+            _ => None,
+        }
+    }
+
     /// The quantization the keys ask for, or an error naming the key and its choices.
     pub fn quantization_plan(&self) -> Result<QuantizationPlan, String> {
         let mut notes = Vec::new();

@@ -15,6 +15,7 @@ use ferrotune_model::{ModelConfig, ModelError};
 use super::Result;
 use crate::config::quantization::QuantizationPlan;
 use crate::config::{FinetuningType, TrainArgs};
+use crate::parallel::Workers;
 
 /// What the plan is for: the config's tuning, batch, cutoff_len and checkpointing, and
 /// the base as it will be held.
@@ -24,7 +25,10 @@ fn plan_input(
     model_dir: &Path,
     quantization: &QuantizationPlan,
 ) -> Result<PlanInput> {
-    let storage = match (GgufSource::of_folder(model_dir)?, quantization.quantization) {
+    let storage = match (
+        GgufSource::of_folder(model_dir)?,
+        t.base_storage(quantization),
+    ) {
         (Some(source), _) => {
             WeightStorage::Bytes(storage_summary(&source.file)?.iter().map(|r| r.2).sum())
         }
@@ -32,9 +36,6 @@ fn plan_input(
             matrices: q.matrices,
             embeddings: q.embeddings,
         },
-        (None, None) if t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16() => {
-            WeightStorage::uniform(candle_core::quantized::GgmlDType::BF16)
-        }
         (None, None) => WeightStorage::F32,
     };
     let tuning = match t.finetuning_type {
@@ -50,11 +51,7 @@ fn plan_input(
         batch: t.per_device_train_batch_size.max(1),
         seq_len: data.cutoff_len.max(1),
         checkpointing: t.checkpointing(),
-        shards: if t.cpu_data_parallel {
-            rayon::current_num_threads().min(t.per_device_train_batch_size.max(1))
-        } else {
-            1
-        },
+        shards: Workers::shards_for(t.per_device_train_batch_size, t.cpu_data_parallel),
     })
 }
 

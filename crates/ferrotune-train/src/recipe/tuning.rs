@@ -3,14 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use ferrotune_data::{pipeline, DataArgs};
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::tuning::{
     add_lora, freeze_tuning, load_peft_adapter, train_everything, LoraConfig,
 };
-use ferrotune_model::weights::{load_model, load_model_quantized, Quantization};
+use ferrotune_model::weights::{load_model, load_model_quantized};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 
 use super::Result;
@@ -61,18 +60,7 @@ impl Tuned {
         quantization: &QuantizationPlan,
     ) -> Result<Self> {
         let bf16 = t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16();
-        // LoRA with bf16 products reads an f32 base straight into bf16, never holding it
-        // in f32.
-        let bf16_base = Quantization {
-            matrices: GgmlDType::BF16,
-            embeddings: GgmlDType::BF16,
-        };
-        let load_as = match (quantization.quantization, bf16, t.finetuning_type) {
-            (Some(q), _, _) => Some(q),
-            (None, true, FinetuningType::Lora) => Some(bf16_base),
-            _ => None,
-        };
-        let mut model = match load_as {
+        let mut model = match t.base_storage(quantization) {
             Some(q) => load_model_quantized(&source.dir, q, DType::F32, device)?,
             None => load_model(&source.dir, DType::F32, device)?,
         };

@@ -352,11 +352,7 @@ fn memory_plan(a: &BenchTrainArgs) -> Result<Option<f64>> {
         batch: a.batch,
         seq_len: a.seq,
         checkpointing: a.checkpointing,
-        shards: if a.no_data_parallel {
-            1
-        } else {
-            rayon::current_num_threads().min(a.batch)
-        },
+        shards: Workers::shards_for(a.batch, !a.no_data_parallel),
     };
     let p = plan(&config(a)?, &input);
     Ok(Some(p.total_bytes as f64 / (1u64 << 20) as f64))

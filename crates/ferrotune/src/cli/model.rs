@@ -163,7 +163,7 @@ fn plan_rows(dir: &std::path::Path, a: &InfoArgs) -> Result<Vec<(String, PlanInp
         seq_len: a.seq_len,
         checkpointing: !a.no_checkpointing,
         // The trainer's default: one shard of each batch per thread.
-        shards: rayon::current_num_threads().min(a.batch_size),
+        shards: ferrotune_train::parallel::Workers::shards_for(a.batch_size, true),
     };
     let lora = Tuning::Lora { rank: a.lora_rank };
     let mut rows = vec![
