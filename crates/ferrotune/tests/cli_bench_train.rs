@@ -82,6 +82,45 @@ fn lora_against_full_times_both_in_one_process() {
     );
 }
 
+/// Two bases and the bf16 products, each taking turns with its counterpart in one
+/// process: the step-time ratio is of the two runs printed beside it, and the same draws
+/// give the same start on either base.
+#[test]
+fn bases_and_bf16_are_timed_against_each_other_in_one_process() {
+    let doc = bench(&[
+        "--threads",
+        "1",
+        "--lora",
+        "--base-dtype",
+        "bf16",
+        "--against-base",
+        "f32",
+        "--json",
+    ]);
+    assert_eq!(doc["base_dtype"], "bf16");
+    assert_eq!(doc["against_base"], "f32");
+    let (ours, other) = (
+        doc["step_s"].as_f64().unwrap(),
+        doc["other_base"]["step_s"].as_f64().unwrap(),
+    );
+    let ratio = doc["step_time_vs_other_base"].as_f64().unwrap();
+    assert!((ratio - ours / other).abs() < 1e-9 * ratio.max(1.0));
+    let loss = |v: &Value| v["final_loss"].as_f64().unwrap();
+    assert!((loss(&doc) - loss(&doc["other_base"])).abs() < 1e-2);
+
+    let doc = bench(&[
+        "--threads",
+        "1",
+        "--lora",
+        "--bf16",
+        "--against-f32",
+        "--json",
+    ]);
+    let ratio = doc["bf16_speedup_vs_f32"].as_f64().unwrap();
+    let want = doc["f32"]["step_s"].as_f64().unwrap() / doc["step_s"].as_f64().unwrap();
+    assert!((ratio - want).abs() < 1e-9 * ratio.max(1.0));
+}
+
 #[test]
 fn torch_side_runs_the_script_with_the_same_arguments() {
     let dir = TempDir::new("bench-train");

@@ -92,6 +92,11 @@ pub struct BenchTrainArgs {
     /// process, and print the bf16 speed as a ratio of the f32 one.
     #[arg(long, requires = "bf16", conflicts_with = "against_full")]
     against_f32: bool,
+    /// With --lora: also train the same adapters on a base held as this type (with the
+    /// same --bf16), the two taking turns step by step in this process, and print the step
+    /// time of --base-dtype's base as a ratio of this one's.
+    #[arg(long, value_parser = parse_base_dtype, requires = "lora", conflicts_with_all = ["against_full", "against_f32"])]
+    against_base: Option<GgmlDType>,
     /// An output head of its own instead of the tied embeddings.
     #[arg(long)]
     untied: bool,
@@ -194,6 +199,10 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         if a.against_f32 {
             doc["f32"] = f.speed_json(a.steps);
             doc["bf16_speedup_vs_f32"] = json!(f.seconds / ours.seconds);
+        } else if let Some(other) = a.against_base {
+            doc["against_base"] = json!(ferrotune_model::stored::storage_name(other));
+            doc["other_base"] = f.speed_json(a.steps);
+            doc["step_time_vs_other_base"] = json!(ours.seconds / f.seconds);
         } else {
             doc["full"] = f.speed_json(a.steps);
             doc["lora_step_vs_full"] = json!(ours.seconds / f.seconds);
@@ -281,15 +290,26 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
                 "the portable bf16 kernel"
             };
             (
-                "the same model in f32",
+                "the same model in f32".to_string(),
                 format!(
                     "bf16 / f32 speed: {:.2}x (products on {kernel}; ",
                     f.seconds / ours.seconds
                 ),
             )
+        } else if let Some(other) = a.against_base {
+            let name = |t| ferrotune_model::stored::storage_name(t);
+            (
+                format!("the same LoRA on a {} base", name(other)),
+                format!(
+                    "step time on the {} base / on the {} base: {:.2}x (",
+                    name(a.base_dtype),
+                    name(other),
+                    ours.seconds / f.seconds
+                ),
+            )
         } else {
             (
-                "full fine-tuning",
+                "full fine-tuning".to_string(),
                 format!("LoRA step / full step: {:.2}x (", ours.seconds / f.seconds),
             )
         };
@@ -334,7 +354,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
 /// the runs it does not describe (--whole-logits, --against-full's two models).
 fn memory_plan(a: &BenchTrainArgs) -> Result<Option<f64>> {
     use ferrotune_model::memory::{plan, PlanInput, Tuning, WeightStorage};
-    if a.whole_logits || a.against_full || a.against_f32 {
+    if a.whole_logits || a.against_full || a.against_f32 || a.against_base.is_some() {
         return Ok(None);
     }
     let input = PlanInput {
@@ -434,8 +454,14 @@ struct Run {
 impl Run {
     /// The flags' model, randomly initialised (the same weights either way), with LoRA
     /// adapters or every weight trainable.
-    fn new(a: &BenchTrainArgs, lora: bool, bf16: bool, device: &Device) -> Result<Run> {
-        let mut model = match a.base_dtype {
+    fn new(
+        a: &BenchTrainArgs,
+        lora: bool,
+        base_dtype: GgmlDType,
+        bf16: bool,
+        device: &Device,
+    ) -> Result<Run> {
+        let mut model = match base_dtype {
             GgmlDType::F32 => init_model(config(a)?, 0, device)?,
             storage if lora => init_stored_model(config(a)?, 0, storage, device)?,
             _ => bail!("--base-dtype needs --lora: a stored weight does not train"),
@@ -524,11 +550,13 @@ impl Run {
 /// taking turns, each going first every other step): its figures, and the full run's.
 fn train(a: &BenchTrainArgs) -> Result<(Figures, Option<Figures>)> {
     let device = Device::Cpu;
-    let mut ours = Run::new(a, a.lora, a.bf16, &device)?;
+    let mut ours = Run::new(a, a.lora, a.base_dtype, a.bf16, &device)?;
     let mut full = if a.against_full {
-        Some(Run::new(a, false, false, &device)?)
+        Some(Run::new(a, false, GgmlDType::F32, false, &device)?)
     } else if a.against_f32 {
-        Some(Run::new(a, true, false, &device)?)
+        Some(Run::new(a, true, a.base_dtype, false, &device)?)
+    } else if let Some(other) = a.against_base {
+        Some(Run::new(a, true, other, a.bf16, &device)?)
     } else {
         None
     };
