@@ -1,5 +1,6 @@
-//! Decoding on the CPU with weights held for reading rather than for training: f32, bf16
-//! or q8_0 (blocks of 32 int8 weights sharing one f16 scale, as ggml's Q8_0), widened to
+//! Decoding on the CPU with weights held for reading rather than for training: f32, bf16,
+//! q8_0 (blocks of 32 int8 weights sharing one f16 scale, as ggml's Q8_0) or q4_1 (blocks
+//! of 32 4-bit weights with an f16 scale and minimum, as ggml's Q4_1), widened to
 //! f32 in registers (q8_0 at one or two input rows on AVX-512 VNNI: integer products with
 //! the input rounded to int16, module `q8dot`). At batch 1 every decoded token reads every
 //! weight once, so decoding is bound by memory bandwidth and the bytes per weight set the
@@ -53,16 +54,20 @@ pub enum WeightType {
     Bf16,
     /// ggml's Q8_0: 32 int8 weights and one f16 scale per block (8.5 bits a weight).
     Q8_0,
+    /// ggml's Q4_1: 32 4-bit weights, one f16 scale and one f16 minimum per block (5 bits
+    /// a weight).
+    Q4_1,
 }
 
 impl WeightType {
-    pub const NAMES: &'static str = "f32, bf16, q8_0";
+    pub const NAMES: &'static str = "f32, bf16, q8_0, q4_1";
 
     pub fn name(self) -> &'static str {
         match self {
             WeightType::F32 => "f32",
             WeightType::Bf16 => "bf16",
             WeightType::Q8_0 => "q8_0",
+            WeightType::Q4_1 => "q4_1",
         }
     }
 }
@@ -81,6 +86,7 @@ impl FromStr for WeightType {
             "f32" | "float32" => Ok(WeightType::F32),
             "bf16" | "bfloat16" => Ok(WeightType::Bf16),
             "q8_0" | "q8" => Ok(WeightType::Q8_0),
+            "q4_1" => Ok(WeightType::Q4_1),
             _ => Err(format!(
                 "unknown weight type {s:?} (expected one of {})",
                 WeightType::NAMES
@@ -125,9 +131,9 @@ impl Matrix {
             .to_dtype(DType::F32)?
             .contiguous()?;
         let (rows, cols) = w.dims2()?;
-        if ty == WeightType::Q8_0 && !cols.is_multiple_of(BLOCK) {
+        if matches!(ty, WeightType::Q8_0 | WeightType::Q4_1) && !cols.is_multiple_of(BLOCK) {
             candle_core::bail!(
-                "q8_0 weights need rows that are a multiple of {BLOCK} long; this model has \
+                "{ty} weights need rows that are a multiple of {BLOCK} long; this model has \
                  a {rows} x {cols} weight (use f32 or bf16)"
             );
         }
@@ -135,6 +141,7 @@ impl Matrix {
             WeightType::F32 => Panels::f32(v, rows, cols),
             WeightType::Bf16 => Panels::bf16(v, rows, cols),
             WeightType::Q8_0 => Panels::q8(v, rows, cols),
+            WeightType::Q4_1 => Panels::q4(v, rows, cols),
         })?;
         Ok(Matrix { rows, cols, panels })
     }
@@ -186,6 +193,28 @@ fn quantize_q8(w: &[f32]) -> (Vec<i8>, Vec<u16>) {
         scales.push(half::f16::from_f32(d).to_bits());
     }
     (quants, scales)
+}
+
+/// ggml's Q4_1 rounding: per block, minimum `m` and scale `d = (max - m) / 15`, quants
+/// `(w - m) / d` rounded to nearest in 0..=15 (one quant a byte here); `d` and `m` as f16.
+fn quantize_q4_1(w: &[f32]) -> (Vec<u8>, Vec<u16>, Vec<u16>) {
+    let mut quants = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len() / BLOCK);
+    let mut mins = Vec::with_capacity(w.len() / BLOCK);
+    for block in w.chunks_exact(BLOCK) {
+        let min = block.iter().fold(f32::INFINITY, |a, &x| a.min(x));
+        let max = block.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let d = (max - min) / 15.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        quants.extend(
+            block
+                .iter()
+                .map(|&x| (((x - min) * id + 0.5) as u8).min(15)),
+        );
+        scales.push(half::f16::from_f32(d).to_bits());
+        mins.push(half::f16::from_f32(min).to_bits());
+    }
+    (quants, scales, mins)
 }
 
 /// The sum of `data`, read once in parallel with eight independent sums per task so that

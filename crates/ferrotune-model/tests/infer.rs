@@ -1,4 +1,4 @@
-//! The inference engine (f32, bf16, q8_0 weights) against the composed model, whose
+//! The inference engine (f32, bf16, q8_0, q4_1 weights) against the composed model, whose
 //! cached logits match transformers (generate_and_save.rs, parity.rs).
 
 use candle_core::{DType, Device};
@@ -75,6 +75,9 @@ fn engine_logits_match_the_composed_model() {
             // 1/254 of each block's largest weight. Relative to the largest logit.
             (WeightType::Bf16, 0.02),
             (WeightType::Q8_0, 0.03),
+            // q4_1: half of a 16-level step of each block's range, on random weights
+            // (the panels' own tests check the kernels exactly against the rounding).
+            (WeightType::Q4_1, 0.35),
         ] {
             let engine = InferenceModel::new(model(name), ty).unwrap();
             let (diff, scale) = compare(&steps(&engine), &reference);
@@ -113,7 +116,7 @@ fn engine_generation_equals_the_composed_model_in_f32() {
                 e
             );
         }
-        for ty in [WeightType::Bf16, WeightType::Q8_0] {
+        for ty in [WeightType::Bf16, WeightType::Q8_0, WeightType::Q4_1] {
             let engine = InferenceModel::new(model(name), ty).unwrap();
             let out = generate_batch(&engine, &prompts, &config, 0).unwrap();
             assert_eq!(out.len(), prompts.len());
@@ -176,6 +179,7 @@ fn bad_input_is_an_error() {
         .is_err());
     assert!("q4".parse::<WeightType>().is_err());
     assert_eq!("Q8_0".parse::<WeightType>(), Ok(WeightType::Q8_0));
+    assert_eq!("q4_1".parse::<WeightType>(), Ok(WeightType::Q4_1));
 }
 
 /// One prompt's logits, prefill then `steps` single-token steps, decoded in row `at` of a

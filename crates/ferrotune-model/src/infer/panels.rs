@@ -31,6 +31,14 @@ pub enum Panels {
         quants: Vec<i8>,
         scales: Vec<u16>,
     },
+    /// ggml's Q4_1 blocks (32 weights along the input as 4-bit quants `q`, one f16 scale
+    /// `d` and one f16 minimum `m`: the weight is `q d + m`); quants two columns a byte
+    /// ([`q4_at`]), scales and minimums as q8_0's scales.
+    Q4 {
+        quants: Vec<Nibbles>,
+        scales: Vec<u16>,
+        mins: Vec<u16>,
+    },
 }
 
 /// Reorders a row-major `(rows, cols)` array into panels, zero rows padding the last;
@@ -74,6 +82,13 @@ fn q8_at(k: usize, l: usize) -> usize {
     (k & !1) * PANEL + 4 * (l % (PANEL / 2)) + 2 * (l / (PANEL / 2)) + (k & 1)
 }
 
+/// Where weight `(l, k)` of a q4_1 panel lies: in column pairs of one byte a row, rows in
+/// order, column `k` (even) in the low nibble. Widening a pair is a zero extension of the
+/// 32 bytes and two plain integer instructions.
+fn q4_at(k: usize, l: usize) -> usize {
+    (k / 2) * PANEL + l
+}
+
 /// The slot of panel row `l` in a bf16 column: rows `j` and `j + PANEL / 2` share the
 /// 32-bit word `j`, row `j` in its low half. Widening is then a shift (low halves) and a
 /// mask (high halves) of whole words, with no shuffle: one load of a column's 64 bytes
@@ -107,6 +122,21 @@ impl Panels {
         }
     }
 
+    /// ggml's Q4_1 rounding (`cols` a multiple of [`BLOCK`]), then reordered.
+    pub fn q4(w: &[f32], rows: usize, cols: usize) -> Self {
+        let (quants, scales, mins) = super::quantize_q4_1(w);
+        // Two columns a byte: quants pair up along each row before the reorder.
+        let pairs: Vec<Nibbles> = quants
+            .chunks_exact(2)
+            .map(|q| Nibbles(q[0] | (q[1] << 4)))
+            .collect();
+        Panels::Q4 {
+            quants: into_panels(&pairs, rows, cols / 2, |k, l| q4_at(2 * k, l)),
+            scales: into_panels(&scales, rows, cols / BLOCK, in_order),
+            mins: into_panels(&mins, rows, cols / BLOCK, in_order),
+        }
+    }
+
     /// Bytes of a `(rows, cols)` weight (the padding rows of the last panel left out).
     pub fn bytes(&self, rows: usize, cols: usize) -> usize {
         let n = rows * cols;
@@ -114,6 +144,7 @@ impl Panels {
             Panels::F32(_) => 4 * n,
             Panels::Bf16(_) => 2 * n,
             Panels::Q8 { .. } => n + 2 * (n / BLOCK),
+            Panels::Q4 { .. } => n / 2 + 4 * (n / BLOCK),
         }
     }
 
@@ -128,6 +159,16 @@ impl Panels {
                 let scale = scales[(p * (cols / BLOCK) + k / BLOCK) * PANEL + l];
                 quants[panel + q8_at(k, l)] as f32 * f16_to_f32(scale)
             }
+            Panels::Q4 {
+                quants,
+                scales,
+                mins,
+            } => {
+                let at = (p * (cols / BLOCK) + k / BLOCK) * PANEL + l;
+                let byte = quants[panel / 2 + q4_at(k, l)].0;
+                let q = if k % 2 == 0 { byte & 15 } else { byte >> 4 };
+                q as f32 * f16_to_f32(scales[at]) + f16_to_f32(mins[at])
+            }
         }
     }
 
@@ -138,10 +179,47 @@ impl Panels {
 
     fn matmul_on(&self, isa: Isa, rows: usize, cols: usize, x: &[f32], m: usize, y: &mut [f32]) {
         assert!(x.len() == m * cols && y.len() == m * rows);
-        let scales: &[u16] = &[];
+        let (scales, mins): (&[u16], &[u16]) = (&[], &[]);
         match self {
-            Panels::F32(data) => product(isa, &Weights { data, scales, cols }, rows, x, m, y),
-            Panels::Bf16(data) => product(isa, &Weights { data, scales, cols }, rows, x, m, y),
+            Panels::F32(data) => product(
+                isa,
+                &Weights {
+                    data,
+                    scales,
+                    mins,
+                    cols,
+                },
+                rows,
+                x,
+                m,
+                y,
+            ),
+            Panels::Bf16(data) => product(
+                isa,
+                &Weights {
+                    data,
+                    scales,
+                    mins,
+                    cols,
+                },
+                rows,
+                x,
+                m,
+                y,
+            ),
+            Panels::Q4 {
+                quants,
+                scales,
+                mins,
+            } => {
+                let w = Weights {
+                    data: quants,
+                    scales,
+                    mins,
+                    cols,
+                };
+                product(isa, &w, rows, x, m, y)
+            }
             Panels::Q8 { quants, scales } => {
                 #[cfg(target_arch = "x86_64")]
                 if m <= 2 && isa == Isa::Avx512 && q8dot::available() {
@@ -160,6 +238,7 @@ impl Panels {
                 let w = Weights {
                     data: quants,
                     scales,
+                    mins,
                     cols,
                 };
                 product(isa, &w, rows, x, m, y)
@@ -168,10 +247,15 @@ impl Panels {
     }
 }
 
-/// A stored weight value: f32, bf16 bits (u16) or a q8_0 quant (i8).
+/// A stored weight value: f32, bf16 bits (u16), a q8_0 quant (i8) or a pair of q4_1
+/// quants ([`Nibbles`]).
 trait Element: Copy + Sync {
-    /// Whether the values carry a scale per [`BLOCK`] input columns (q8_0).
+    /// Whether the values carry a scale per [`BLOCK`] input columns (q8_0, q4_1).
     const SCALED: bool;
+    /// Whether the values carry a minimum per [`BLOCK`] input columns too (q4_1).
+    const OFFSET: bool = false;
+    /// Weights one stored item holds.
+    const PER_ITEM: usize = 1;
     /// Whether a one-row tile sums even and odd columns apart ([`tile`]).
     const SPLIT_SUMS: bool = false;
     /// Whether products at one or two input rows give each thread two long runs of
@@ -263,18 +347,52 @@ impl Element for i8 {
     }
 }
 
+/// Two q4_1 quants of one panel row: column `k` (even) in the low nibble, `k + 1` in the
+/// high one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Nibbles(u8);
+
+impl Element for Nibbles {
+    const SCALED: bool = true;
+    const OFFSET: bool = true;
+    const PER_ITEM: usize = 2;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        unreachable!("q4_1 quants are read in column pairs")
+    }
+
+    #[inline(always)]
+    unsafe fn widen_column(_: &[Self], _: usize) -> [f32; PANEL] {
+        unreachable!("q4_1 quants are read in column pairs")
+    }
+
+    /// The pair's bytes ([`q4_at`]): low nibbles column `k`, high nibbles `k + 1`.
+    #[inline(always)]
+    unsafe fn widen_pair(data: &[Nibbles], at: usize) -> [[f32; PANEL]; 2] {
+        let bytes: [u8; PANEL] = read(data, at).map(|n| n.0);
+        let mut out = [[0f32; PANEL]; 2];
+        for l in 0..PANEL {
+            out[0][l] = (bytes[l] & 15) as f32;
+            out[1][l] = (bytes[l] >> 4) as f32;
+        }
+        out
+    }
+}
+
 /// A weight's panels as the tile body reads them. The reads skip bounds checks: the tile
 /// stays inside panel `p` and column `k < cols`, which [`product`] checks.
 struct Weights<'a, E> {
     data: &'a [E],
     /// f16 bits, `[panel][block][row]`; empty where unscaled.
     scales: &'a [u16],
+    /// f16 bits laid out as `scales`; empty but for q4_1.
+    mins: &'a [u16],
     cols: usize,
 }
 
 impl<E: Element> Weights<'_, E> {
     fn panels(&self) -> usize {
-        self.data.len() / (self.cols * PANEL)
+        self.data.len() * E::PER_ITEM / (self.cols * PANEL)
     }
 
     /// Columns `k` and `k + 1` (`k` even) of panel `p`, widened to f32 (unscaled).
@@ -283,7 +401,7 @@ impl<E: Element> Weights<'_, E> {
     /// `p < panels()` and `k + 1 < cols`.
     #[inline(always)]
     unsafe fn column_pair(&self, p: usize, k: usize) -> [[f32; PANEL]; 2] {
-        E::widen_pair(self.data, (p * self.cols + k) * PANEL)
+        E::widen_pair(self.data, (p * self.cols + k) * PANEL / E::PER_ITEM)
     }
 
     /// Column `k` of panel `p`, widened to f32 (unscaled; not for q8_0's pairs).
@@ -303,9 +421,10 @@ impl<E: Element> Weights<'_, E> {
     /// (docs/perf-log/2026-11-26-speed-rounds.md, "Fourth round: the machine's two states").
     #[inline(always)]
     fn prefetch_ahead(&self, p: usize, b: usize) {
-        let quants = (p * self.cols + b * BLOCK) * PANEL;
+        let item = std::mem::size_of::<E>();
+        let quants = (p * self.cols + b * BLOCK) * PANEL * item / E::PER_ITEM;
         let scales = (p * (self.cols / BLOCK) + b + 2) * PANEL;
-        for line in (0..BLOCK * PANEL * std::mem::size_of::<E>()).step_by(64) {
+        for line in (0..BLOCK * PANEL * item / E::PER_ITEM).step_by(64) {
             prefetch(
                 self.data
                     .as_ptr()
@@ -314,6 +433,9 @@ impl<E: Element> Weights<'_, E> {
             );
         }
         prefetch(self.scales.as_ptr().wrapping_add(scales).cast::<u8>());
+        if E::OFFSET {
+            prefetch(self.mins.as_ptr().wrapping_add(scales).cast::<u8>());
+        }
     }
 
     /// The scales of block `b` of panel `p`.
@@ -322,7 +444,25 @@ impl<E: Element> Weights<'_, E> {
     /// `E::SCALED`, `p < panels()` and `b < cols / BLOCK`.
     #[inline(always)]
     unsafe fn scales(&self, p: usize, b: usize) -> [f32; PANEL] {
-        let bits: [u16; PANEL] = read(self.scales, (p * (self.cols / BLOCK) + b) * PANEL);
+        Self::block_values(self.scales, self.cols, p, b)
+    }
+
+    /// The minimums of block `b` of panel `p`.
+    ///
+    /// # Safety
+    /// `E::OFFSET`, `p < panels()` and `b < cols / BLOCK`.
+    #[inline(always)]
+    unsafe fn mins(&self, p: usize, b: usize) -> [f32; PANEL] {
+        Self::block_values(self.mins, self.cols, p, b)
+    }
+
+    /// A block's f16 values of every panel row, widened.
+    ///
+    /// # Safety
+    /// `p` and `b` inside `values`, laid out `[panel][block][row]`.
+    #[inline(always)]
+    unsafe fn block_values(values: &[u16], cols: usize, p: usize, b: usize) -> [f32; PANEL] {
+        let bits: [u16; PANEL] = read(values, (p * (cols / BLOCK) + b) * PANEL);
         let mut out = [0f32; PANEL];
         for l in 0..PANEL {
             out[l] = f16_widened(bits[l]);
@@ -485,17 +625,36 @@ unsafe fn tile<E: Element, const MT: usize, const FUSED: bool>(
                     a[l] = fma::<FUSED>(s[l], d[l], a[l]);
                 }
             }
+            if E::OFFSET {
+                // sum_k (q d + m) x_k = d sum_k q x_k + m sum_k x_k over the block.
+                let mins = w.mins(p, b);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let xs: f32 = (b * BLOCK..(b + 1) * BLOCK).map(|k| xv(t, k)).sum();
+                    for l in 0..PANEL {
+                        a[l] = fma::<FUSED>(mins[l], xs, a[l]);
+                    }
+                }
+            }
         }
     } else {
         // Many rows: no room for a second set of sums, so each column is scaled once and
         // shared by the rows.
         for b in 0..cols / BLOCK {
             let d = w.scales(p, b);
+            let mins = if E::OFFSET {
+                w.mins(p, b)
+            } else {
+                [0f32; PANEL]
+            };
             for k in (b * BLOCK..(b + 1) * BLOCK).step_by(2) {
                 let mut pair = w.column_pair(p, k);
                 for (i, wk) in pair.iter_mut().enumerate() {
                     for l in 0..PANEL {
-                        wk[l] *= d[l];
+                        wk[l] = if E::OFFSET {
+                            fma::<FUSED>(wk[l], d[l], mins[l])
+                        } else {
+                            wk[l] * d[l]
+                        };
                     }
                     for (t, a) in acc.iter_mut().enumerate() {
                         let v = xv(t, k + i);
@@ -708,6 +867,7 @@ mod tests {
             ];
             if cols.is_multiple_of(BLOCK) {
                 kinds.push(("q8_0", Panels::q8(&w, rows, cols)));
+                kinds.push(("q4_1", Panels::q4(&w, rows, cols)));
             }
             for (name, panels) in &kinds {
                 // The reference: the stored weights read one by one, dot products in order.
@@ -779,12 +939,14 @@ mod tests {
         let mut w = noise(rows * cols, 3);
         // A block whose f16 scale is subnormal (below 6.1e-5).
         w[cols..cols + BLOCK].iter_mut().for_each(|v| *v *= 1e-4);
-        let (f, b, q) = (
+        let (f, b, q, q4) = (
             Panels::f32(&w, rows, cols),
             Panels::bf16(&w, rows, cols),
             Panels::q8(&w, rows, cols),
+            Panels::q4(&w, rows, cols),
         );
         let (quants, scales) = crate::infer::quantize_q8(&w);
+        let (quants4, scales4, mins4) = crate::infer::quantize_q4_1(&w);
         for r in 0..rows {
             for k in 0..cols {
                 let i = r * cols + k;
@@ -792,6 +954,9 @@ mod tests {
                 assert_eq!(b.get(r, k, cols), half::bf16::from_f32(w[i]).to_f32());
                 let dq = quants[i] as f32 * f16_to_f32(scales[i / BLOCK]);
                 assert_eq!(q.get(r, k, cols), dq, "q8_0 ({r}, {k})");
+                let (d, m) = (f16_to_f32(scales4[i / BLOCK]), f16_to_f32(mins4[i / BLOCK]));
+                let dq4 = quants4[i] as f32 * d + m;
+                assert_eq!(q4.get(r, k, cols), dq4, "q4_1 ({r}, {k})");
             }
         }
     }

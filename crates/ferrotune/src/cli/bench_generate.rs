@@ -22,7 +22,7 @@ use ferrotune_serve::ModelSource;
 pub struct BenchGenerateArgs {
     /// Model folder or Hub id (or a LoRA run's output, merged for the run).
     model: String,
-    /// Inference weights: f32, bf16 or q8_0 (converted at load time).
+    /// Inference weights: f32, bf16, q8_0 or q4_1 (converted at load time).
     #[arg(long, default_value = "f32")]
     weights: WeightType,
     /// Sequences decoded together; tokens/s is then the aggregate over them.
@@ -48,7 +48,7 @@ pub struct BenchGenerateArgs {
     /// the path before the inference engine, and the one other devices take.
     #[arg(long)]
     composed: bool,
-    /// With --weights bf16 or q8_0: also decode with f32 weights, the two taking turns
+    /// With --weights bf16, q8_0 or q4_1: also decode with f32 weights, the two taking turns
     /// token by token, and print the speed ratio. This machine's memory changes speed
     /// within seconds, so runs one after the other can compare two different machines.
     /// Both models are then in memory.
@@ -191,7 +191,7 @@ pub fn run(a: BenchGenerateArgs) -> Result<()> {
         bail!("--composed decodes with the f32 training model; leave out --weights");
     }
     if a.against_f32 && (a.composed || a.weights == WeightType::F32) {
-        bail!("--against-f32 compares --weights bf16 or q8_0 with f32 on the engine");
+        bail!("--against-f32 compares --weights bf16, q8_0 or q4_1 with f32 on the engine");
     }
     let source = ModelSource::locate(Some(&a.model), None)?;
     let started = Instant::now();

@@ -109,9 +109,9 @@ pub struct GenerateArgs {
     repetition_penalty: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Inference weights: f32 (as stored), bf16 or q8_0, converted when the model loads
+    /// Inference weights: f32 (as stored), bf16, q8_0 or q4_1, converted when the model loads
     /// (as `chat --weights`).
-    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0")]
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8_0|q4_1")]
     weights: ferrotune_model::infer::WeightType,
 }
 

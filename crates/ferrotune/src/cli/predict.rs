@@ -50,10 +50,10 @@ pub struct PredictArgs {
     /// Most tokens generated per answer (default 512).
     #[arg(long)]
     max_new_tokens: Option<usize>,
-    /// Inference weights for generating: f32 (as trained), bf16 or q8_0 (faster, and
+    /// Inference weights for generating: f32 (as trained), bf16, q8_0 or q4_1 (faster, and
     /// close to f32: see the README); default: as the base is held (q8_0 for a quantized
     /// base, bf16 for a 16-bit one). The eval loss is computed in f32 either way.
-    #[arg(long, value_name = "f32|bf16|q8_0")]
+    #[arg(long, value_name = "f32|bf16|q8_0|q4_1")]
     weights: Option<WeightType>,
 }
 

@@ -33,11 +33,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
     /// Inference weights: f32 (as trained), bf16 (half the bytes to read per token) or
-    /// q8_0 (8.5 bits a weight), converted when the model loads; decoding speed follows
+    /// q8_0 (8.5 bits a weight) or q4_1 (5 bits), converted when the model loads (an
+    /// adapter merged in first); decoding speed follows
     /// the bytes (docs/perf-log/2026-11-26-speed-rounds.md). Default: as the base is
     /// held: f32, bf16 for a 16-bit base, q8_0 for a quantized one (a GGUF file, a 4-bit
     /// run).
-    #[arg(long, value_name = "f32|bf16|q8_0")]
+    #[arg(long, value_name = "f32|bf16|q8_0|q4_1")]
     weights: Option<WeightType>,
     /// Defaults for requests that do not set them (max_tokens, temperature, ...).
     #[command(flatten)]
