@@ -166,7 +166,11 @@ impl Panels {
             } => {
                 let at = (p * (cols / BLOCK) + k / BLOCK) * PANEL + l;
                 let byte = quants[panel / 2 + q4_at(k, l)].0;
-                let q = if k % 2 == 0 { byte & 15 } else { byte >> 4 };
+                let q = if k.is_multiple_of(2) {
+                    byte & 15
+                } else {
+                    byte >> 4
+                };
                 q as f32 * f16_to_f32(scales[at]) + f16_to_f32(mins[at])
             }
         }
