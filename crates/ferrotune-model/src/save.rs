@@ -1,7 +1,11 @@
 //! Writes a model folder in Hugging Face layout that transformers loads: config.json,
 //! model.safetensors (sharded with an index above a size limit), generation_config.json,
-//! and, when given, the tokenizer files and the chat template used in training.
+//! and, when given, the tokenizer files and the chat template used in training. Weights
+//! are written one tensor at a time, LoRA adapters merged as each is reached
+//! ([`output_tensors`]), so a base held quantized is never dequantized whole.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -10,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::linear::Linear;
 use crate::llama::CausalLm;
+use crate::param::Param;
 
 /// Shard size above which weights are split (transformers' default is 5 GB).
 pub const DEFAULT_SHARD_BYTES: usize = 5 * 1024 * 1024 * 1024;
@@ -85,14 +91,71 @@ pub fn write_config_files(config: &ModelConfig, dir: &Path, dtype: DType) -> Res
     Ok(())
 }
 
-/// Saves the model (LoRA adapters must be merged first, or saved separately).
+/// One tensor of a saved model: a parameter as it is, or a linear weight with its LoRA
+/// adapter merged in. Its dense values are computed when a writer reaches it, so that a
+/// model whose base is held quantized is written one dense tensor at a time, never whole
+/// in f32.
+pub struct OutputTensor<'a> {
+    param: &'a Param,
+    adapted: Option<&'a Linear>,
+}
+
+impl OutputTensor<'_> {
+    /// The Hugging Face name.
+    pub fn name(&self) -> &str {
+        self.param.name()
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        self.param.dims()
+    }
+
+    /// The dense f32 values on the CPU, the adapter merged in.
+    pub fn dense(&self) -> Result<Tensor> {
+        let t = match self.adapted {
+            Some(linear) => linear.merged_weight()?,
+            None => self.param.to_dense()?,
+        };
+        Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+}
+
+/// The tensors a saved model holds, in the model's order: its parameters but the
+/// adapters', with each adapted weight merged.
+pub fn output_tensors(model: &CausalLm) -> Vec<OutputTensor<'_>> {
+    let adapted: HashMap<&str, &Linear> = model
+        .layers
+        .iter()
+        .flat_map(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+        })
+        .filter(|lin| lin.lora.is_some())
+        .map(|lin| (lin.weight.name(), lin))
+        .collect();
+    model
+        .params()
+        .into_iter()
+        .filter(|p| !p.name().contains(".lora_"))
+        .map(|param| OutputTensor {
+            param,
+            adapted: adapted.get(param.name()).copied(),
+        })
+        .collect()
+}
+
+/// Saves the model with any LoRA adapters merged, one tensor at a time: a tensor's dense
+/// values exist only while it is written.
 pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if model.params().iter().any(|p| p.name().contains(".lora_")) {
-        return Err(ModelError::invalid(
-            "the model still has LoRA adapters: merge them first or save the adapter",
-        ));
-    }
     let dtype = options
         .dtype
         .unwrap_or_else(|| dtype_from_name(model.config.torch_dtype.as_deref()));
@@ -100,47 +163,35 @@ pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result
     write_config_files(&model.config, dir, dtype)?;
 
     // Weights, in shards of at most max_shard_bytes.
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let tensors = output_tensors(model);
+    let bytes_of = |t: &OutputTensor| t.dims().iter().product::<usize>() * dtype.size_in_bytes();
+    let mut shards: Vec<Vec<&OutputTensor>> = vec![Vec::new()];
     let mut size = 0;
-    for p in model.params() {
-        let t = p
-            .to_dense()?
-            .to_dtype(dtype)?
-            .to_device(&Device::Cpu)?
-            .contiguous()?;
-        let bytes = t.elem_count() * dtype.size_in_bytes();
+    for t in &tensors {
+        let bytes = bytes_of(t);
         if size > 0 && size + bytes > options.max_shard_bytes {
             shards.push(Vec::new());
             size = 0;
         }
         size += bytes;
-        shards
-            .last_mut()
-            .expect("a shard")
-            .push((p.name().to_string(), t));
+        shards.last_mut().expect("a shard").push(t);
     }
     for stale in ["model.safetensors", "model.safetensors.index.json"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     if shards.len() == 1 {
-        let map: HashMap<String, Tensor> = shards.pop().expect("one shard").into_iter().collect();
-        let path = dir.join("model.safetensors");
-        candle_core::safetensors::save(&map, &path)
-            .map_err(|e| ModelError::file(&path, e.to_string()))?;
+        write_safetensors(&dir.join("model.safetensors"), &shards[0], dtype)?;
     } else {
         let n = shards.len();
         let mut weight_map = serde_json::Map::new();
         let mut total = 0;
-        for (i, shard) in shards.into_iter().enumerate() {
+        for (i, shard) in shards.iter().enumerate() {
             let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-            for (name, t) in &shard {
-                weight_map.insert(name.clone(), json!(file));
-                total += t.elem_count() * dtype.size_in_bytes();
+            for t in shard {
+                weight_map.insert(t.name().to_string(), json!(file));
+                total += bytes_of(t);
             }
-            let map: HashMap<String, Tensor> = shard.into_iter().collect();
-            let path = dir.join(&file);
-            candle_core::safetensors::save(&map, &path)
-                .map_err(|e| ModelError::file(&path, e.to_string()))?;
+            write_safetensors(&dir.join(&file), shard, dtype)?;
         }
         write_json(
             &dir.join("model.safetensors.index.json"),
@@ -170,6 +221,68 @@ pub fn save_model(model: &CausalLm, dir: &Path, options: &SaveOptions) -> Result
         };
         config["chat_template"] = json!(template);
         write_json(&config_path, &config)?;
+    }
+    Ok(())
+}
+
+/// A tensor as the safetensors writer asks for it: shape and size up front, the bytes
+/// computed when the writer reaches it. `View::data` cannot fail, so the first failure is
+/// kept in `failed` (and zeros written) for [`write_safetensors`] to report.
+struct LazyTensor<'a> {
+    tensor: &'a OutputTensor<'a>,
+    dtype: DType,
+    shape: Vec<usize>,
+    failed: &'a RefCell<Option<ModelError>>,
+}
+
+impl safetensors::View for LazyTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.into()
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size_in_bytes()
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let values = self
+            .tensor
+            .dense()
+            .and_then(|t| Ok(t.to_dtype(self.dtype)?.contiguous()?));
+        match values {
+            Ok(t) => Cow::Owned(safetensors::View::data(&t).into_owned()),
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e);
+                Cow::Owned(vec![0; self.data_len()])
+            }
+        }
+    }
+}
+
+/// Writes one safetensors file (through a temporary file renamed into place).
+fn write_safetensors(path: &Path, tensors: &[&OutputTensor], dtype: DType) -> Result<()> {
+    let failed = RefCell::new(None);
+    let views = tensors.iter().map(|&tensor| {
+        let view = LazyTensor {
+            tensor,
+            dtype,
+            shape: tensor.dims(),
+            failed: &failed,
+        };
+        (tensor.name().to_string(), view)
+    });
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| ModelError::file(path, e.to_string()))?;
+    if let Some(e) = failed.into_inner() {
+        let _ = std::fs::remove_file(path);
+        return Err(ModelError::file(
+            path,
+            format!("cannot compute a tensor: {e}"),
+        ));
     }
     Ok(())
 }

@@ -44,9 +44,21 @@ impl AlignedBytes {
         }
     }
 
+    fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+
     fn as_slice(&self) -> &[u8] {
         // Safety: the words hold `len` initialised bytes.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // Safety: as `as_slice`; any byte pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
     }
 }
 
@@ -210,13 +222,32 @@ impl StoredWeight {
         cols: usize,
         mut slab: impl FnMut(usize, usize) -> Result<Tensor>,
     ) -> Result<Self> {
-        let mut bytes = Vec::with_capacity(rows * row_bytes(dtype, cols)?);
+        // Written in place: the weight's bytes are allocated once, never copied whole.
+        let row = row_bytes(dtype, cols)?;
+        let mut bytes = AlignedBytes::zeroed(rows * row);
         let step = ((1 << 20) / cols.max(1)).max(2) & !1;
         for r0 in (0..rows).step_by(step) {
-            let part = slab(r0, step.min(rows - r0))?;
-            bytes.extend_from_slice(&QTensor::quantize(&part, dtype)?.data()?);
+            let n = step.min(rows - r0);
+            let part = QTensor::quantize(&slab(r0, n)?, dtype)?;
+            let data = part.data()?;
+            if data.len() != n * row {
+                bail!(
+                    "quantizing rows {r0}..{}: {} bytes, {} expected",
+                    r0 + n,
+                    data.len(),
+                    n * row
+                );
+            }
+            bytes.as_mut_slice()[r0 * row..(r0 + n) * row].copy_from_slice(&data);
         }
-        StoredWeight::from_bytes(dtype, rows, cols, &bytes)
+        Ok(StoredWeight {
+            dtype,
+            rows,
+            cols,
+            bytes: Arc::new(bytes),
+            first_row: 0,
+            bf16_products: false,
+        })
     }
 
     pub fn dtype(&self) -> GgmlDType {

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -51,18 +51,47 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads every tensor of the given safetensors files onto `device`.
 pub fn read_safetensors(files: &[PathBuf], device: &Device) -> Result<WeightMap> {
-    // SAFETY: the files are only read; mutating them while mapped is the user's problem,
-    // as with every memory-mapped loader.
-    let mmaped = unsafe { MmapedSafetensors::multi(files) }
-        .map_err(|e| ModelError::file(&files[0], format!("cannot map safetensors: {e}")))?;
     let mut map = WeightMap::new();
-    for (name, _) in mmaped.tensors() {
-        let t = mmaped
-            .load(&name, device)
-            .map_err(|e| ModelError::invalid(format!("cannot load tensor {name}: {e}")))?;
-        map.insert(name, t);
-    }
+    each_tensor(files, |name, t| {
+        map.insert(name, t.to_device(device)?);
+        Ok(())
+    })?;
     Ok(map)
+}
+
+/// Calls `f` with every tensor of the files in turn (a copy on the CPU, in the file's
+/// dtype). Each file is memory-mapped and told to drop a tensor's pages once it is read:
+/// mapped pages count in the process's resident memory for as long as they stay mapped,
+/// so a load that converts as it goes (`load_model_quantized`) would otherwise carry the
+/// whole file besides what it keeps.
+pub fn each_tensor(
+    files: &[PathBuf],
+    mut f: impl FnMut(String, Tensor) -> Result<()>,
+) -> Result<()> {
+    use memmap2::UncheckedAdvice;
+    for file in files {
+        let cannot = |what: &str, e: &dyn std::fmt::Display| {
+            ModelError::file(file, format!("cannot {what} safetensors: {e}"))
+        };
+        let handle = std::fs::File::open(file).map_err(|e| cannot("open", &e))?;
+        // SAFETY: the file is only read; changing it while it is mapped is the user's
+        // problem, as with every memory-mapped loader.
+        let mapped = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| cannot("map", &e))?;
+        let st = safetensors::SafeTensors::deserialize(&mapped).map_err(|e| cannot("read", &e))?;
+        for (name, view) in st.tensors() {
+            let start = view.data().as_ptr() as usize - mapped.as_ptr() as usize;
+            let len = view.data().len();
+            let t = view
+                .load(&Device::Cpu)
+                .map_err(|e| ModelError::invalid(format!("cannot load tensor {name}: {e}")))?;
+            f(name, t)?;
+            // SAFETY: a read-only shared mapping: dropped pages are read again from the
+            // file if touched, nothing is lost.
+            unsafe { mapped.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) }
+                .map_err(|e| cannot("release pages of", &e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads a model folder. `dtype` is the compute dtype (f32 for training: master weights
@@ -92,6 +121,68 @@ pub struct Quantization {
     pub embeddings: candle_core::quantized::GgmlDType,
 }
 
+/// The file in a LoRA adapter's folder recording how its base was held in training
+/// (`{"matrices": "q4_k", "embeddings": "bf16"}`), so that inference and export hold the
+/// base the same way: the adapter was trained against those weights, and a 7B-class base
+/// that trained quantized would not fit in f32 on the same machine.
+pub const ADAPTER_BASE_STORAGE: &str = "base_storage.json";
+
+impl Quantization {
+    /// 16-bit floats held as they are (`torch_dtype` bfloat16 or float16): a lossless
+    /// half of f32's memory.
+    pub fn sixteen_bit(dtype: candle_core::quantized::GgmlDType) -> Self {
+        Quantization {
+            matrices: dtype,
+            embeddings: dtype,
+        }
+    }
+
+    /// Writes [`ADAPTER_BASE_STORAGE`] into `adapter_dir`.
+    pub fn record_for_adapter(&self, adapter_dir: &Path) -> Result<()> {
+        use crate::stored::storage_name;
+        let path = adapter_dir.join(ADAPTER_BASE_STORAGE);
+        let value = serde_json::json!({
+            "matrices": storage_name(self.matrices),
+            "embeddings": storage_name(self.embeddings),
+        });
+        let text = serde_json::to_string_pretty(&value).expect("json") + "\n";
+        std::fs::write(&path, text)
+            .map_err(|e| ModelError::file(&path, format!("cannot write: {e}")))
+    }
+
+    /// The storage an adapter folder records, if any.
+    pub fn recorded_for_adapter(adapter_dir: &Path) -> Result<Option<Self>> {
+        let path = adapter_dir.join(ADAPTER_BASE_STORAGE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ModelError::file(&path, format!("cannot read: {e}"))),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::file(&path, format!("malformed JSON: {e}")))?;
+        let field = |key: &str| {
+            let name = value[key].as_str().unwrap_or_default();
+            crate::stored::parse_storage(name).ok_or_else(|| {
+                let choices: Vec<&str> = crate::stored::STORAGE_TYPES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                ModelError::file(
+                    &path,
+                    format!(
+                        "{key}: {name:?} is not a storage type (one of {})",
+                        choices.join(", ")
+                    ),
+                )
+            })
+        };
+        Ok(Some(Quantization {
+            matrices: field("matrices")?,
+            embeddings: field("embeddings")?,
+        }))
+    }
+}
+
 /// Loads a model folder with its matrices quantized as `q` says, one tensor at a time
 /// from the memory-mapped files, so that the whole model is never held in f32 (nor in the
 /// file's dtype). A folder standing for a GGUF file keeps the file's own types.
@@ -106,15 +197,9 @@ pub fn load_model_quantized(
     }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let files = weight_files(dir)?;
-    // SAFETY: as in `read_safetensors`.
-    let mmaped = unsafe { MmapedSafetensors::multi(&files) }
-        .map_err(|e| ModelError::file(&files[0], format!("cannot map safetensors: {e}")))?;
     let mut tensors = WeightMap::new();
     let mut stored = crate::llama::StoredMap::new();
-    for (name, _) in mmaped.tensors() {
-        let t = mmaped
-            .load(&name, &Device::Cpu)
-            .map_err(|e| ModelError::invalid(format!("cannot load tensor {name}: {e}")))?;
+    each_tensor(&files, |name, t| {
         let target = if name.ends_with("embed_tokens.weight") || name.ends_with("lm_head.weight") {
             Some(q.embeddings)
         } else if name.ends_with("_proj.weight") && t.rank() == 2 {
@@ -133,8 +218,27 @@ pub fn load_model_quantized(
                 tensors.insert(name, t.to_device(device)?);
             }
         }
-    }
+        Ok(())
+    })?;
     let (model, _unused) = CausalLm::from_stored_weights(config, tensors, stored, dtype, device)
         .map_err(|e| ModelError::file(dir, e.to_string()))?;
+    release_freed_memory();
     Ok(model)
+}
+
+/// Hands memory freed by a load back to the system. Converting tensor after tensor
+/// leaves the allocator's heaps holding freed slabs (glibc keeps freed blocks below its
+/// adaptive mmap threshold), which would count in the process's resident memory for
+/// the whole run; `malloc_trim` releases them.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory; it takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }

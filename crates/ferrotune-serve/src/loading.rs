@@ -13,8 +13,9 @@ use ferrotune_data::TokenizerBundle;
 use ferrotune_model::generate::GenerationConfig;
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::infer::WeightType;
+use ferrotune_model::stored::storage_name;
 use ferrotune_model::tuning::{load_peft_adapter, merge_lora};
-use ferrotune_model::weights::load_model;
+use ferrotune_model::weights::{load_model, load_model_quantized, Quantization};
 use ferrotune_model::CausalLm;
 use serde_json::Value;
 
@@ -80,12 +81,60 @@ impl ModelSource {
             .unwrap_or_else(|| "model".into())
     }
 
-    /// Loads the base in f32 on the CPU with the adapter applied (not merged).
+    /// How the base's matrices are held for inference: as the adapter's training held
+    /// them (recorded in its folder), else as a 16-bit base stores them (lossless, half of
+    /// f32), else in f32 (`None`). A GGUF file keeps its own types either way.
+    pub fn base_storage(&self) -> Result<Option<Quantization>> {
+        use candle_core::quantized::GgmlDType;
+        if let Some(recorded) = self
+            .adapter
+            .as_deref()
+            .map(Quantization::recorded_for_adapter)
+            .transpose()?
+            .flatten()
+        {
+            return Ok(Some(recorded));
+        }
+        let config = self.base.join("config.json");
+        let dtype = ferrotune_model::ModelConfig::from_file(&config)?.torch_dtype;
+        Ok(match dtype.as_deref() {
+            Some("bfloat16") => Some(Quantization::sixteen_bit(GgmlDType::BF16)),
+            Some("float16") => Some(Quantization::sixteen_bit(GgmlDType::F16)),
+            _ => None,
+        })
+    }
+
+    fn recorded_storage(&self) -> bool {
+        self.adapter.as_deref().is_some_and(|a| {
+            a.join(ferrotune_model::weights::ADAPTER_BASE_STORAGE)
+                .is_file()
+        })
+    }
+
+    /// Loads the base on the CPU, held as [`Self::base_storage`] says, with the adapter
+    /// applied (not merged).
     pub fn load_unmerged(&self) -> Result<CausalLm> {
-        let mut model = load_model(&self.base, DType::F32, &Device::Cpu)?;
+        let storage = self.base_storage()?;
+        if let Some(q) = storage.filter(|_| self.recorded_storage()) {
+            eprintln!(
+                "the base is held as the adapter's training held it: {} matrices, {} embeddings",
+                storage_name(q.matrices),
+                storage_name(q.embeddings)
+            );
+        }
+        let mut model = match storage {
+            Some(q) => load_model_quantized(&self.base, q, DType::F32, &Device::Cpu)?,
+            None => load_model(&self.base, DType::F32, &Device::Cpu)?,
+        };
         if let Some(adapter) = &self.adapter {
             ferrotune_model::gguf::check_adapter_base(adapter, &self.base)?;
             load_peft_adapter(&mut model, adapter)?;
+        }
+        // Nothing trains here: with every weight frozen, passes build no autograd graph,
+        // which would otherwise keep every activation (and the weights the ops hold)
+        // alive for as long as an output is kept.
+        for p in model.params_mut() {
+            p.set_trainable(false)?;
         }
         Ok(model)
     }

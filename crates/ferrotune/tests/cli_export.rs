@@ -85,6 +85,10 @@ fn import(gguf: &Path, out: &Path) -> CausalLm {
     load(out)
 }
 
+fn cli_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 #[test]
 fn merged_exports_give_the_logits_of_base_plus_adapter() {
     let tmp = TempDir::new("export");
@@ -110,10 +114,11 @@ fn merged_exports_give_the_logits_of_base_plus_adapter() {
         "--gguf-type",
         "f32",
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (err, said) = (cli_text(&o.stderr), cli_text(&o.stdout));
+    assert!(err.contains("merging 14 LoRA projections"), "{err}");
     assert!(
-        err.contains("merged 14 LoRA projections") && err.contains("max |diff|"),
-        "{err}"
+        said.contains("vs base + adapter: max |diff|") && said.contains("vs the base alone"),
+        "{said}"
     );
     let merged = load(&hf);
     assert!(merged.params().iter().all(|p| !p.name().contains("lora")));
@@ -202,7 +207,7 @@ fn a_model_without_an_adapter_exports_as_it_is_and_mistakes_are_named() {
         "--gguf",
         path(&tmp.path().join("a.gguf")),
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("merged 14"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("merging 14"));
 
     let o = ferrotune(&[
         "export",

@@ -484,6 +484,35 @@ fn quantization_keys_quantize_the_base_or_name_what_is_wrong() {
         }
         runs.push(losses(&out));
     }
+    // The 4-bit run's adapter records its base's storage; export holds the base so (the
+    // adapter was trained against those weights), merges tensor by tensor, and its f32
+    // folder must give base + adapter's logits within 1e-4 (checked by export itself).
+    let recorded = std::fs::read_to_string(tmp.path().join("q4/base_storage.json")).unwrap();
+    assert!(
+        recorded.contains("\"q4_k\"") && recorded.contains("\"bf16\""),
+        "{recorded}"
+    );
+    assert!(!tmp.path().join("f32/base_storage.json").exists());
+    let merged = tmp.path().join("q4-merged");
+    let o = run(&[
+        "export",
+        "--adapter",
+        tmp.path().join("q4").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--dtype",
+        "f32",
+    ]);
+    let (err, said) = (
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("held as the adapter's training held it: q4_k"),
+        "{err}"
+    );
+    assert!(said.contains("vs base + adapter"), "{said}");
     // Quantization moves the losses a little, not a lot: q8_0 less than the 4-bit type.
     let first = |r: &[(u64, f64)]| r[0].1;
     let d8 = (first(&runs[1]) - first(&runs[0])).abs() / first(&runs[0]);

@@ -8,6 +8,7 @@
 //! llama.cpp's converter permutes the rows of the q and k projections of Llama-architecture
 //! models for its rope layout: `write::permute` applies it, `read::unpermute` undoes it.
 
+mod file;
 mod load;
 mod read;
 mod write;

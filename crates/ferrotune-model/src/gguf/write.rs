@@ -3,12 +3,14 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value as G;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Value};
 
+use super::file::{write_gguf_file, GgufTensor};
 use super::gguf_name;
 use crate::error::{ModelError, Result};
 use crate::llama::CausalLm;
+use crate::save::output_tensors;
 
 /// The permutation llama.cpp applies (for writing GGUF files and tests).
 pub fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
@@ -43,7 +45,7 @@ pub fn export_gguf(
     path: &Path,
     dtype: candle_core::quantized::GgmlDType,
 ) -> Result<()> {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::GgmlDType;
     let c = &model.config;
     let arch = match c.architecture {
         crate::config::Architecture::Llama | crate::config::Architecture::Mistral => "llama",
@@ -195,32 +197,35 @@ pub fn export_gguf(
         meta.push(("tokenizer.chat_template".into(), G::String(t)));
     }
 
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for p in model.params() {
-        let name = gguf_name(p.name())
-            .ok_or_else(|| ModelError::invalid(format!("no GGUF name for {}", p.name())))?;
-        let mut t = p
-            .to_dense()?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
-        if arch == "llama" && p.name().ends_with("q_proj.weight") {
-            t = permute(&t, c.num_attention_heads)?;
-        } else if arch == "llama" && p.name().ends_with("k_proj.weight") {
-            t = permute(&t, c.num_key_value_heads)?;
-        }
-        let want = if t.rank() == 1 { GgmlDType::F32 } else { dtype };
-        // Quantized blocks need a row length divisible by the block size.
-        let q = match QTensor::quantize(&t, want) {
-            Ok(q) => q,
-            Err(_) => QTensor::quantize(&t, GgmlDType::F16)?,
+    // Each tensor is merged, permuted and quantized only when the writer reaches it.
+    let permuted_heads = |name: &str| match name {
+        _ if arch != "llama" => None,
+        n if n.ends_with("q_proj.weight") => Some(c.num_attention_heads),
+        n if n.ends_with("k_proj.weight") => Some(c.num_key_value_heads),
+        _ => None,
+    };
+    let sources = output_tensors(model);
+    let mut tensors = Vec::with_capacity(sources.len());
+    for t in &sources {
+        let name = gguf_name(t.name())
+            .ok_or_else(|| ModelError::invalid(format!("no GGUF name for {}", t.name())))?;
+        let dims = t.dims();
+        // 1-D norms and biases stay F32; blocks need a row length their size divides.
+        let dtype = match dims.as_slice() {
+            [_] => GgmlDType::F32,
+            [.., cols] if !cols.is_multiple_of(dtype.block_size()) => GgmlDType::F16,
+            _ => dtype,
         };
-        tensors.push((name, q));
+        let heads = permuted_heads(t.name());
+        tensors.push(GgufTensor {
+            name,
+            dims,
+            dtype,
+            values: Box::new(move || match heads {
+                Some(h) => permute(&t.dense()?, h),
+                None => t.dense(),
+            }),
+        });
     }
-    let mut file = std::fs::File::create(path)
-        .map_err(|e| ModelError::file(path, format!("cannot create: {e}")))?;
-    let meta_refs: Vec<(&str, &G)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    candle_core::quantized::gguf_file::write(&mut file, &meta_refs, &tensor_refs)
-        .map_err(|e| ModelError::file(path, format!("cannot write GGUF: {e}")))?;
-    Ok(())
+    write_gguf_file(path, &meta, &tensors)
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferrotune_model::gguf::record_adapter_base;
+use ferrotune_model::gguf::{record_adapter_base, GgufSource};
 use ferrotune_model::save::{save_model, SaveOptions};
 use ferrotune_model::tuning::save_peft_adapter;
 use ferrotune_model::ModelError;
@@ -65,6 +65,10 @@ pub(super) fn trained_model(setup: &Setup) -> Result<()> {
                 Some(setup.tuned.source.spec.as_str()),
             )?;
             record_adapter_base(output_dir, &setup.tuned.source.dir)?;
+            let in_place = GgufSource::of_folder(&setup.tuned.source.dir)?.is_some();
+            if let (Some(storage), false) = (&setup.tuned.base_storage, in_place) {
+                storage.record_for_adapter(output_dir)?;
+            }
             copy_tokenizer(&prepared.tokenizer.dir, output_dir, template.as_deref())
         }
         None => {

@@ -9,7 +9,7 @@ use ferrotune_model::hub::resolve_model;
 use ferrotune_model::tuning::{
     add_lora, freeze_tuning, load_peft_adapter, train_everything, LoraConfig,
 };
-use ferrotune_model::weights::{load_model, load_model_quantized};
+use ferrotune_model::weights::{load_model, load_model_quantized, Quantization};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 
 use super::Result;
@@ -46,6 +46,9 @@ pub(super) struct Tuned {
     /// The adapter's settings, when LoRA trains (the outputs are then the adapter).
     pub lora: Option<LoraConfig>,
     pub ewc: Option<Ewc>,
+    /// How the base's frozen matrices are held, when not as loaded in f32 (a quantized
+    /// or bf16 base), recorded with the adapter for inference and export.
+    pub base_storage: Option<Quantization>,
 }
 
 impl Tuned {
@@ -60,7 +63,8 @@ impl Tuned {
         quantization: &QuantizationPlan,
     ) -> Result<Self> {
         let bf16 = t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16();
-        let mut model = match t.base_storage(quantization) {
+        let base_storage = t.base_storage(quantization);
+        let mut model = match base_storage {
             Some(q) => load_model_quantized(&source.dir, q, DType::F32, device)?,
             None => load_model(&source.dir, DType::F32, device)?,
         };
@@ -78,6 +82,7 @@ impl Tuned {
             model,
             lora,
             ewc,
+            base_storage,
         })
     }
 }

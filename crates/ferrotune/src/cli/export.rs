@@ -1,7 +1,9 @@
 //! `ferrotune export`: a LoRA adapter merged into its base and written as a Hugging Face
 //! model folder (with the tokenizer and the training chat template) and / or a GGUF file
-//! for llama.cpp. The merge is checked on a probe prompt before anything is written: the
-//! merged model must give the logits of base + adapter.
+//! for llama.cpp. The base is held as training held it (quantized, 16-bit or f32) and each
+//! tensor is merged as it is written, so a model that trained quantized exports on the
+//! same machine. The written folder is read back and checked on a probe prompt: it must
+//! give the logits of base + adapter.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +16,7 @@ use ferrotune_model::batch::Batch;
 use ferrotune_model::check::max_abs_diff;
 use ferrotune_model::gguf::export_gguf;
 use ferrotune_model::save::{save_model, SaveOptions};
-use ferrotune_model::tuning::merge_lora;
-use ferrotune_model::weights::load_model;
+use ferrotune_model::weights::{load_model_quantized, Quantization};
 use ferrotune_model::CausalLm;
 
 use ferrotune_serve::loading::{self, ModelSource};
@@ -97,36 +98,79 @@ impl GgufType {
     }
 }
 
-/// Merging dequantizes the base into f32 matrices, the whole model at once: a base held
-/// quantized (a GGUF file, a 4-bit run) grows about 7x. Stops before loading when that
-/// cannot fit in the memory available, instead of failing an allocation halfway.
-fn check_merge_fits(source: &ModelSource) -> Result<()> {
-    use ferrotune_model::memory::{available_bytes, human};
+/// How the written folder is read back for the check: as written, or (an f32 folder too
+/// large for this machine in f32) with its matrices held as bf16.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReadBack {
+    AsWritten,
+    Bf16,
+    /// Not even in bf16 does it fit: the folder is not read back (said so).
+    Skipped,
+}
+
+/// Export holds the base as training held it plus one tensor's dense copies while that
+/// tensor is written; the written folder is then read back on its own. Stops before
+/// loading when the first cannot fit in the memory available, instead of failing an
+/// allocation halfway, and says how the folder will be read back.
+fn check_export_fits(source: &ModelSource, folder: Option<DType>) -> Result<ReadBack> {
+    use ferrotune_model::memory::{available_bytes, human, weight_bytes, WeightStorage};
     let config = ferrotune_model::ModelConfig::from_file(&source.base.join("config.json"))?;
-    // The f32 model, the quantized base while it is being replaced, and the written
-    // copies of one shard.
-    let need = config.num_parameters() as u64 * 4 * 5 / 4;
-    if let Some(available) = available_bytes() {
-        if need > available {
-            bail!(
-                "merging this adapter needs the base dequantized to f32: about {} for {:.1}B \
-                 parameters, and {} are available. Exporting models this size by streaming \
-                 one layer at a time is not done yet: export on a machine with more memory, or \
-                 use the adapter as it is (chat, serve and eval take --adapter)",
-                human(need),
-                config.num_parameters() as f64 / 1e9,
-                human(available)
-            );
-        }
+    let held = match ferrotune_model::gguf::GgufSource::of_folder(&source.base)? {
+        Some(gguf) => std::fs::metadata(&gguf.file).map(|m| m.len()).unwrap_or(0),
+        None => match source.base_storage()? {
+            Some(q) => weight_bytes(
+                &config,
+                WeightStorage::Types {
+                    matrices: q.matrices,
+                    embeddings: q.embeddings,
+                },
+            ),
+            None => weight_bytes(&config, WeightStorage::F32),
+        },
+    };
+    // The largest tensor, the embedding: merged f32, converted, and its written copy.
+    let largest = (config.vocab_size * config.hidden_size * 4) as u64;
+    let need = held + 3 * largest;
+    let Some(available) = available_bytes() else {
+        return Ok(ReadBack::AsWritten);
+    };
+    if need > available {
+        bail!(
+            "exporting needs the base as it was trained ({}) and one tensor at a time in f32:              about {} for {:.1}B parameters, and {} are available: export on a machine with              more memory, or use the adapter as it is (chat, serve and eval take --adapter)",
+            human(held),
+            human(need),
+            config.num_parameters() as f64 / 1e9,
+            human(available)
+        );
     }
-    Ok(())
+    let f32_folder = match folder {
+        Some(d) => d == DType::F32,
+        None => !matches!(config.torch_dtype.as_deref(), Some("bfloat16" | "float16")),
+    };
+    // Reading back holds the folder's matrices (f32 or 16-bit) and a tensor in f32.
+    let in_f32 = weight_bytes(&config, WeightStorage::F32) + largest;
+    let in_16_bits = weight_bytes(&config, WeightStorage::uniform(GgmlDType::BF16)) + 2 * largest;
+    Ok(if f32_folder && in_f32 <= available {
+        ReadBack::AsWritten
+    } else if in_16_bits > available {
+        ReadBack::Skipped
+    } else if f32_folder {
+        ReadBack::Bf16
+    } else {
+        ReadBack::AsWritten
+    })
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
     let source = ModelSource::locate(a.model.as_deref(), a.adapter.as_deref())?;
     let (tok, template) = loading::tokenizer_and_template(&source, None)?;
     let template_source = template.as_ref().map(|t| t.source().to_string());
-    check_merge_fits(&source)?;
+    let dtype = a.dtype.map(|d| match d {
+        FolderDtype::F32 => DType::F32,
+        FolderDtype::Bf16 => DType::BF16,
+        FolderDtype::F16 => DType::F16,
+    });
+    let read_back = check_export_fits(&source, dtype)?;
     let mut model = source.load_unmerged()?;
 
     // The probe: a short chat prompt (or plain text without a template), tokenized.
@@ -147,28 +191,24 @@ pub fn run(a: ExportArgs) -> Result<()> {
         .get_ids()
         .to_vec();
     let expected = logits(&model, &probe)?;
-    let merged = merge_lora(&mut model)?;
-    let diff = max_abs_diff(&logits(&model, &probe)?, &expected)?;
-    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-    let tolerance = MERGE_TOL * scale;
-    if merged > 0 {
+    let base_alone = without_adapters(&mut model, |m| logits(m, &probe))?;
+    let adapted = model
+        .linears_mut()
+        .iter()
+        .filter(|(_, l)| l.lora.is_some())
+        .count();
+    if adapted > 0 {
         eprintln!(
-            "merged {merged} LoRA projections; merged vs base + adapter logits on a {}-token probe: max |diff| {diff:.3e} (tolerance {tolerance:.1e}: 1e-4 x the largest logit {scale:.2})",
+            "merging {adapted} LoRA projections into the base, one tensor at a time as it is \
+             written; a written folder is read back and checked against base + adapter on a \
+             {}-token probe",
             probe.len()
         );
     } else {
         eprintln!("no adapter: exporting the model as it is");
     }
-    if diff.is_nan() || diff > tolerance {
-        bail!("the merged model's logits differ from base + adapter by {diff:.3e} (> {tolerance:.1e}); nothing written");
-    }
 
     if let Some(out) = &a.out {
-        let dtype = a.dtype.map(|d| match d {
-            FolderDtype::F32 => DType::F32,
-            FolderDtype::Bf16 => DType::BF16,
-            FolderDtype::F16 => DType::F16,
-        });
         let options = SaveOptions {
             dtype,
             tokenizer_dir: Some(source.tokenizer_dir()),
@@ -176,24 +216,6 @@ pub fn run(a: ExportArgs) -> Result<()> {
             ..SaveOptions::default()
         };
         save_model(&model, out, &options)?;
-        // Read back what was written: the folder must give the same logits.
-        let reloaded = load_model(out, DType::F32, &Device::Cpu)?;
-        let diff = max_abs_diff(&logits(&reloaded, &probe)?, &expected)?;
-        let exact = matches!(
-            reloaded.config.torch_dtype.as_deref(),
-            Some("float32") | None
-        );
-        println!(
-            "wrote {} ({}; reloaded logits vs base + adapter: max |diff| {diff:.3e})",
-            out.display(),
-            reloaded.config.torch_dtype.as_deref().unwrap_or("float32")
-        );
-        if exact && (diff.is_nan() || diff > tolerance) {
-            bail!(
-                "{}: the written model's logits differ by {diff:.3e} (> {tolerance:.1e})",
-                out.display()
-            );
-        }
     }
     if let Some(path) = &a.gguf {
         write_gguf(
@@ -203,6 +225,113 @@ pub fn run(a: ExportArgs) -> Result<()> {
             path,
             a.gguf_type,
         )?;
+    }
+    drop(model);
+    ferrotune_model::weights::release_freed_memory();
+    if let Some(out) = &a.out {
+        check_written(out, read_back, &probe, &expected, base_alone.as_ref())?;
+    }
+    Ok(())
+}
+
+/// The model's logits with its adapters switched off (`None` when it has none).
+fn without_adapters(
+    model: &mut CausalLm,
+    f: impl FnOnce(&CausalLm) -> Result<Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut taken = Vec::new();
+    for (name, lin) in model.linears_mut() {
+        if let Some(lora) = lin.lora.take() {
+            taken.push((name, lora));
+        }
+    }
+    if taken.is_empty() {
+        return Ok(None);
+    }
+    let out = f(model);
+    for (name, lin) in model.linears_mut() {
+        if let Some(at) = taken.iter().position(|(n, _)| *n == name) {
+            lin.lora = Some(taken.swap_remove(at).1);
+        }
+    }
+    out.map(Some)
+}
+
+/// Reads the written folder back and compares its logits on the probe with base +
+/// adapter's: within [`MERGE_TOL`] where it holds f32 as written; otherwise (16-bit
+/// rounding) it must at least be nearer base + adapter than the base alone, so that a
+/// merge that left the base as it was cannot pass.
+fn check_written(
+    out: &Path,
+    read_back: ReadBack,
+    probe: &[u32],
+    expected: &Tensor,
+    base_alone: Option<&Tensor>,
+) -> Result<()> {
+    let written = ModelSource {
+        base: out.to_path_buf(),
+        adapter: None,
+    };
+    let reloaded = match read_back {
+        ReadBack::Skipped => {
+            println!(
+                "wrote {}; not read back: its weights would not fit in this machine's memory \
+                 even in bf16 (base + adapter's logits were computed before writing; check the \
+                 folder on a larger machine with `ferrotune model check`)",
+                out.display()
+            );
+            return Ok(());
+        }
+        ReadBack::AsWritten => written.load_unmerged()?,
+        ReadBack::Bf16 => {
+            eprintln!(
+                "reading the written f32 folder back with its matrices held as bf16: in f32 it \
+                 would not fit in this machine's memory"
+            );
+            load_model_quantized(
+                out,
+                Quantization::sixteen_bit(GgmlDType::BF16),
+                DType::F32,
+                &Device::Cpu,
+            )?
+        }
+    };
+    let got = logits(&reloaded, probe)?;
+    let diff = max_abs_diff(&got, expected)?;
+    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+    let tolerance = MERGE_TOL * scale;
+    let f32_held = read_back == ReadBack::AsWritten && written.base_storage()?.is_none();
+    let stored = reloaded
+        .config
+        .torch_dtype
+        .as_deref()
+        .unwrap_or("float32")
+        .to_string();
+    let vs_base = base_alone.map(|b| max_abs_diff(&got, b)).transpose()?;
+    match vs_base {
+        Some(from_base) => println!(
+            "wrote {} ({stored}; read back, logits vs base + adapter: max |diff| {diff:.3e}, vs \
+             the base alone {from_base:.3e})",
+            out.display()
+        ),
+        None => println!(
+            "wrote {} ({stored}; read back, logits vs the model: max |diff| {diff:.3e})",
+            out.display()
+        ),
+    }
+    if diff.is_nan() || (f32_held && diff > tolerance) {
+        bail!(
+            "{}: the written model's logits differ from base + adapter by {diff:.3e} (> \
+             {tolerance:.1e}: 1e-4 x the largest logit {scale:.2})",
+            out.display()
+        );
+    }
+    if let Some(from_base) = vs_base.filter(|&d| diff > 1.5 * d) {
+        bail!(
+            "{}: the written model is nearer the base without the adapter (max |diff| \
+             {from_base:.3e}) than base + adapter ({diff:.3e}): the merge did not take",
+            out.display()
+        );
     }
     Ok(())
 }
