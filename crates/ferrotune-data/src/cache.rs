@@ -6,14 +6,16 @@
 //! encoding options, placeholders, sampling and the cache format. Any change to any of them
 //! is a different key, so an entry is never stale; it is only ever unused.
 //!
-//! An entry is a folder written atomically (a temporary folder, then a rename):
-//! `ids.u32`, `labels.i32` and (when some token is weighted) `weights.f32` hold every
-//! example's tokens end to end as little-endian numbers, `offsets.u64` where each example
-//! starts, `records.u64` the (file, record, line, truncated) of each example, and `meta.json` the
-//! dataset's report and warnings. The token files are memory-mapped on load.
+//! An entry is a folder published atomically (written as `.KEY.partial`, then renamed;
+//! [`crate::cache_build`] writes it chunk by chunk and resumes it): `ids.u32`,
+//! `labels.i32` and (when some token is weighted) `weights.f32` hold every example's
+//! tokens end to end as little-endian numbers, `offsets.u64` where each example starts
+//! (and the total at the end), `records.u64` the (file, record, line, truncated) of each
+//! example, and `meta.json` the dataset's report and warnings. The token files are
+//! memory-mapped on load.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +31,7 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
 /// Bumped whenever the encoding or the entry layout changes.
-const FORMAT: &str = "ferrotune-data-cache-1";
+const FORMAT: &str = "ferrotune-data-cache-2";
 
 /// Where caches go unless the config's `data_cache_dir` says otherwise:
 /// `$FERROTUNE_CACHE_DIR`, else `$XDG_CACHE_HOME/ferrotune/data`, else
@@ -52,20 +54,22 @@ pub fn key(
     template: Option<&ChatTemplate>,
 ) -> Result<String> {
     let mut h = Sha256::new();
-    let mut field = |name: &str, bytes: &[u8]| {
-        h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
-    field("format", FORMAT.as_bytes());
-    field("version", env!("CARGO_PKG_VERSION").as_bytes());
+    field(&mut h, "format", FORMAT.as_bytes());
+    field(&mut h, "version", env!("CARGO_PKG_VERSION").as_bytes());
     for file in source::resolve_files(&spec.path)? {
-        let bytes = read(&file)?;
-        field("file", file.display().to_string().as_bytes());
-        field("data", &bytes);
+        field(&mut h, "file", file.display().to_string().as_bytes());
+        hash_file(&mut h, &file)?;
     }
-    field("record_format", format!("{:?}", spec.format).as_bytes());
-    field("num_samples", format!("{:?}", spec.num_samples).as_bytes());
+    field(
+        &mut h,
+        "record_format",
+        format!("{:?}", spec.format).as_bytes(),
+    );
+    field(
+        &mut h,
+        "num_samples",
+        format!("{:?}", spec.num_samples).as_bytes(),
+    );
     for name in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -73,29 +77,67 @@ pub fn key(
     ] {
         let path = tokenizer.dir.join(name);
         if path.is_file() {
-            field(name, &read(&path)?);
+            field(&mut h, name, &read(&path)?);
         }
     }
     if let Some(t) = template {
-        field("template", t.source().as_bytes());
-        field("template_name", t.name().as_bytes());
+        field(&mut h, "template", t.source().as_bytes());
+        field(&mut h, "template_name", t.name().as_bytes());
     }
     field(
+        &mut h,
         "kwargs",
         serde_json::Value::Object(args.template_kwargs())
             .to_string()
             .as_bytes(),
     );
-    field("options", format!("{:?}", args.encode_options()).as_bytes());
-    field("stage", format!("{:?}", args.stage).as_bytes());
     field(
+        &mut h,
+        "options",
+        format!("{:?}", args.encode_options()).as_bytes(),
+    );
+    field(&mut h, "stage", format!("{:?}", args.stage).as_bytes());
+    field(
+        &mut h,
         "placeholders",
         format!("{:?}", args.placeholders).as_bytes(),
     );
-    field("max_samples", format!("{:?}", args.max_samples).as_bytes());
-    field("seed", &args.seed.to_le_bytes());
-    field("skip_invalid", &[u8::from(args.skip_invalid)]);
+    field(
+        &mut h,
+        "max_samples",
+        format!("{:?}", args.max_samples).as_bytes(),
+    );
+    field(&mut h, "seed", &args.seed.to_le_bytes());
+    field(&mut h, "skip_invalid", &[u8::from(args.skip_invalid)]);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn field(h: &mut Sha256, name: &str, bytes: &[u8]) {
+    h.update(name.as_bytes());
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// A data file into the key as `field` would put its bytes, read a buffer at a time.
+fn hash_file(h: &mut Sha256, path: &Path) -> Result<()> {
+    let mut file =
+        File::open(path).map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| DataError::file(path, format!("cannot read: {e}")))?
+        .len();
+    h.update(b"data");
+    h.update(len.to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -107,12 +149,19 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Meta {
-    report: DatasetReport,
-    warnings: Vec<String>,
-    files: Vec<PathBuf>,
-    examples: usize,
-    weighted: bool,
+pub(crate) struct Meta {
+    pub report: DatasetReport,
+    pub warnings: Vec<String>,
+    pub files: Vec<PathBuf>,
+    pub examples: usize,
+    pub weighted: bool,
+}
+
+/// Writes meta.json into an entry's folder.
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let path = dir.join("meta.json");
+    std::fs::write(&path, serde_json::to_vec(meta).expect("serializable"))
+        .map_err(|e| DataError::file(&path, format!("cannot write: {e}")))
 }
 
 /// A loaded entry: the dataset's report, warnings and examples.
@@ -142,6 +191,20 @@ pub fn load(root: &Path, key: &str, dataset: usize) -> Option<Entry> {
     }
 }
 
+/// An entry's report (its lengths from offsets.u64) and warnings, without loading its
+/// examples.
+pub fn load_report(dir: &Path) -> Result<(DatasetReport, Vec<String>)> {
+    let meta_path = dir.join("meta.json");
+    let meta: Meta = serde_json::from_slice(&read(&meta_path)?)
+        .map_err(|e| DataError::file(&meta_path, format!("malformed: {e}")))?;
+    let offsets = map(&dir.join("offsets.u64"))?;
+    let mut report = meta.report;
+    report.lengths = (0..meta.examples)
+        .map(|i| (u64_at(&offsets, i + 1) - u64_at(&offsets, i)) as usize)
+        .collect();
+    Ok((report, meta.warnings))
+}
+
 fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
     let meta_path = dir.join("meta.json");
     let meta: Meta = serde_json::from_slice(&read(&meta_path)?)
@@ -169,6 +232,8 @@ fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
             "the token files do not match meta.json",
         ));
     }
+    let mut report = meta.report;
+    report.lengths = (0..n).map(|i| offset(i + 1) - offset(i)).collect();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let (start, end) = (offset(i), offset(i + 1));
@@ -199,7 +264,7 @@ fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
         });
     }
     Ok(Entry {
-        report: meta.report,
+        report,
         warnings: meta.warnings,
         samples,
     })
@@ -221,7 +286,8 @@ fn u64_at(bytes: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"))
 }
 
-/// Writes one dataset's entry atomically.
+/// Writes one dataset's entry from examples in memory (`num_samples` sampling reads the
+/// records whole); returns its folder.
 pub fn store(
     root: &Path,
     key: &str,
@@ -229,81 +295,18 @@ pub fn store(
     warnings: &[String],
     samples: &[PreparedSample],
 ) -> Result<PathBuf> {
-    let dir = root.join(key);
-    let tmp = root.join(format!(".{key}.tmp-{}", std::process::id()));
-    let io = |path: &Path, e: std::io::Error| DataError::file(path, format!("cannot write: {e}"));
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    let weighted = samples.iter().any(|s| s.encoded.weights.is_some());
-    let mut files: Vec<PathBuf> = Vec::new();
-    {
-        let open = |name: &str| -> Result<BufWriter<File>> {
-            let path = tmp.join(name);
-            File::create(&path)
-                .map(BufWriter::new)
-                .map_err(|e| io(&path, e))
-        };
-        let (mut ids, mut labels, mut offsets, mut records) = (
-            open("ids.u32")?,
-            open("labels.i32")?,
-            open("offsets.u64")?,
-            open("records.u64")?,
-        );
-        let mut weights = if weighted {
-            Some(open("weights.f32")?)
-        } else {
-            None
-        };
-        let mut at = 0u64;
-        let put =
-            |w: &mut BufWriter<File>, bytes: &[u8]| w.write_all(bytes).map_err(|e| io(&tmp, e));
-        for s in samples {
-            let e = &s.encoded;
-            put(&mut offsets, &at.to_le_bytes())?;
-            at += e.len() as u64;
-            let file = match files.iter().position(|f| *f == s.at.file) {
-                Some(k) => k,
-                None => {
-                    files.push(s.at.file.clone());
-                    files.len() - 1
-                }
-            };
-            let line = s.at.line.unwrap_or(0) as u64;
-            for v in [file as u64, s.at.index as u64, line, u64::from(e.truncated)] {
-                put(&mut records, &v.to_le_bytes())?;
-            }
-            for &id in &e.input_ids {
-                put(&mut ids, &id.to_le_bytes())?;
-            }
-            for &l in &e.labels {
-                put(&mut labels, &(l as i32).to_le_bytes())?;
-            }
-            if let Some(w) = weights.as_mut() {
-                for k in 0..e.len() {
-                    let v = e.weights.as_ref().map_or(1.0, |ws| ws[k]);
-                    put(w, &v.to_le_bytes())?;
-                }
-            }
-        }
-        put(&mut offsets, &at.to_le_bytes())?;
-        for mut w in [ids, labels, offsets, records].into_iter().chain(weights) {
-            w.flush().map_err(|e| io(&tmp, e))?;
-        }
-    }
-    let meta = Meta {
-        report: report.clone(),
-        warnings: warnings.to_vec(),
-        files,
-        examples: samples.len(),
-        weighted,
+    use crate::dataset::ExampleSink;
+    let Some(mut builder) = crate::cache_build::EntryBuilder::open(root, key)? else {
+        return Ok(root.join(key));
     };
-    let meta_path = tmp.join("meta.json");
-    std::fs::write(&meta_path, serde_json::to_vec(&meta).expect("serializable"))
-        .map_err(|e| io(&meta_path, e))?;
-    if dir.exists() {
-        // Another process filled it meanwhile: same key, same content.
-        let _ = std::fs::remove_dir_all(&tmp);
-    } else {
-        std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    if builder.progress().examples > 0 {
+        // A partial entry of this key from a streamed run: start it again.
+        drop(builder);
+        let _ = std::fs::remove_dir_all(crate::cache_build::partial_dir(root, key));
+        return store(root, key, report, warnings, samples);
     }
-    Ok(dir)
+    for s in samples {
+        builder.push(s.clone())?;
+    }
+    builder.publish(report, warnings)
 }

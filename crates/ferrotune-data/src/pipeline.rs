@@ -4,17 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use crate::cache;
+use crate::cache_build::EntryBuilder;
 use crate::config::DataArgs;
-use crate::conversation::Sample;
-use crate::encode::{Encoded, Encoder, Skip};
+use crate::dataset::{self, Limits, ReadRecords};
+use crate::encode::{Encoded, Encoder};
 use crate::error::{DataError, RecordRef, Result};
 use crate::mix::{self, MixStrategy, Share};
-use crate::records::{self, Coverage, Formatted};
+use crate::records::{self, Coverage};
 use crate::registry::{self, DatasetSpec};
-use crate::source::RawRecord;
+use crate::source;
+use crate::stream::{Position, RecordStream};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{PadToken, TokenizerBundle};
 
@@ -44,7 +44,9 @@ pub struct DatasetReport {
     /// Samples the template could not render, or whose assistant turns it rendered in a
     /// way that could not be located.
     pub unrenderable: usize,
-    /// Token count of every produced example.
+    /// Token count of every produced example (not serialized: a cache entry's
+    /// offsets.u64 holds them).
+    #[serde(skip)]
     pub lengths: Vec<usize>,
     pub supervised_tokens: usize,
     /// Examples (and their tokens) the mixture took from this dataset: fewer than
@@ -58,7 +60,7 @@ pub struct DatasetReport {
 }
 
 impl DatasetReport {
-    fn note(&mut self, message: String) {
+    pub(crate) fn note(&mut self, message: String) {
         if self.examples.len() < 5 {
             self.examples.push(message);
         }
@@ -128,7 +130,12 @@ pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
     for (index, (spec, _)) in sources.iter().enumerate() {
         let (report, samples) = match (&args.data_cache_dir, limit) {
             (Some(root), None) => cached_dataset(args, spec, index, root, &mut prepared)?,
-            _ => prepare_dataset(args, spec, index, limit, &mut prepared)?,
+            _ => {
+                let (report, samples, warnings) =
+                    prepare_dataset(args, spec, index, limit, &prepared)?;
+                add_warnings(&mut prepared.warnings, warnings);
+                (report, samples)
+            }
         };
         prepared.reports.push(report);
         per_dataset.push(samples);
@@ -142,7 +149,8 @@ pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
 }
 
 /// One dataset through the tokenized cache: loaded when an entry for exactly these inputs
-/// exists, else prepared and stored.
+/// exists, else prepared into a new one (streamed chunk by chunk, resuming an interrupted
+/// preparation) and loaded from it.
 fn cached_dataset(
     args: &DataArgs,
     spec: &DatasetSpec,
@@ -150,31 +158,117 @@ fn cached_dataset(
     root: &Path,
     prepared: &mut Prepared,
 ) -> Result<(DatasetReport, Vec<PreparedSample>)> {
-    let key = cache::key(args, spec, &prepared.tokenizer, prepared.template.as_ref())?;
-    if let Some(entry) = cache::load(root, &key, index) {
-        add_warnings(&mut prepared.warnings, entry.warnings);
-        prepared.cache.push(CacheUse {
-            dataset: spec.name.clone(),
-            dir: root.join(&key),
-            hit: true,
-        });
-        return Ok((entry.report, entry.samples));
-    }
-    let before = prepared.warnings.clone();
-    let (report, samples) = prepare_dataset(args, spec, index, None, prepared)?;
-    let warnings: Vec<String> = prepared
-        .warnings
-        .iter()
-        .filter(|w| !before.contains(w))
-        .cloned()
-        .collect();
-    let dir = cache::store(root, &key, &report, &warnings, &samples)?;
+    let (key, mut hit) = fill_cache(args, spec, index, root, prepared)?;
+    let dir = root.join(&key);
+    let entry = match cache::load(root, &key, index) {
+        Some(entry) => entry,
+        None => {
+            // A damaged entry was set aside by `load`: prepare it again.
+            hit = fill_cache(args, spec, index, root, prepared)?.1;
+            cache::load(root, &key, index).ok_or_else(|| {
+                DataError::file(&dir, "the cache entry just written cannot be read")
+            })?
+        }
+    };
+    add_warnings(&mut prepared.warnings, entry.warnings);
     prepared.cache.push(CacheUse {
         dataset: spec.name.clone(),
         dir,
-        hit: false,
+        hit,
     });
-    Ok((report, samples))
+    Ok((entry.report, entry.samples))
+}
+
+/// Makes sure the cache entry of a dataset exists; returns its key and whether it was
+/// there already.
+fn fill_cache(
+    args: &DataArgs,
+    spec: &DatasetSpec,
+    index: usize,
+    root: &Path,
+    prepared: &Prepared,
+) -> Result<(String, bool)> {
+    let key = cache::key(args, spec, &prepared.tokenizer, prepared.template.as_ref())?;
+    if root.join(&key).join("meta.json").is_file() {
+        return Ok((key, true));
+    }
+    if spec.num_samples.is_some() {
+        // Sampling reads the records whole (LLaMA-Factory's seeded pick over them).
+        let (report, samples, warnings) = prepare_dataset(args, spec, index, None, prepared)?;
+        cache::store(root, &key, &report, &warnings, &samples)?;
+        return Ok((key, false));
+    }
+    let Some(mut builder) = EntryBuilder::open(root, &key)? else {
+        return Ok((key, true));
+    };
+    let progress = builder.progress().clone();
+    let mut report = progress.report;
+    report.name = spec.name.clone();
+    let mut warnings = progress.warnings;
+    let files = source::resolve_files(&spec.path)?;
+    if progress.position != Position::default() {
+        let file = files
+            .get(progress.position.file)
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
+        eprintln!(
+            "data: {}: resuming the interrupted preparation at record {} of {file} ({} examples already in the cache)",
+            spec.name, progress.position.index, progress.examples
+        );
+    }
+    let mut stream = RecordStream::open(files, progress.position)?;
+    let encoder = Encoder {
+        tokenizer: &prepared.tokenizer,
+        template: prepared.template.as_ref(),
+        options: args.encode_options(),
+    };
+    let limits = Limits {
+        records: args.max_samples,
+        examples: None,
+    };
+    dataset::process(
+        args,
+        spec,
+        index,
+        &encoder,
+        &mut stream,
+        &mut builder,
+        limits,
+        &mut report,
+        &mut warnings,
+    )?;
+    builder.publish(&report, &warnings)?;
+    Ok((key, false))
+}
+
+/// Every dataset of the mixture prepared into the cache under `root` without loading
+/// the examples (`ferrotune data prepare`): the reports (lengths from the entries'
+/// offsets), warnings and cache entries, and no samples.
+pub fn prepare_cache(args: &DataArgs, root: &Path) -> Result<Prepared> {
+    let (tokenizer, template) = load_tokenizer_and_template(args)?;
+    let pad = tokenizer.pad_token();
+    let mut prepared = Prepared {
+        tokenizer,
+        template,
+        pad,
+        samples: Vec::new(),
+        reports: Vec::new(),
+        warnings: Vec::new(),
+        cache: Vec::new(),
+    };
+    for (index, (spec, _)) in mixture_sources(args)?.iter().enumerate() {
+        let (key, hit) = fill_cache(args, spec, index, root, &prepared)?;
+        let dir = root.join(&key);
+        let (report, warnings) = cache::load_report(&dir)?;
+        add_warnings(&mut prepared.warnings, warnings);
+        prepared.reports.push(report);
+        prepared.cache.push(CacheUse {
+            dataset: spec.name.clone(),
+            dir,
+            hit,
+        });
+    }
+    Ok(prepared)
 }
 
 fn add_warnings(to: &mut Vec<String>, new: Vec<String>) {
@@ -316,24 +410,19 @@ fn mix_samples(
     Ok(out)
 }
 
+/// One dataset's examples in memory (no cache, a preview, or `num_samples` sampling),
+/// with its report and warnings.
 fn prepare_dataset(
     args: &DataArgs,
     spec: &DatasetSpec,
     index: usize,
     limit: Option<usize>,
-    prepared: &mut Prepared,
-) -> Result<(DatasetReport, Vec<PreparedSample>)> {
+    prepared: &Prepared,
+) -> Result<(DatasetReport, Vec<PreparedSample>, Vec<String>)> {
     let mut report = DatasetReport {
         name: spec.name.clone(),
         ..DatasetReport::default()
     };
-    let read = records::read(args, spec, Coverage::AsTrained)?;
-    for error in &read.skipped {
-        report.invalid += 1;
-        report.note(error.to_string());
-    }
-    let records = read.into_records();
-    report.records = records.len();
     let encoder = Encoder {
         tokenizer: &prepared.tokenizer,
         template: prepared.template.as_ref(),
@@ -341,109 +430,49 @@ fn prepare_dataset(
     };
     let mut warnings = Vec::new();
     let mut samples = Vec::new();
-    // Records are processed in parallel chunks and folded into the report in order, so
-    // the report and the examples are the same as a sequential pass.
-    let chunk = if limit.is_some() { 256 } else { 4096 };
-    'chunks: for records in records.chunks(chunk) {
-        let outcomes: Vec<Result<Outcome>> = records
-            .par_iter()
-            .map(|raw| process_record(args, spec, &encoder, raw))
-            .collect();
-        for (raw, outcome) in records.iter().zip(outcomes) {
-            if limit.is_some_and(|l| samples.len() >= l) {
-                break 'chunks;
-            }
-            let (unreplaced, warning, encoded) = match outcome? {
-                Outcome::Invalid(e) => {
-                    report.invalid += 1;
-                    report.note(e.to_string());
-                    continue;
-                }
-                Outcome::Done {
-                    unreplaced,
-                    warning,
-                    encoded,
-                } => (unreplaced, warning, encoded),
-            };
-            for key in unreplaced {
-                let count = report.unreplaced.entry(key.clone()).or_default();
-                *count += 1;
-                if *count == 1 {
-                    report.note(format!("{}: placeholder {{{{{key}}}}} is not replaced (set placeholders.{key} in the config or --placeholder {key}=VALUE)", raw.at));
-                }
-            }
-            if let Some(w) = warning {
-                if !warnings.contains(&w) {
-                    warnings.push(w);
-                }
-            }
-            match encoded {
-                Ok(encoded) => {
-                    report.truncated += usize::from(encoded.truncated);
-                    report.lengths.push(encoded.len());
-                    report.supervised_tokens += encoded.supervised_tokens();
-                    samples.push(PreparedSample {
-                        dataset: index,
-                        at: raw.at.clone(),
-                        encoded,
-                    });
-                }
-                Err(skip) => {
-                    match skip {
-                        Skip::TooLong { .. } => report.dropped_too_long += 1,
-                        Skip::NoSupervisedTokens => report.all_masked += 1,
-                        Skip::RenderFailed(_) | Skip::TurnNotFound(_) | Skip::Tokenizer(_) => {
-                            report.unrenderable += 1
-                        }
-                    }
-                    report.note(format!("{}: {skip}", raw.at));
-                }
-            }
-        }
-    }
-    report.samples = samples.len();
-    add_warnings(&mut prepared.warnings, warnings);
-    Ok((report, samples))
-}
-
-/// What became of one record.
-enum Outcome {
-    /// Malformed, skipped under `--skip-invalid`.
-    Invalid(DataError),
-    Done {
-        /// Placeholders left unreplaced.
-        unreplaced: Vec<String>,
-        /// Tool-use loss the template cannot train.
-        warning: Option<String>,
-        encoded: std::result::Result<Encoded, Skip>,
-    },
-}
-
-/// format -> placeholders -> template -> tokenize -> mask, for one record. Errors that are
-/// not about the record (a broken template, say) stop the run.
-fn process_record(
-    args: &DataArgs,
-    spec: &DatasetSpec,
-    encoder: &Encoder,
-    raw: &RawRecord,
-) -> Result<Outcome> {
-    let Formatted { sample, unreplaced } =
-        match records::format(args, &spec.format, raw, args.stage) {
-            Ok(formatted) => formatted,
-            Err(e) if args.skip_invalid && e.is_record_error() => return Ok(Outcome::Invalid(e)),
-            Err(e) => return Err(e),
-        };
-    let warning = match (&sample, encoder.template) {
-        (Sample::Chat(c), Some(template)) => template.tool_loss(
-            c.has_tool_definitions(),
-            c.has_tool_calls(),
-            c.has_tool_results(),
-        ),
-        _ => None,
+    let limits = Limits {
+        records: args.max_samples,
+        examples: limit,
     };
-    Ok(Outcome::Done {
-        unreplaced,
-        warning,
-        encoded: encoder.encode(&sample),
-    })
+    if spec.num_samples.is_some() {
+        let read = records::read(args, spec, Coverage::AsTrained)?;
+        for error in &read.skipped {
+            report.invalid += 1;
+            report.note(error.to_string());
+        }
+        let records = read.into_records();
+        let total = records.len();
+        let mut source = ReadRecords(records.into_iter());
+        let limits = Limits {
+            records: None,
+            ..limits
+        };
+        dataset::process(
+            args,
+            spec,
+            index,
+            &encoder,
+            &mut source,
+            &mut samples,
+            limits,
+            &mut report,
+            &mut warnings,
+        )?;
+        report.records = total;
+    } else {
+        let mut stream =
+            RecordStream::open(source::resolve_files(&spec.path)?, Position::default())?;
+        dataset::process(
+            args,
+            spec,
+            index,
+            &encoder,
+            &mut stream,
+            &mut samples,
+            limits,
+            &mut report,
+            &mut warnings,
+        )?;
+    }
+    Ok((report, samples, warnings))
 }

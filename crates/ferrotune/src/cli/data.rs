@@ -491,7 +491,10 @@ fn prepare(args: PrepareArgs) -> Result<()> {
         anyhow::bail!("no cache folder: set data_cache_dir, --cache-dir or FERROTUNE_CACHE_DIR");
     }
     let started = std::time::Instant::now();
-    let prepared = pipeline::prepare(&data, None)?;
+    let root = data.data_cache_dir.clone().expect("checked above");
+    // The entries are filled (streamed, chunk by chunk) and their reports read; the
+    // examples are not loaded.
+    let prepared = pipeline::prepare_cache(&data, &root)?;
     print_warnings(&prepared);
     let mut out = std::io::stdout().lock();
     for (c, r) in prepared.cache.iter().zip(&prepared.reports) {

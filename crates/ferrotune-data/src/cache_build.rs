@@ -1,0 +1,306 @@
+//! A cache entry written as the examples come, chunk by chunk, and resumed after an
+//! interruption: the entry's files grow in a partial folder (`.KEY.partial` beside the
+//! entries), and after every chunk `progress.json` records how far the files and the
+//! source had got, with the report so far. A later run with the same key truncates the
+//! files to the last complete chunk and goes on from the source position recorded there,
+//! so the published entry is the one an uninterrupted run writes, byte for byte. A lock
+//! file keeps two processes from filling one entry; the entry is published by renaming
+//! the folder once whole (the layout is [`crate::cache`]'s).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{write_meta, Meta};
+use crate::dataset::ExampleSink;
+use crate::error::{DataError, Result};
+use crate::pipeline::{DatasetReport, PreparedSample};
+use crate::stream::Position;
+
+/// How far a partial entry got: written after every complete chunk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Where the source stands after the chunk.
+    pub position: Position,
+    pub examples: u64,
+    pub tokens: u64,
+    /// Whether weights.f32 exists (some example carried loss weights).
+    pub weighted: bool,
+    /// The data files examples came from (records.u64 indexes this list).
+    pub files: Vec<PathBuf>,
+    /// The report so far (its lengths are rebuilt from offsets.u64 on resuming).
+    pub report: DatasetReport,
+    pub warnings: Vec<String>,
+}
+
+/// [`Progress`] as written, borrowing the report.
+#[derive(Serialize)]
+struct ProgressRecord<'a> {
+    position: &'a Position,
+    examples: u64,
+    tokens: u64,
+    weighted: bool,
+    files: &'a [PathBuf],
+    report: &'a DatasetReport,
+    warnings: &'a [String],
+}
+
+/// The token files of an entry, appended to.
+struct Files {
+    ids: BufWriter<File>,
+    labels: BufWriter<File>,
+    weights: Option<BufWriter<File>>,
+    offsets: BufWriter<File>,
+    records: BufWriter<File>,
+}
+
+/// An entry being written.
+pub struct EntryBuilder {
+    root: PathBuf,
+    key: String,
+    partial: PathBuf,
+    files: Files,
+    progress: Progress,
+    /// Held for the builder's life: another process waits for it.
+    _lock: File,
+}
+
+const PROGRESS: &str = "progress.json";
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+    move |e| DataError::file(path, format!("cannot write: {e}"))
+}
+
+/// The partial folder of `key` under `root`.
+pub fn partial_dir(root: &Path, key: &str) -> PathBuf {
+    root.join(format!(".{key}.partial"))
+}
+
+/// Opens a token file for appending after truncating it to `len` bytes (a resumed
+/// entry's last complete chunk), creating it when new.
+fn append(path: &Path, len: u64) -> Result<BufWriter<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let have = file.metadata().map_err(io(path))?.len();
+    if have < len {
+        return Err(DataError::file(
+            path,
+            format!("holds {have} bytes, progress.json says {len}"),
+        ));
+    }
+    file.set_len(len).map_err(io(path))?;
+    let mut file = file;
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::End(0)).map_err(io(path))?;
+    Ok(BufWriter::with_capacity(1 << 20, file))
+}
+
+impl EntryBuilder {
+    /// Takes the entry's lock (waiting while another process holds it) and opens its
+    /// partial folder, resumed when a complete chunk was recorded there. `None` when the
+    /// entry was published meanwhile (by the process waited for).
+    pub fn open(root: &Path, key: &str) -> Result<Option<Self>> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let lock_path = root.join(format!(".{key}.lock"));
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            eprintln!(
+                "data: waiting for another process preparing the cache entry {}",
+                root.join(key).display()
+            );
+            lock.lock().map_err(io(&lock_path))?;
+        }
+        if root.join(key).join("meta.json").is_file() {
+            return Ok(None);
+        }
+        let partial = partial_dir(root, key);
+        let progress = match read_progress(&partial) {
+            Some(p) => p,
+            None => {
+                let _ = std::fs::remove_dir_all(&partial);
+                std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+                Progress::default()
+            }
+        };
+        let files = Files {
+            ids: append(&partial.join("ids.u32"), 4 * progress.tokens)?,
+            labels: append(&partial.join("labels.i32"), 4 * progress.tokens)?,
+            weights: if progress.weighted {
+                Some(append(&partial.join("weights.f32"), 4 * progress.tokens)?)
+            } else {
+                let _ = std::fs::remove_file(partial.join("weights.f32"));
+                None
+            },
+            offsets: append(&partial.join("offsets.u64"), 8 * progress.examples)?,
+            records: append(&partial.join("records.u64"), 32 * progress.examples)?,
+        };
+        let mut builder = EntryBuilder {
+            root: root.to_path_buf(),
+            key: key.to_string(),
+            partial,
+            files,
+            progress,
+            _lock: lock,
+        };
+        if builder.progress.examples > 0 {
+            builder.progress.report.lengths = builder.lengths_so_far()?;
+        }
+        Ok(Some(builder))
+    }
+
+    /// What a resumed entry had recorded (the start for a new one).
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Example lengths from offsets.u64 (a resumed report's).
+    fn lengths_so_far(&self) -> Result<Vec<usize>> {
+        let path = self.partial.join("offsets.u64");
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| DataError::file(&path, format!("cannot read: {e}")))?;
+        let starts: Vec<u64> = bytes
+            .chunks_exact(8)
+            .take(self.progress.examples as usize)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        let ends = starts.iter().skip(1).copied().chain([self.progress.tokens]);
+        Ok(starts
+            .iter()
+            .zip(ends)
+            .map(|(s, e)| (e - s) as usize)
+            .collect())
+    }
+
+    /// The finished entry, renamed into place; returns its folder.
+    pub fn publish(mut self, report: &DatasetReport, warnings: &[String]) -> Result<PathBuf> {
+        let tokens = self.progress.tokens;
+        let offsets = self.partial.join("offsets.u64");
+        self.files
+            .offsets
+            .write_all(&tokens.to_le_bytes())
+            .map_err(io(&offsets))?;
+        self.flush()?;
+        let meta = Meta {
+            report: report.clone(),
+            warnings: warnings.to_vec(),
+            files: std::mem::take(&mut self.progress.files),
+            examples: self.progress.examples as usize,
+            weighted: self.progress.weighted,
+        };
+        write_meta(&self.partial, &meta)?;
+        let _ = std::fs::remove_file(self.partial.join(PROGRESS));
+        let dir = self.root.join(&self.key);
+        std::fs::rename(&self.partial, &dir).map_err(io(&dir))?;
+        let _ = std::fs::remove_file(self.root.join(format!(".{}.lock", self.key)));
+        Ok(dir)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let partial = &self.partial;
+        let f = &mut self.files;
+        for w in [&mut f.ids, &mut f.labels, &mut f.offsets, &mut f.records]
+            .into_iter()
+            .chain(f.weights.as_mut())
+        {
+            w.flush().map_err(io(partial))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExampleSink for EntryBuilder {
+    fn push(&mut self, s: PreparedSample) -> Result<()> {
+        let e = &s.encoded;
+        let partial = self.partial.clone();
+        let put = |w: &mut BufWriter<File>, bytes: &[u8]| w.write_all(bytes).map_err(io(&partial));
+        let p = &mut self.progress;
+        if e.weights.is_some() && !p.weighted {
+            // The first weighted example: the earlier tokens all weigh 1.
+            let path = self.partial.join("weights.f32");
+            let mut w = append(&path, 0)?;
+            for _ in 0..p.tokens {
+                put(&mut w, &1f32.to_le_bytes())?;
+            }
+            self.files.weights = Some(w);
+            p.weighted = true;
+        }
+        let f = &mut self.files;
+        put(&mut f.offsets, &p.tokens.to_le_bytes())?;
+        p.tokens += e.len() as u64;
+        p.examples += 1;
+        let file = match p.files.iter().position(|f| *f == s.at.file) {
+            Some(k) => k,
+            None => {
+                p.files.push(s.at.file.clone());
+                p.files.len() - 1
+            }
+        };
+        let line = s.at.line.unwrap_or(0) as u64;
+        let mut record = [0u8; 32];
+        for (k, v) in [file as u64, s.at.index as u64, line, u64::from(e.truncated)]
+            .into_iter()
+            .enumerate()
+        {
+            record[8 * k..8 * k + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        put(&mut f.records, &record)?;
+        let mut bytes = Vec::with_capacity(4 * e.len());
+        bytes.extend(e.input_ids.iter().flat_map(|id| id.to_le_bytes()));
+        put(&mut f.ids, &bytes)?;
+        bytes.clear();
+        bytes.extend(e.labels.iter().flat_map(|&l| (l as i32).to_le_bytes()));
+        put(&mut f.labels, &bytes)?;
+        if let Some(w) = f.weights.as_mut() {
+            bytes.clear();
+            for k in 0..e.len() {
+                let v = e.weights.as_ref().map_or(1.0, |ws| ws[k]);
+                bytes.extend(v.to_le_bytes());
+            }
+            put(w, &bytes)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_done(
+        &mut self,
+        report: &DatasetReport,
+        warnings: &[String],
+        at: Option<&Position>,
+    ) -> Result<()> {
+        let Some(at) = at else {
+            return Ok(());
+        };
+        self.flush()?;
+        self.progress.position = at.clone();
+        self.progress.warnings = warnings.to_vec();
+        // The report is written as it stands (its lengths are not serialized).
+        let p = &self.progress;
+        let record = ProgressRecord {
+            position: &p.position,
+            examples: p.examples,
+            tokens: p.tokens,
+            weighted: p.weighted,
+            files: &p.files,
+            report,
+            warnings: &p.warnings,
+        };
+        let path = self.partial.join(PROGRESS);
+        let tmp = self.partial.join("progress.json.tmp");
+        let text = serde_json::to_vec(&record).expect("serializable");
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+}
+
+fn read_progress(partial: &Path) -> Option<Progress> {
+    let text = std::fs::read(partial.join(PROGRESS)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
