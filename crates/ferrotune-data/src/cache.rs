@@ -164,21 +164,89 @@ pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
         .map_err(|e| DataError::file(&path, format!("cannot write: {e}")))
 }
 
-/// A loaded entry: the dataset's report, warnings and examples.
+/// A loaded entry: the dataset's report, warnings and its examples, mapped.
 pub struct Entry {
     pub report: DatasetReport,
     pub warnings: Vec<String>,
-    pub samples: Vec<PreparedSample>,
+    pub examples: MappedEntry,
+}
+
+/// An entry's token files, memory-mapped: an example is read when asked for.
+pub struct MappedEntry {
+    ids: memmap2::Mmap,
+    labels: memmap2::Mmap,
+    weights: Option<memmap2::Mmap>,
+    offsets: memmap2::Mmap,
+    records: memmap2::Mmap,
+    files: Vec<PathBuf>,
+    examples: usize,
+}
+
+impl MappedEntry {
+    pub fn len(&self) -> usize {
+        self.examples
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples == 0
+    }
+
+    fn span(&self, i: usize) -> (usize, usize) {
+        (
+            u64_at(&self.offsets, i) as usize,
+            u64_at(&self.offsets, i + 1) as usize,
+        )
+    }
+
+    /// Example `i`'s token count.
+    pub fn length(&self, i: usize) -> usize {
+        let (start, end) = self.span(i);
+        end - start
+    }
+
+    pub fn weighted(&self) -> bool {
+        self.weights.is_some()
+    }
+
+    /// Example `i`'s tokens, copied out of the mapped files.
+    pub fn encoded(&self, i: usize) -> Encoded {
+        let (start, end) = self.span(i);
+        Encoded {
+            input_ids: (start..end).map(|t| u32_at(&self.ids, t)).collect(),
+            labels: (start..end)
+                .map(|t| i64::from(u32_at(&self.labels, t) as i32))
+                .collect(),
+            weights: self
+                .weights
+                .as_ref()
+                .map(|w| (start..end).map(|t| f32::from_bits(u32_at(w, t))).collect()),
+            truncated: u64_at(&self.records, 4 * i + 3) != 0,
+        }
+    }
+
+    /// Where example `i` came from.
+    pub fn record(&self, i: usize) -> RecordRef {
+        let file = u64_at(&self.records, 4 * i) as usize;
+        let line = u64_at(&self.records, 4 * i + 2);
+        RecordRef::new(
+            self.files
+                .get(file)
+                .map(PathBuf::as_path)
+                .unwrap_or(Path::new("?")),
+            u64_at(&self.records, 4 * i + 1) as usize,
+            (line > 0).then_some(line as usize),
+        )
+    }
 }
 
 /// Loads the entry `key` under `root`, if there is one. A damaged entry is reported and
 /// treated as missing (it is rebuilt), never trusted.
-pub fn load(root: &Path, key: &str, dataset: usize) -> Option<Entry> {
+pub fn load(root: &Path, key: &str) -> Option<Entry> {
     let dir = root.join(key);
     if !dir.join("meta.json").is_file() {
         return None;
     }
-    match load_entry(&dir, dataset) {
+    match load_entry(&dir) {
         Ok(entry) => Some(entry),
         Err(e) => {
             eprintln!(
@@ -194,18 +262,11 @@ pub fn load(root: &Path, key: &str, dataset: usize) -> Option<Entry> {
 /// An entry's report (its lengths from offsets.u64) and warnings, without loading its
 /// examples.
 pub fn load_report(dir: &Path) -> Result<(DatasetReport, Vec<String>)> {
-    let meta_path = dir.join("meta.json");
-    let meta: Meta = serde_json::from_slice(&read(&meta_path)?)
-        .map_err(|e| DataError::file(&meta_path, format!("malformed: {e}")))?;
-    let offsets = map(&dir.join("offsets.u64"))?;
-    let mut report = meta.report;
-    report.lengths = (0..meta.examples)
-        .map(|i| (u64_at(&offsets, i + 1) - u64_at(&offsets, i)) as usize)
-        .collect();
-    Ok((report, meta.warnings))
+    let entry = load_entry(dir)?;
+    Ok((entry.report, entry.warnings))
 }
 
-fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
+fn load_entry(dir: &Path) -> Result<Entry> {
     let meta_path = dir.join("meta.json");
     let meta: Meta = serde_json::from_slice(&read(&meta_path)?)
         .map_err(|e| DataError::file(&meta_path, format!("malformed: {e}")))?;
@@ -219,8 +280,11 @@ fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
         None
     };
     let n = meta.examples;
-    let offset = |i: usize| u64_at(&offsets, i) as usize;
-    let tokens = if n == 0 { 0 } else { offset(n) };
+    let tokens = if n == 0 || offsets.len() < 8 * (n + 1) {
+        0
+    } else {
+        u64_at(&offsets, n) as usize
+    };
     if offsets.len() != 8 * (n + 1)
         || records.len() != 32 * n
         || ids.len() != 4 * tokens
@@ -233,40 +297,24 @@ fn load_entry(dir: &Path, dataset: usize) -> Result<Entry> {
         ));
     }
     let mut report = meta.report;
-    report.lengths = (0..n).map(|i| offset(i + 1) - offset(i)).collect();
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let (start, end) = (offset(i), offset(i + 1));
-        let file = u64_at(&records, 4 * i) as usize;
-        let line = u64_at(&records, 4 * i + 2);
-        let at = RecordRef::new(
-            meta.files
-                .get(file)
-                .map(PathBuf::as_path)
-                .unwrap_or(Path::new("?")),
-            u64_at(&records, 4 * i + 1) as usize,
-            (line > 0).then_some(line as usize),
-        );
-        let encoded = Encoded {
-            input_ids: (start..end).map(|t| u32_at(&ids, t)).collect(),
-            labels: (start..end)
-                .map(|t| i64::from(u32_at(&labels, t) as i32))
-                .collect(),
-            weights: weights
-                .as_ref()
-                .map(|w| (start..end).map(|t| f32::from_bits(u32_at(w, t))).collect()),
-            truncated: u64_at(&records, 4 * i + 3) != 0,
-        };
-        samples.push(PreparedSample {
-            dataset,
-            at,
-            encoded,
-        });
+    report.lengths = (0..n)
+        .map(|i| (u64_at(&offsets, i + 1) - u64_at(&offsets, i)) as usize)
+        .collect();
+    if report.lengths.iter().sum::<usize>() != tokens {
+        return Err(DataError::file(dir, "offsets.u64 is not in order"));
     }
     Ok(Entry {
         report,
         warnings: meta.warnings,
-        samples,
+        examples: MappedEntry {
+            ids,
+            labels,
+            weights,
+            offsets,
+            records,
+            files: meta.files,
+            examples: n,
+        },
     })
 }
 

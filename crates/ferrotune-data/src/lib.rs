@@ -11,7 +11,7 @@
 //! | read | [`records`] | source and format for one dataset, as training samples it or every record: the one reader of the pipeline, `data check` and `eval predict` |
 //! | template | [`template`] | a conversation to the exact text, with jinja chat templates |
 //! | tokenize + mask | [`encode`] | text to ids, labels (-100 on prompts), weights, truncation |
-//! | mix | [`mix`] | several datasets into one mixture (concat / interleave, shares, replay) |
+//! | mix | [`mix`], [`samples`] | several datasets into one mixture (concat / interleave, shares, replay): an order over the examples, which stay in their cache entries |
 //! | pack | [`pack`] | examples into rows: greedy or neat (bin-packed, kept apart) packing |
 //! | cache | [`cache`], [`cache_build`] | tokenized datasets stored once (written chunk by chunk, resumed after an interruption), memory-mapped on the next run |
 //! | tokenize (fast) | [`fastbpe`] | byte-level BPE ids and offsets identical to the tokenizers crate, faster |
@@ -37,6 +37,7 @@ pub mod quality;
 pub mod records;
 pub mod registry;
 pub mod rng;
+pub mod samples;
 pub mod source;
 pub mod stats;
 pub mod stream;

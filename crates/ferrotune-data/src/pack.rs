@@ -69,6 +69,18 @@ impl PackReport {
 
 /// Greedy packing: one token stream cut into rows of exactly `row_len` (the last may be
 /// shorter). Every token is kept; labels stay where they were.
+/// What [`pack_greedy`] reports, from the examples' lengths alone.
+pub fn greedy_report(lengths: &[usize], row_len: usize) -> PackReport {
+    let row_len = row_len.max(1);
+    let tokens: usize = lengths.iter().sum();
+    PackReport {
+        rows: tokens.div_ceil(row_len),
+        tokens,
+        dropped_too_long: 0,
+        row_len,
+    }
+}
+
 pub fn pack_greedy(examples: &[&Encoded], row_len: usize) -> (Vec<Encoded>, PackReport) {
     let row_len = row_len.max(1);
     let any_weights = examples.iter().any(|e| e.weights.is_some());

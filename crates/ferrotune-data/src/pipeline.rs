@@ -13,6 +13,7 @@ use crate::error::{DataError, RecordRef, Result};
 use crate::mix::{self, MixStrategy, Share};
 use crate::records::{self, Coverage};
 use crate::registry::{self, DatasetSpec};
+use crate::samples::{Part, Samples};
 use crate::source;
 use crate::stream::{Position, RecordStream};
 use crate::template::ChatTemplate;
@@ -76,7 +77,8 @@ pub struct Prepared {
     pub tokenizer: TokenizerBundle,
     pub template: Option<ChatTemplate>,
     pub pad: PadToken,
-    pub samples: Vec<PreparedSample>,
+    /// The mixture's examples, in order (mapped from the cache where there is one).
+    pub samples: Samples,
     pub reports: Vec<DatasetReport>,
     /// Once-per-run warnings (tool use the template drops, ...).
     pub warnings: Vec<String>,
@@ -120,7 +122,7 @@ pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
         tokenizer,
         template,
         pad,
-        samples: Vec::new(),
+        samples: Samples::default(),
         reports: Vec::new(),
         warnings: Vec::new(),
         cache: Vec::new(),
@@ -134,7 +136,7 @@ pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
                 let (report, samples, warnings) =
                     prepare_dataset(args, spec, index, limit, &prepared)?;
                 add_warnings(&mut prepared.warnings, warnings);
-                (report, samples)
+                (report, Part::Memory(samples))
             }
         };
         prepared.reports.push(report);
@@ -157,15 +159,15 @@ fn cached_dataset(
     index: usize,
     root: &Path,
     prepared: &mut Prepared,
-) -> Result<(DatasetReport, Vec<PreparedSample>)> {
+) -> Result<(DatasetReport, Part)> {
     let (key, mut hit) = fill_cache(args, spec, index, root, prepared)?;
     let dir = root.join(&key);
-    let entry = match cache::load(root, &key, index) {
+    let entry = match cache::load(root, &key) {
         Some(entry) => entry,
         None => {
             // A damaged entry was set aside by `load`: prepare it again.
             hit = fill_cache(args, spec, index, root, prepared)?.1;
-            cache::load(root, &key, index).ok_or_else(|| {
+            cache::load(root, &key).ok_or_else(|| {
                 DataError::file(&dir, "the cache entry just written cannot be read")
             })?
         }
@@ -176,7 +178,11 @@ fn cached_dataset(
         dir,
         hit,
     });
-    Ok((entry.report, entry.samples))
+    let part = Part::Mapped {
+        dataset: index,
+        entry: entry.examples,
+    };
+    Ok((entry.report, part))
 }
 
 /// Makes sure the cache entry of a dataset exists; returns its key and whether it was
@@ -251,7 +257,7 @@ pub fn prepare_cache(args: &DataArgs, root: &Path) -> Result<Prepared> {
         tokenizer,
         template,
         pad,
-        samples: Vec::new(),
+        samples: Samples::default(),
         reports: Vec::new(),
         warnings: Vec::new(),
         cache: Vec::new(),
@@ -359,55 +365,63 @@ fn replay_names(names: &[String], dataset_dir: &Path) -> Result<Vec<(String, Pat
     Ok(out)
 }
 
-/// Combines the datasets' examples as `mix_strategy` and the shares say, and records in
-/// each report how many examples (and tokens) the mixture took from it.
+/// Combines the datasets' examples as `mix_strategy` and the shares say (an order over
+/// them: no example is copied), and records in each report how many examples (and
+/// tokens) the mixture took from it.
 fn mix_samples(
     args: &DataArgs,
     shares: &[Share],
-    mut per_dataset: Vec<Vec<PreparedSample>>,
+    parts: Vec<Part>,
     reports: &mut [DatasetReport],
-) -> Result<Vec<PreparedSample>> {
-    let fixed: usize = per_dataset
+) -> Result<Samples> {
+    let fixed: usize = parts
         .iter()
         .zip(shares)
         .filter(|(_, s)| !matches!(s, Share::Fraction(_)))
-        .map(|(d, _)| d.len())
+        .map(|(p, _)| p.len())
         .sum();
     let counts = mix::fraction_counts(shares, fixed)?;
-    for (i, share) in shares.iter().enumerate() {
-        if let Share::Fraction(_) = share {
-            let picks = mix::pick(per_dataset[i].len(), counts[i], args.seed ^ i as u64);
-            let source = std::mem::take(&mut per_dataset[i]);
-            per_dataset[i] = picks.into_iter().map(|k| source[k].clone()).collect();
-        }
-    }
+    // Each dataset's examples as the mixture takes them: all, or a share's picks.
+    let per_dataset: Vec<Vec<u32>> = parts
+        .iter()
+        .zip(shares)
+        .enumerate()
+        .map(|(i, (part, share))| match share {
+            Share::Fraction(_) => mix::pick(part.len(), counts[i], args.seed ^ i as u64)
+                .into_iter()
+                .map(|k| k as u32)
+                .collect(),
+            _ => (0..part.len() as u32).collect(),
+        })
+        .collect();
     let probs = args
         .interleave_probs
         .as_ref()
         .map(|p| mix::parse_probs(p, per_dataset.len()))
         .transpose()?;
-    let mut out = Vec::new();
+    let mut order: Vec<(u32, u32)> = Vec::new();
     if args.mix_strategy == MixStrategy::Concat {
         if probs.is_some() {
             return Err(DataError::config(
                 "interleave_probs needs mix_strategy: interleave_under or interleave_over",
             ));
         }
-        for samples in per_dataset {
-            out.extend(samples);
+        for (d, picks) in per_dataset.iter().enumerate() {
+            order.extend(picks.iter().map(|&k| (d as u32, k)));
         }
     } else {
         let sizes: Vec<usize> = per_dataset.iter().map(Vec::len).collect();
-        for (s, i) in mix::interleave(&sizes, args.mix_strategy, probs.as_deref(), args.seed) {
-            out.push(per_dataset[s][i].clone());
+        for (d, i) in mix::interleave(&sizes, args.mix_strategy, probs.as_deref(), args.seed) {
+            order.push((d as u32, per_dataset[d][i]));
         }
     }
-    for sample in &out {
-        let report = &mut reports[sample.dataset];
+    let samples = Samples::new(parts, order);
+    for (i, &(d, _)) in samples.order().iter().enumerate() {
+        let report = &mut reports[d as usize];
         report.used += 1;
-        report.used_tokens += sample.encoded.len();
+        report.used_tokens += samples.length(i);
     }
-    Ok(out)
+    Ok(samples)
 }
 
 /// One dataset's examples in memory (no cache, a preview, or `num_samples` sampling),

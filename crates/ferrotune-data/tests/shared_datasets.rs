@@ -98,7 +98,7 @@ fn alpaca_datasets_with_builtin_templates() {
     let text = p
         .tokenizer
         .tokenizer
-        .decode(&p.samples[0].encoded.input_ids, false)
+        .decode(&p.samples.get(0).encoded.input_ids, false)
         .unwrap();
     assert!(
         text.starts_with("Below is an instruction that describes a task."),

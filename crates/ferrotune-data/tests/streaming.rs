@@ -231,9 +231,11 @@ fn entry_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 type Fingerprint = Vec<(Vec<u32>, Vec<i64>, bool, String)>;
 
-fn fingerprint(samples: &[ferrotune_data::pipeline::PreparedSample]) -> Fingerprint {
+fn fingerprint<'a>(
+    samples: impl IntoIterator<Item = ferrotune_data::pipeline::PreparedSample> + 'a,
+) -> Fingerprint {
     samples
-        .iter()
+        .into_iter()
         .map(|s| {
             let e = &s.encoded;
             (
@@ -291,7 +293,7 @@ fn streamed_preparation_equals_reading_whole_and_resumes_to_the_same_entry() {
     // Streamed into the cache, uninterrupted: the same examples.
     let straight = pipeline::prepare(&big_args(&dir, "straight"), None).unwrap();
     assert!(!straight.cache[0].hit);
-    assert_eq!(fingerprint(&straight.samples), fingerprint(&whole));
+    assert_eq!(fingerprint(&straight.samples), fingerprint(whole.clone()));
     assert_eq!(straight.reports[0].records, n);
     assert_eq!(straight.reports[0].invalid, 1);
     // Streamed without a cache: the same again.
@@ -299,7 +301,7 @@ fn streamed_preparation_equals_reading_whole_and_resumes_to_the_same_entry() {
     no_cache.data_cache_dir = None;
     assert_eq!(
         fingerprint(&pipeline::prepare(&no_cache, None).unwrap().samples),
-        fingerprint(&whole)
+        fingerprint(whole.clone())
     );
 
     // Interrupted after one chunk (a source that fails, as a killed process stops), then
@@ -356,6 +358,6 @@ fn streamed_preparation_equals_reading_whole_and_resumes_to_the_same_entry() {
         entry_files(&resumed.cache[0].dir),
         entry_files(&straight.cache[0].dir)
     );
-    assert_eq!(fingerprint(&resumed.samples), fingerprint(&whole));
+    assert_eq!(fingerprint(&resumed.samples), fingerprint(whole.clone()));
     assert_eq!(resumed.reports[0].lengths, straight.reports[0].lengths);
 }

@@ -5,76 +5,173 @@
 use candle_core::{Device, Result};
 use ferrotune_data::pack::{self, PackReport, Packing, NEAT_WINDOW};
 use ferrotune_data::rng::SplitMix64;
+use ferrotune_data::samples::Samples;
 use ferrotune_data::Encoded;
 use ferrotune_model::{Batch, Example};
 
+/// The training rows over the examples, which stay where they are (mapped from the
+/// cache, or in memory): a batch reads its rows' examples when it is built.
 pub struct Rows {
-    pub examples: Vec<Example>,
-    /// Each row: the examples it holds, end to end.
-    pub rows: Vec<Vec<usize>>,
+    samples: Samples,
+    layout: Layout,
     pub packing: Packing,
     pub report: Option<PackReport>,
 }
 
+/// Which tokens make each row.
+enum Layout {
+    /// Row r is example r.
+    OnePerRow,
+    /// Row r holds examples `members[starts[r]..starts[r + 1]]`, kept apart.
+    Neat { starts: Vec<u32>, members: Vec<u32> },
+    /// The examples end to end, cut every `row_len` tokens (greedy packing): `ends[i]`
+    /// is the token count up to the end of example i; rows carry weights when any
+    /// example does.
+    Greedy {
+        ends: Vec<u64>,
+        row_len: usize,
+        weighted: bool,
+    },
+}
+
 impl Rows {
-    pub fn build(encoded: &[&Encoded], packing: Packing, row_len: usize) -> Rows {
-        let (examples, rows, report) = match packing {
-            Packing::None => {
-                let rows = (0..encoded.len()).map(|i| vec![i]).collect();
-                (encoded.iter().map(|e| to_example(e)).collect(), rows, None)
-            }
+    pub fn build(samples: Samples, packing: Packing, row_len: usize) -> Rows {
+        let lengths = samples.lengths();
+        let (layout, report) = match packing {
+            Packing::None => (Layout::OnePerRow, None),
             Packing::Greedy => {
-                let (packed, report) = pack::pack_greedy(encoded, row_len);
-                let rows = (0..packed.len()).map(|i| vec![i]).collect();
-                (packed.iter().map(to_example).collect(), rows, Some(report))
+                let row_len = row_len.max(1);
+                let ends: Vec<u64> = lengths
+                    .iter()
+                    .scan(0u64, |total, &l| {
+                        *total += l as u64;
+                        Some(*total)
+                    })
+                    .collect();
+                let report = pack::greedy_report(&lengths, row_len);
+                let weighted = samples.weighted();
+                let layout = Layout::Greedy {
+                    ends,
+                    row_len,
+                    weighted,
+                };
+                (layout, Some(report))
             }
             Packing::Neat => {
-                let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
                 let (rows, report) = pack::pack_neat(&lengths, row_len, NEAT_WINDOW);
-                (
-                    encoded.iter().map(|e| to_example(e)).collect(),
-                    rows,
-                    Some(report),
-                )
+                let mut starts = Vec::with_capacity(rows.len() + 1);
+                let mut members = Vec::with_capacity(lengths.len());
+                starts.push(0);
+                for row in rows {
+                    members.extend(row.into_iter().map(|i| i as u32));
+                    starts.push(members.len() as u32);
+                }
+                (Layout::Neat { starts, members }, Some(report))
             }
         };
         Rows {
-            examples,
-            rows,
+            samples,
+            layout,
             packing,
             report,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        match &self.layout {
+            Layout::OnePerRow => self.samples.len(),
+            Layout::Neat { starts, .. } => starts.len() - 1,
+            Layout::Greedy { ends, row_len, .. } => {
+                let total = ends.last().copied().unwrap_or(0) as usize;
+                total.div_ceil(*row_len)
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
+    }
+
+    fn members(&self, row: usize) -> &[u32] {
+        match &self.layout {
+            Layout::Neat { starts, members } => {
+                &members[starts[row] as usize..starts[row + 1] as usize]
+            }
+            _ => &[],
+        }
     }
 
     fn row_tokens(&self, row: usize) -> usize {
-        self.rows[row]
-            .iter()
-            .map(|&i| self.examples[i].input_ids.len())
-            .sum()
+        match &self.layout {
+            Layout::OnePerRow => self.samples.length(row),
+            Layout::Neat { .. } => self
+                .members(row)
+                .iter()
+                .map(|&i| self.samples.length(i as usize))
+                .sum(),
+            Layout::Greedy { ends, row_len, .. } => {
+                let total = ends.last().copied().unwrap_or(0) as usize;
+                (*row_len).min(total - row * row_len)
+            }
+        }
+    }
+
+    /// Greedy row `row`: tokens `row * row_len ..` of the examples end to end.
+    fn greedy_row(&self, row: usize, ends: &[u64], row_len: usize, weighted: bool) -> Example {
+        let start = (row * row_len) as u64;
+        let end = (start + row_len as u64).min(ends.last().copied().unwrap_or(0));
+        let mut out = Example {
+            input_ids: Vec::with_capacity(row_len),
+            labels: Vec::with_capacity(row_len),
+            weights: weighted.then(|| Vec::with_capacity(row_len)),
+        };
+        let mut i = ends.partition_point(|&e| e <= start);
+        let mut at = start;
+        while at < end {
+            let e = self.samples.encoded(i);
+            let first = ends[i] - e.len() as u64;
+            let (from, to) = ((at - first) as usize, (end.min(ends[i]) - first) as usize);
+            out.input_ids.extend_from_slice(&e.input_ids[from..to]);
+            out.labels.extend_from_slice(&e.labels[from..to]);
+            if let Some(w) = out.weights.as_mut() {
+                match &e.weights {
+                    Some(ew) => w.extend_from_slice(&ew[from..to]),
+                    None => w.extend(std::iter::repeat_n(1.0, to - from)),
+                }
+            }
+            at = first + to as u64;
+            i += 1;
+        }
+        out
+    }
+
+    /// The examples of row `row`: one, or a neat-packed row's several.
+    pub fn row(&self, row: usize) -> Vec<Example> {
+        match &self.layout {
+            Layout::OnePerRow => vec![to_example(&self.samples.encoded(row))],
+            Layout::Neat { .. } => self
+                .members(row)
+                .iter()
+                .map(|&i| to_example(&self.samples.encoded(i as usize)))
+                .collect(),
+            Layout::Greedy {
+                ends,
+                row_len,
+                weighted,
+            } => vec![self.greedy_row(row, ends, *row_len, *weighted)],
+        }
     }
 
     /// The batch of the given rows. Neat-packed rows restart positions and keep attention
     /// inside each example; the others are plain rows.
     pub fn batch(&self, rows: &[usize], pad: u32, device: &Device) -> Result<Batch> {
-        if self.packing == Packing::Neat {
-            let rows: Vec<Vec<&Example>> = rows
-                .iter()
-                .map(|&r| self.rows[r].iter().map(|&i| &self.examples[i]).collect())
-                .collect();
-            Batch::packed(&rows, pad, 8, device)
+        let examples: Vec<Vec<Example>> = rows.iter().map(|&r| self.row(r)).collect();
+        if let Layout::Neat { .. } = self.layout {
+            let refs: Vec<Vec<&Example>> =
+                examples.iter().map(|row| row.iter().collect()).collect();
+            Batch::packed(&refs, pad, 8, device)
         } else {
-            let examples: Vec<Example> = rows
-                .iter()
-                .map(|&r| self.examples[self.rows[r][0]].clone())
-                .collect();
+            let examples: Vec<Example> = examples.into_iter().flatten().collect();
             Batch::padded(&examples, pad, 8, device)
         }
     }

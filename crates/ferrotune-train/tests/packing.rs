@@ -3,9 +3,11 @@
 //! every token.
 
 use candle_core::{DType, Device};
-use ferrotune_data::pack::Packing;
+use ferrotune_data::pack::{pack_greedy, Packing};
+use ferrotune_data::pipeline::PreparedSample;
 use ferrotune_data::rng::SplitMix64;
-use ferrotune_data::{Encoded, IGNORE_INDEX};
+use ferrotune_data::samples::Samples;
+use ferrotune_data::{Encoded, RecordRef, IGNORE_INDEX};
 use ferrotune_model::weights::load_model;
 use ferrotune_testing::shared;
 use ferrotune_train::rows::Rows;
@@ -40,6 +42,19 @@ fn examples(vocab: u32, n: usize) -> Vec<Encoded> {
         .collect()
 }
 
+fn samples(data: &[Encoded]) -> Samples {
+    Samples::from_memory(
+        data.iter()
+            .enumerate()
+            .map(|(i, e)| PreparedSample {
+                dataset: 0,
+                at: RecordRef::new(std::path::Path::new("test"), i, None),
+                encoded: e.clone(),
+            })
+            .collect(),
+    )
+}
+
 fn total_loss(model: &ferrotune_model::CausalLm, rows: &Rows, per_batch: usize) -> (f64, usize) {
     let order: Vec<usize> = (0..rows.len()).collect();
     let (mut sum, mut tokens) = (0f64, 0);
@@ -62,9 +77,8 @@ fn neat_packed_loss_equals_the_unpacked_loss() {
         )
         .unwrap();
         let data = examples(model.config.vocab_size as u32, 24);
-        let refs: Vec<&Encoded> = data.iter().collect();
-        let plain = Rows::build(&refs, Packing::None, 64);
-        let neat = Rows::build(&refs, Packing::Neat, 64);
+        let plain = Rows::build(samples(&data), Packing::None, 64);
+        let neat = Rows::build(samples(&data), Packing::Neat, 64);
         assert!(neat.len() < plain.len() / 2, "{name}: {} rows", neat.len());
         let (a, ta) = total_loss(&model, &plain, 4);
         let (b, tb) = total_loss(&model, &neat, 2);
@@ -74,18 +88,31 @@ fn neat_packed_loss_equals_the_unpacked_loss() {
 }
 
 #[test]
-fn greedy_rows_hold_every_token() {
-    let data = examples(50, 30);
-    let refs: Vec<&Encoded> = data.iter().collect();
-    let rows = Rows::build(&refs, Packing::Greedy, 32);
-    let total: usize = data.iter().map(Encoded::len).sum();
-    assert_eq!(rows.report.as_ref().unwrap().tokens, total);
-    assert_eq!(
-        rows.examples
-            .iter()
-            .map(|e| e.input_ids.len())
-            .sum::<usize>(),
-        total
-    );
-    assert!(rows.examples.iter().all(|e| e.input_ids.len() <= 32));
+fn greedy_rows_are_the_examples_end_to_end() {
+    let mut data = examples(50, 30);
+    // One example with loss weights: every row then carries weights (1 elsewhere).
+    data[7].weights = Some((0..data[7].len()).map(|i| 0.5 + i as f32).collect());
+    for weighted in [false, true] {
+        let data = if weighted {
+            data.clone()
+        } else {
+            data[8..].to_vec()
+        };
+        let refs: Vec<&Encoded> = data.iter().collect();
+        let (want, want_report) = pack_greedy(&refs, 32);
+        let rows = Rows::build(samples(&data), Packing::Greedy, 32);
+        let report = rows.report.as_ref().unwrap();
+        assert_eq!(
+            (report.rows, report.tokens, report.row_len),
+            (want_report.rows, want_report.tokens, want_report.row_len)
+        );
+        assert_eq!(rows.len(), want.len());
+        for (r, w) in want.iter().enumerate() {
+            let got = rows.row(r);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].input_ids, w.input_ids, "row {r}");
+            assert_eq!(got[0].labels, w.labels, "row {r}");
+            assert_eq!(got[0].weights, w.weights, "row {r}");
+        }
+    }
 }

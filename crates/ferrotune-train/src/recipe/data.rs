@@ -2,12 +2,12 @@
 //! for evaluation (`val_size`, `eval_dataset`), the rest laid into training rows (packed
 //! when the config asks).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use ferrotune_data::pipeline::{self, Prepared};
+use ferrotune_data::samples::Samples;
 use ferrotune_data::stats::percentile;
-use ferrotune_data::{DataArgs, Encoded};
+use ferrotune_data::DataArgs;
 use ferrotune_model::{Example, ModelError};
 
 use super::Result;
@@ -33,14 +33,13 @@ impl TrainingData {
         }
         let prepared = read_and_tokenize(&args)?;
         let pad = prepared.pad.id;
-        let all: Vec<&Encoded> = prepared.samples.iter().map(|s| &s.encoded).collect();
-        if all.is_empty() {
+        if prepared.samples.is_empty() {
             return Err(ModelError::invalid(
                 "no training examples: check the data with `ferrotune data stats`",
             ));
         }
-        let (train_set, mut eval_examples) = hold_out(all, t.val_size, data.seed);
-        let rows = lay_into_rows(&train_set, &args);
+        let (train_set, mut eval_examples) = hold_out(&prepared.samples, t.val_size, data.seed);
+        let rows = lay_into_rows(train_set, &args);
         if let Some(names) = &t.eval_dataset {
             eval_examples.extend(eval_dataset(&args, names)?);
         }
@@ -71,39 +70,42 @@ fn read_and_tokenize(args: &DataArgs) -> Result<Prepared> {
 }
 
 /// Splits off `val_size` examples (a fraction below 1, else a count) for evaluation, in a
-/// seeded order of their own; at least one example is left to train on.
-fn hold_out(all: Vec<&Encoded>, val_size: f64, seed: u64) -> (Vec<&Encoded>, Vec<Example>) {
+/// seeded order of their own; at least one example is left to train on. The training
+/// examples stay where they are (an order over them).
+fn hold_out(all: &Samples, val_size: f64, seed: u64) -> (Samples, Vec<Example>) {
+    let n = all.len();
     let count = if val_size >= 1.0 {
         val_size as usize
     } else {
-        (val_size * all.len() as f64).round() as usize
+        (val_size * n as f64).round() as usize
     };
     if count == 0 {
-        return (all, Vec::new());
+        return (all.clone(), Vec::new());
     }
-    let order = epoch_order(all.len(), seed ^ 0x5eed, 0);
-    let held: BTreeSet<usize> = order[..count.min(all.len() - 1)].iter().copied().collect();
-    let eval = held.iter().map(|&i| to_example(all[i])).collect();
-    let train = all
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !held.contains(i))
-        .map(|(_, e)| e)
+    let order = epoch_order(n, seed ^ 0x5eed, 0);
+    let mut held = vec![false; n];
+    for &i in &order[..count.min(n - 1)] {
+        held[i] = true;
+    }
+    let eval = (0..n)
+        .filter(|&i| held[i])
+        .map(|i| to_example(&all.encoded(i)))
         .collect();
+    let train = all.select((0..n).filter(|&i| !held[i]));
     (train, eval)
 }
 
 /// One example per row, or packed rows, as the data keys say; reports the packing.
-fn lay_into_rows(train_set: &[&Encoded], args: &DataArgs) -> Rows {
+fn lay_into_rows(train_set: Samples, args: &DataArgs) -> Rows {
     let packing = args.packing();
     if let Some(w) = packing.warning(args.stage) {
         eprintln!("warning: {w}");
     }
+    let examples = train_set.len();
     let rows = Rows::build(train_set, packing, args.cutoff_len);
     if let Some(r) = &rows.report {
         eprintln!(
-            "packing ({packing:?}): {} examples into {} rows of up to {} tokens, {:.1}% filled{}",
-            train_set.len(),
+            "packing ({packing:?}): {examples} examples into {} rows of up to {} tokens, {:.1}% filled{}",
             r.rows,
             r.row_len,
             100.0 * r.efficiency(),

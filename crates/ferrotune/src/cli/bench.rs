@@ -78,7 +78,7 @@ fn bench_data(a: BenchDataArgs) -> Result<()> {
     let prepared = pipeline::prepare(&args, None)?;
     let seconds = started.elapsed().as_secs_f64();
     let samples = prepared.samples.len();
-    let tokens: usize = prepared.samples.iter().map(|s| s.encoded.len()).sum();
+    let tokens: usize = prepared.samples.lengths().iter().sum();
     let records: usize = prepared.reports.iter().map(|r| r.records).sum();
     let peak = peak_rss_mib();
     let doc = json!({

@@ -461,13 +461,11 @@ fn mixture_json(reports: &[DatasetReport]) -> serde_json::Value {
 
 /// The rows the trainer would build from the mixture with the config's packing.
 fn packing_json(data: &DataArgs, prepared: &Prepared) -> serde_json::Value {
-    let encoded: Vec<&ferrotune_data::Encoded> =
-        prepared.samples.iter().map(|s| &s.encoded).collect();
+    let lengths = prepared.samples.lengths();
     let (mode, report) = match data.packing() {
         Packing::None => return json!({"mode": "none"}),
-        Packing::Greedy => ("greedy", pack::pack_greedy(&encoded, data.cutoff_len).1),
+        Packing::Greedy => ("greedy", pack::greedy_report(&lengths, data.cutoff_len)),
         Packing::Neat => {
-            let lengths: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
             let report = pack::pack_neat(&lengths, data.cutoff_len, pack::NEAT_WINDOW).1;
             ("neat", report)
         }
