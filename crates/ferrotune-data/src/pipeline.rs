@@ -86,6 +86,23 @@ pub struct Prepared {
     pub cache: Vec<CacheUse>,
 }
 
+impl Prepared {
+    /// The tokenizer and template the arguments name, with nothing prepared yet.
+    fn empty(args: &DataArgs) -> Result<Self> {
+        let (tokenizer, template) = load_tokenizer_and_template(args)?;
+        let pad = tokenizer.pad_token();
+        Ok(Prepared {
+            tokenizer,
+            template,
+            pad,
+            samples: Samples::default(),
+            reports: Vec::new(),
+            warnings: Vec::new(),
+            cache: Vec::new(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CacheUse {
     pub dataset: String,
@@ -116,17 +133,7 @@ pub fn load_tokenizer_and_template(
 
 /// Runs the whole data path. `limit` stops after that many examples (for previews).
 pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
-    let (tokenizer, template) = load_tokenizer_and_template(args)?;
-    let pad = tokenizer.pad_token();
-    let mut prepared = Prepared {
-        tokenizer,
-        template,
-        pad,
-        samples: Samples::default(),
-        reports: Vec::new(),
-        warnings: Vec::new(),
-        cache: Vec::new(),
-    };
+    let mut prepared = Prepared::empty(args)?;
     let sources = mixture_sources(args)?;
     let mut per_dataset = Vec::with_capacity(sources.len());
     for (index, (spec, _)) in sources.iter().enumerate() {
@@ -251,17 +258,7 @@ fn fill_cache(
 /// the examples (`ferrotune data prepare`): the reports (lengths from the entries'
 /// offsets), warnings and cache entries, and no samples.
 pub fn prepare_cache(args: &DataArgs, root: &Path) -> Result<Prepared> {
-    let (tokenizer, template) = load_tokenizer_and_template(args)?;
-    let pad = tokenizer.pad_token();
-    let mut prepared = Prepared {
-        tokenizer,
-        template,
-        pad,
-        samples: Samples::default(),
-        reports: Vec::new(),
-        warnings: Vec::new(),
-        cache: Vec::new(),
-    };
+    let mut prepared = Prepared::empty(args)?;
     for (index, (spec, _)) in mixture_sources(args)?.iter().enumerate() {
         let (key, hit) = fill_cache(args, spec, index, root, &prepared)?;
         let dir = root.join(&key);

@@ -78,7 +78,12 @@ pub fn each_tensor(
         // problem, as with every memory-mapped loader.
         let mapped = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| cannot("map", &e))?;
         let st = safetensors::SafeTensors::deserialize(&mapped).map_err(|e| cannot("read", &e))?;
-        for (name, view) in st.tensors() {
+        // Largest first, in a fixed order: a converting caller then holds a large source
+        // tensor beside few converted ones, and the peak does not depend on the order a
+        // hash map happens to give.
+        let mut tensors = st.tensors();
+        tensors.sort_by(|(a, x), (b, y)| y.data().len().cmp(&x.data().len()).then(a.cmp(b)));
+        for (name, view) in tensors {
             let start = view.data().as_ptr() as usize - mapped.as_ptr() as usize;
             let len = view.data().len();
             let t = view
@@ -222,23 +227,5 @@ pub fn load_model_quantized(
     })?;
     let (model, _unused) = CausalLm::from_stored_weights(config, tensors, stored, dtype, device)
         .map_err(|e| ModelError::file(dir, e.to_string()))?;
-    release_freed_memory();
     Ok(model)
-}
-
-/// Hands memory freed by a load back to the system. Converting tensor after tensor
-/// leaves the allocator's heaps holding freed slabs (glibc keeps freed blocks below its
-/// adaptive mmap threshold), which would count in the process's resident memory for
-/// the whole run; `malloc_trim` releases them.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim only releases free memory; it takes no pointers.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }

@@ -2,6 +2,7 @@
 //! that runs it, and its parts: AdamW, learning-rate schedules, gradient accumulation
 //! normalised over a whole window, global-norm clipping, and the reference trajectory check.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod ewc;

@@ -15,18 +15,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // mimalloc's own C API, linked in through the mimalloc crate (whose Rust binding of it
 // needs an extra crate). The option numbers are those of mimalloc 3's `mi_option_t`.
 extern "C" {
-    fn mi_option_set_default(option: std::ffi::c_int, value: std::ffi::c_long);
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// Keeps freed memory in the process instead of handing it back to the system after
-/// 10 ms: a training step frees and reallocates the same large tensors every step, and
-/// each page handed back faults in again, zeroed by the kernel (page faults measured in
-/// docs/perf-log/2026-11-26-speed-rounds.md). The resident size then stays at its peak, which it reaches every step anyway. `MIMALLOC_PURGE_DELAY` in
-/// the environment still wins: `set_default` leaves an option read from it alone.
+/// Keeps freed memory in the process from now on instead of handing it back to the
+/// system after 10 ms: a training step frees and reallocates the same large tensors every
+/// step, and each page handed back faults in again, zeroed by the kernel (page faults
+/// measured in docs/perf-log/2026-11-26-speed-rounds.md). Training loops call it
+/// (`ferrotune_train::allocator`) once loading is done, so that what loading freed was
+/// handed back and the resident size is what the run holds. `MIMALLOC_PURGE_DELAY` in
+/// the environment wins.
 fn keep_freed_memory() {
-    // SAFETY: sets one integer option; mimalloc reads it when it next considers purging.
-    unsafe { mi_option_set_default(MI_OPTION_PURGE_DELAY, -1) }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; mimalloc reads it when it next frees.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
 }
 
 /// Turns off candle's own element-wise thread pool (sized once per process from
@@ -54,10 +58,16 @@ fn fixed_thread_count() {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     single_threaded_candle_elementwise();
     fixed_thread_count();
     let cli = cli::Cli::parse();
+    match cli.freed_memory() {
+        cli::FreedMemory::Keep => keep_freed_memory(),
+        cli::FreedMemory::KeepFromTrainingLoop => {
+            ferrotune_train::allocator::on_keep_freed_memory(keep_freed_memory)
+        }
+        cli::FreedMemory::HandBack => {}
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `ferrotune data preview | head` closes the pipe early; that is not a failure.

@@ -60,6 +60,7 @@ pub(super) fn train(run: &Run, s: &mut Setup) -> Result<Trained> {
     };
     let (rows, plan, pad) = (&s.data.rows, &s.plan, s.data.pad);
     let mut batches = StepBatches::new(rows, plan, s.state.seed, t.group_by_length, pad, &s.device);
+    crate::allocator::keep_freed_memory();
     let mut bad_steps = 0;
     while s.state.global_step < plan.total_steps {
         let index = s.state.global_step;

@@ -227,7 +227,6 @@ pub fn run(a: ExportArgs) -> Result<()> {
         )?;
     }
     drop(model);
-    ferrotune_model::weights::release_freed_memory();
     if let Some(out) = &a.out {
         check_written(out, read_back, &probe, &expected, base_alone.as_ref())?;
     }

@@ -33,6 +33,29 @@ pub struct Cli {
     command: Command,
 }
 
+/// When a command keeps the memory it frees in the process (see `keep_freed_memory` in
+/// main.rs).
+pub enum FreedMemory {
+    /// From the start: loops that free and reallocate the same buffers (benchmarks,
+    /// decoding, evaluation).
+    Keep,
+    /// Once loading is done and the training loop starts (`ferrotune_train::allocator`).
+    KeepFromTrainingLoop,
+    /// Never: commands that load, convert and write (data, model, export) hand back what
+    /// they free, so that the next conversion finds it.
+    HandBack,
+}
+
+impl Cli {
+    pub fn freed_memory(&self) -> FreedMemory {
+        match self.command {
+            Command::Train(_) | Command::Quickstart(_) => FreedMemory::KeepFromTrainingLoop,
+            Command::Data(_) | Command::Model(_) | Command::Export(_) => FreedMemory::HandBack,
+            _ => FreedMemory::Keep,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Look at datasets exactly as the model will see them.
