@@ -157,6 +157,13 @@ pub(crate) struct Meta {
     pub weighted: bool,
 }
 
+/// Reads an entry's meta.json.
+pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join("meta.json");
+    serde_json::from_slice(&read(&path)?)
+        .map_err(|e| DataError::file(&path, format!("malformed: {e}")))
+}
+
 /// Writes meta.json into an entry's folder.
 pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     let path = dir.join("meta.json");

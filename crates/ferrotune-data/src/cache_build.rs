@@ -300,7 +300,7 @@ impl ExampleSink for EntryBuilder {
     }
 }
 
-fn read_progress(partial: &Path) -> Option<Progress> {
+pub(crate) fn read_progress(partial: &Path) -> Option<Progress> {
     let text = std::fs::read(partial.join(PROGRESS)).ok()?;
     serde_json::from_slice(&text).ok()
 }

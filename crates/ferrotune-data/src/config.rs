@@ -37,6 +37,8 @@ pub const DATA_KEYS: &[&str] = &[
     "packing",
     "neat_packing",
     "data_cache_dir",
+    "streaming",
+    "buffer_size",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +92,11 @@ pub struct DataArgs {
     /// [`crate::cache::default_root`] when this is unset; `none` turns the cache off).
     #[serde(deserialize_with = "cache_dir")]
     pub data_cache_dir: Option<PathBuf>,
+    /// Train while preparation runs, in LLaMA-Factory's shuffle-buffer order
+    /// ([`crate::live`]).
+    pub streaming: bool,
+    /// The shuffle buffer of `streaming: true` (LLaMA-Factory's default).
+    pub buffer_size: usize,
     /// Not a config key: set by `--format` for files given directly.
     #[serde(skip)]
     pub formatting: Option<Formatting>,
@@ -123,6 +130,8 @@ impl Default for DataArgs {
             packing: None,
             neat_packing: false,
             data_cache_dir: None,
+            streaming: false,
+            buffer_size: 16384,
             formatting: None,
             skip_invalid: false,
         }

@@ -29,6 +29,7 @@ pub mod encode;
 pub mod error;
 pub mod fastbpe;
 pub mod format;
+pub mod live;
 pub mod mix;
 pub mod pack;
 pub mod pipeline;

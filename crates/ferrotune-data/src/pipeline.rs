@@ -88,7 +88,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// The tokenizer and template the arguments name, with nothing prepared yet.
-    fn empty(args: &DataArgs) -> Result<Self> {
+    pub fn empty(args: &DataArgs) -> Result<Self> {
         let (tokenizer, template) = load_tokenizer_and_template(args)?;
         let pad = tokenizer.pad_token();
         Ok(Prepared {
@@ -190,6 +190,40 @@ fn cached_dataset(
         entry: entry.examples,
     };
     Ok((entry.report, part))
+}
+
+/// The datasets a live preparation (`streaming: true`) takes one after the other, or an
+/// error naming what it does not do yet.
+pub fn streaming_sources(args: &DataArgs) -> Result<Vec<DatasetSpec>> {
+    let sources = mixture_sources(args)?;
+    if sources.iter().any(|(_, share)| *share != Share::All)
+        || args.mix_strategy != MixStrategy::Concat
+        || args.replay_dataset.is_some()
+    {
+        return Err(DataError::config(
+            "streaming: true takes its datasets one after the other: dataset shares (name:N, name:P%), \
+             mix_strategy other than concat and replay_dataset need the datasets prepared first \
+             (streaming: false)",
+        ));
+    }
+    Ok(sources.into_iter().map(|(spec, _)| spec).collect())
+}
+
+/// The cache key of one dataset prepared with `prepared`'s tokenizer and template.
+pub fn cache_key(args: &DataArgs, spec: &DatasetSpec, prepared: &Prepared) -> Result<String> {
+    cache::key(args, spec, &prepared.tokenizer, prepared.template.as_ref())
+}
+
+/// Makes sure the cache entry of dataset `index` exists (prepared chunk by chunk,
+/// resumed); returns its key and whether it was there already.
+pub fn fill_cache_entry(
+    args: &DataArgs,
+    spec: &DatasetSpec,
+    index: usize,
+    root: &Path,
+    prepared: &Prepared,
+) -> Result<(String, bool)> {
+    fill_cache(args, spec, index, root, prepared)
 }
 
 /// Makes sure the cache entry of a dataset exists; returns its key and whether it was

@@ -3,11 +3,13 @@
 //! attention; shuffled each epoch, optionally in length groups.
 
 use candle_core::{Device, Result};
+use ferrotune_data::live::{LiveData, ShuffledOrder};
 use ferrotune_data::pack::{self, PackReport, Packing, NEAT_WINDOW};
 use ferrotune_data::rng::SplitMix64;
 use ferrotune_data::samples::Samples;
 use ferrotune_data::Encoded;
 use ferrotune_model::{Batch, Example};
+use std::sync::{Arc, Mutex};
 
 /// The training rows over the examples, which stay where they are (mapped from the
 /// cache, or in memory): a batch reads its rows' examples when it is built.
@@ -31,6 +33,13 @@ enum Layout {
         ends: Vec<u64>,
         row_len: usize,
         weighted: bool,
+    },
+    /// `streaming: true`: row r is the r-th example of the shuffle buffer's order over
+    /// the examples as they arrive (`rows` of them planned).
+    Live {
+        data: Arc<LiveData>,
+        order: Mutex<ShuffledOrder>,
+        rows: usize,
     },
 }
 
@@ -77,8 +86,30 @@ impl Rows {
         }
     }
 
+    /// Rows of one example each, taken from `data` in the shuffle buffer's order as they
+    /// arrive (arrivals from `first` on; the ones before are held out).
+    pub fn live(
+        data: Arc<LiveData>,
+        buffer_size: usize,
+        seed: u64,
+        first: u64,
+        rows: usize,
+    ) -> Rows {
+        Rows {
+            samples: Samples::default(),
+            layout: Layout::Live {
+                data,
+                order: Mutex::new(ShuffledOrder::new(buffer_size, seed, first)),
+                rows,
+            },
+            packing: Packing::None,
+            report: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match &self.layout {
+            Layout::Live { rows, .. } => *rows,
             Layout::OnePerRow => self.samples.len(),
             Layout::Neat { starts, .. } => starts.len() - 1,
             Layout::Greedy { ends, row_len, .. } => {
@@ -103,6 +134,7 @@ impl Rows {
 
     fn row_tokens(&self, row: usize) -> usize {
         match &self.layout {
+            Layout::Live { .. } => self.row(row).map_or(0, |r| r[0].input_ids.len()),
             Layout::OnePerRow => self.samples.length(row),
             Layout::Neat { .. } => self
                 .members(row)
@@ -146,8 +178,24 @@ impl Rows {
     }
 
     /// The examples of row `row`: one, or a neat-packed row's several.
-    pub fn row(&self, row: usize) -> Vec<Example> {
-        match &self.layout {
+    pub fn row(&self, row: usize) -> Result<Vec<Example>> {
+        Ok(match &self.layout {
+            Layout::Live { data, order, .. } => {
+                let mut order = order.lock().expect("order");
+                let live_error =
+                    |e: ferrotune_data::DataError| candle_core::Error::Msg(e.to_string());
+                let arrival = order.at(row, |k| data.has(k)).map_err(live_error)?;
+                let example = match arrival {
+                    Some(k) => data.example(k).map_err(live_error)?,
+                    None => None,
+                };
+                let Some(e) = example else {
+                    candle_core::bail!(
+                        "streaming: the data ran out after {row} training rows; max_steps asks for more (lower it, or train without streaming to repeat the data in epochs)"
+                    );
+                };
+                vec![to_example(&e)]
+            }
             Layout::OnePerRow => vec![to_example(&self.samples.encoded(row))],
             Layout::Neat { .. } => self
                 .members(row)
@@ -159,13 +207,14 @@ impl Rows {
                 row_len,
                 weighted,
             } => vec![self.greedy_row(row, ends, *row_len, *weighted)],
-        }
+        })
     }
 
     /// The batch of the given rows. Neat-packed rows restart positions and keep attention
     /// inside each example; the others are plain rows.
     pub fn batch(&self, rows: &[usize], pad: u32, device: &Device) -> Result<Batch> {
-        let examples: Vec<Vec<Example>> = rows.iter().map(|&r| self.row(r)).collect();
+        let examples: Vec<Vec<Example>> =
+            rows.iter().map(|&r| self.row(r)).collect::<Result<_>>()?;
         if let Layout::Neat { .. } = self.layout {
             let refs: Vec<Vec<&Example>> =
                 examples.iter().map(|row| row.iter().collect()).collect();
@@ -186,6 +235,10 @@ impl Rows {
         group_by_length: bool,
         batch_size: usize,
     ) -> Vec<usize> {
+        if let Layout::Live { .. } = self.layout {
+            // The shuffle buffer made the order; one pass.
+            return (0..self.len()).collect();
+        }
         let order = epoch_order(self.len(), seed, epoch);
         if !group_by_length {
             return order;

@@ -108,7 +108,7 @@ fn greedy_rows_are_the_examples_end_to_end() {
         );
         assert_eq!(rows.len(), want.len());
         for (r, w) in want.iter().enumerate() {
-            let got = rows.row(r);
+            let got = rows.row(r).unwrap();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].input_ids, w.input_ids, "row {r}");
             assert_eq!(got[0].labels, w.labels, "row {r}");

@@ -47,14 +47,6 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("run_name", "not used"),
     ("logging_dir", "logs go to output_dir"),
     ("ddp_find_unused_parameters", "single-process trainer"),
-    (
-        "streaming",
-        "preparation streams the files into the tokenized cache and training reads it mapped; training while preparation still runs is not done yet",
-    ),
-    (
-        "buffer_size",
-        "preparation streams the files in chunks of 4,096 records",
-    ),
     ("tokenized_path", "ferrotune has its own tokenized cache"),
     ("cache_dir", "models are read from local folders"),
 ];

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use ferrotune_data::live::LiveData;
 use ferrotune_data::pipeline::{self, Prepared};
 use ferrotune_data::samples::Samples;
 use ferrotune_data::stats::percentile;
@@ -31,6 +32,9 @@ impl TrainingData {
         if args.tokenizer_name_or_path.is_none() {
             args.tokenizer_name_or_path = Some(model_dir.to_path_buf());
         }
+        if args.streaming {
+            return Self::live(args, t);
+        }
         let prepared = read_and_tokenize(&args)?;
         let pad = prepared.pad.id;
         if prepared.samples.is_empty() {
@@ -43,6 +47,69 @@ impl TrainingData {
         if let Some(names) = &t.eval_dataset {
             eval_examples.extend(eval_dataset(&args, names)?);
         }
+        Ok(TrainingData {
+            args,
+            prepared,
+            rows,
+            eval_examples,
+            pad,
+        })
+    }
+}
+
+impl TrainingData {
+    /// `streaming: true`: preparation runs on a thread of its own and training takes the
+    /// examples as they land (ferrotune_data::live), one a row, in the shuffle buffer's
+    /// order; `val_size` examples (a count) are the first to arrive.
+    fn live(args: DataArgs, t: &TrainArgs) -> Result<Self> {
+        let invalid = |m: String| ModelError::invalid(m);
+        if t.max_steps <= 0 {
+            return Err(invalid(
+                "streaming: true needs max_steps: how many rows the data holds is not known \
+                 before it is prepared (as in LLaMA-Factory)"
+                    .into(),
+            ));
+        }
+        if args.packing() != ferrotune_data::pack::Packing::None {
+            return Err(invalid(
+                "streaming: true trains one example a row: packing and neat_packing need the \
+                 data prepared first (streaming: false)"
+                    .into(),
+            ));
+        }
+        if t.val_size > 0.0 && (t.val_size < 1.0 || t.val_size.fract() != 0.0) {
+            return Err(invalid(format!(
+                "streaming: true holds out the first val_size examples: val_size must be a \
+                 count, not {}",
+                t.val_size
+            )));
+        }
+        let Some(root) = args.data_cache_dir.clone() else {
+            return Err(invalid(
+                "streaming: true prepares into the tokenized cache: data_cache_dir must not be none"
+                    .into(),
+            ));
+        };
+        let prepared = Prepared::empty(&args).map_err(|e| invalid(e.to_string()))?;
+        let pad = prepared.pad.id;
+        let data = LiveData::start(&args, &root).map_err(|e| invalid(e.to_string()))?;
+        eprintln!(
+            "data: preparing into the cache {} while training (streaming: true, buffer_size {})",
+            root.display(),
+            args.buffer_size
+        );
+        let held = t.val_size as u64;
+        let mut eval_examples = Vec::new();
+        for k in 0..held {
+            match data.example(k).map_err(|e| invalid(e.to_string()))? {
+                Some(e) => eval_examples.push(to_example(&e)),
+                None => break,
+            }
+        }
+        let rows = t.max_steps as usize
+            * t.per_device_train_batch_size.max(1)
+            * t.gradient_accumulation_steps.max(1);
+        let rows = Rows::live(data, args.buffer_size, args.seed, held, rows);
         Ok(TrainingData {
             args,
             prepared,
