@@ -167,13 +167,13 @@ fn cached_dataset(
     root: &Path,
     prepared: &mut Prepared,
 ) -> Result<(DatasetReport, Part)> {
-    let (key, mut hit) = fill_cache(args, spec, index, root, prepared)?;
+    let (key, mut hit) = fill_cache_entry(args, spec, index, root, prepared)?;
     let dir = root.join(&key);
     let entry = match cache::load(root, &key) {
         Some(entry) => entry,
         None => {
             // A damaged entry was set aside by `load`: prepare it again.
-            hit = fill_cache(args, spec, index, root, prepared)?.1;
+            hit = fill_cache_entry(args, spec, index, root, prepared)?.1;
             cache::load(root, &key).ok_or_else(|| {
                 DataError::file(&dir, "the cache entry just written cannot be read")
             })?
@@ -214,21 +214,10 @@ pub fn cache_key(args: &DataArgs, spec: &DatasetSpec, prepared: &Prepared) -> Re
     cache::key(args, spec, &prepared.tokenizer, prepared.template.as_ref())
 }
 
-/// Makes sure the cache entry of dataset `index` exists (prepared chunk by chunk,
-/// resumed); returns its key and whether it was there already.
+/// Makes sure the cache entry of dataset `index` exists (streamed chunk by chunk and
+/// resumed; `num_samples` datasets read whole); returns its key and whether it was there
+/// already.
 pub fn fill_cache_entry(
-    args: &DataArgs,
-    spec: &DatasetSpec,
-    index: usize,
-    root: &Path,
-    prepared: &Prepared,
-) -> Result<(String, bool)> {
-    fill_cache(args, spec, index, root, prepared)
-}
-
-/// Makes sure the cache entry of a dataset exists; returns its key and whether it was
-/// there already.
-fn fill_cache(
     args: &DataArgs,
     spec: &DatasetSpec,
     index: usize,
@@ -294,7 +283,7 @@ fn fill_cache(
 pub fn prepare_cache(args: &DataArgs, root: &Path) -> Result<Prepared> {
     let mut prepared = Prepared::empty(args)?;
     for (index, (spec, _)) in mixture_sources(args)?.iter().enumerate() {
-        let (key, hit) = fill_cache(args, spec, index, root, &prepared)?;
+        let (key, hit) = fill_cache_entry(args, spec, index, root, &prepared)?;
         let dir = root.join(&key);
         let (report, warnings) = cache::load_report(&dir)?;
         add_warnings(&mut prepared.warnings, warnings);

@@ -110,6 +110,9 @@ impl TrainingData {
             * t.per_device_train_batch_size.max(1)
             * t.gradient_accumulation_steps.max(1);
         let rows = Rows::live(data, args.buffer_size, args.seed, held, rows);
+        if let Some(names) = &t.eval_dataset {
+            eval_examples.extend(eval_dataset(&args, names)?);
+        }
         Ok(TrainingData {
             args,
             prepared,
