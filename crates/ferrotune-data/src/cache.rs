@@ -273,10 +273,9 @@ pub fn load_report(dir: &Path) -> Result<(DatasetReport, Vec<String>)> {
     Ok((entry.report, entry.warnings))
 }
 
-fn load_entry(dir: &Path) -> Result<Entry> {
-    let meta_path = dir.join("meta.json");
-    let meta: Meta = serde_json::from_slice(&read(&meta_path)?)
-        .map_err(|e| DataError::file(&meta_path, format!("malformed: {e}")))?;
+/// An entry's report, warnings and mapped examples, checked against meta.json.
+pub(crate) fn load_entry(dir: &Path) -> Result<Entry> {
+    let meta = read_meta(dir)?;
     let ids = map(&dir.join("ids.u32"))?;
     let labels = map(&dir.join("labels.i32"))?;
     let offsets = map(&dir.join("offsets.u64"))?;

@@ -182,13 +182,12 @@ fn refresh<'a>(
     let partial = crate::cache_build::partial_dir(root, key);
     let (dir, examples, tokens, weighted, is_published) =
         if finished || published.join("meta.json").is_file() {
-            let (report, _) = crate::cache::load_report(&published)?;
-            let meta = crate::cache::read_meta(&published)?;
+            let entry = crate::cache::load_entry(&published)?;
             (
                 published,
-                report.samples as u64,
-                report.lengths.iter().sum::<usize>() as u64,
-                meta.weighted,
+                entry.examples.len() as u64,
+                entry.report.lengths.iter().sum::<usize>() as u64,
+                entry.examples.weighted(),
                 true,
             )
         } else {

@@ -87,6 +87,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// What renders, tokenizes and masks a record with this tokenizer and template.
+    pub fn encoder(&self, args: &DataArgs) -> Encoder<'_> {
+        Encoder {
+            tokenizer: &self.tokenizer,
+            template: self.template.as_ref(),
+            options: args.encode_options(),
+        }
+    }
+
     /// The tokenizer and template the arguments name, with nothing prepared yet.
     pub fn empty(args: &DataArgs) -> Result<Self> {
         let (tokenizer, template) = load_tokenizer_and_template(args)?;
@@ -253,11 +262,7 @@ pub fn fill_cache_entry(
         );
     }
     let mut stream = RecordStream::open(files, progress.position)?;
-    let encoder = Encoder {
-        tokenizer: &prepared.tokenizer,
-        template: prepared.template.as_ref(),
-        options: args.encode_options(),
-    };
+    let encoder = prepared.encoder(args);
     let limits = Limits {
         records: args.max_samples,
         examples: None,
@@ -457,11 +462,7 @@ fn prepare_dataset(
         name: spec.name.clone(),
         ..DatasetReport::default()
     };
-    let encoder = Encoder {
-        tokenizer: &prepared.tokenizer,
-        template: prepared.template.as_ref(),
-        options: args.encode_options(),
-    };
+    let encoder = prepared.encoder(args);
     let mut warnings = Vec::new();
     let mut samples = Vec::new();
     let limits = Limits {
