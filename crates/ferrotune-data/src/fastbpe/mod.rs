@@ -35,6 +35,7 @@ mod added;
 mod bpe;
 mod file;
 mod pretok;
+mod scan;
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -44,7 +45,7 @@ use tokenizers::Tokenizer;
 
 use added::{AddedToken, Matcher};
 use bpe::{Bpe, FxMap, Scratch};
-use pretok::{Fallback, SplitRegex};
+use pretok::{Fallback, Splitter};
 
 /// Pieces up to this many bytes are cached (per thread and encoder).
 const CACHE_MAX_PIECE: usize = 255;
@@ -61,7 +62,7 @@ pub struct FastBpe {
     /// Added tokens matched against the normalized text (`normalized: true`).
     normalized_tokens: Option<Matcher>,
     /// Split patterns, applied one after the other.
-    splits: Vec<SplitRegex>,
+    splits: Vec<Splitter>,
     bpe: Bpe,
     /// ByteLevel post-processors that trim offsets, in order: their `add_prefix_space`.
     trims: Vec<bool>,
@@ -83,7 +84,7 @@ pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
 /// can be built while the tokenizers crate loads the same file).
 pub struct FastBpeModel {
     nfc: bool,
-    splits: Vec<SplitRegex>,
+    splits: Vec<Splitter>,
     bpe: Bpe,
     trims: Vec<bool>,
 }
@@ -99,7 +100,7 @@ impl FastBpeModel {
         } = file::read(json)?;
         let splits = patterns
             .iter()
-            .map(|p| SplitRegex::new(p).map_err(String::from))
+            .map(|p| Splitter::new(p).map_err(String::from))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FastBpeModel {
             nfc,
@@ -440,7 +441,7 @@ mod tests {
 
     #[test]
     fn whitespace_tail_gives_back_one_character() {
-        let re = SplitRegex::new(pretok::GPT2_PATTERN).unwrap();
+        let re = pretok::SplitRegex::new(pretok::GPT2_PATTERN).unwrap();
         let split = |text: &str| {
             let mut pieces = Vec::new();
             re.split(text, |s, e| {
@@ -454,6 +455,6 @@ mod tests {
         assert_eq!(split("a   "), ["a", "   "]);
         assert_eq!(split("a \u{3000} b"), ["a", " \u{3000}", " b"]);
         assert_eq!(split("a\n\nb"), ["a", "\n", "\n", "b"]);
-        assert!(SplitRegex::new(r"(?=a)|\s+").is_err());
+        assert!(pretok::SplitRegex::new(r"(?=a)|\s+").is_err());
     }
 }

@@ -13,12 +13,42 @@
 use regex_automata::meta::Regex;
 use regex_automata::{Anchored, Input};
 
+use super::scan::Scanner;
+
 /// The tail that is rewritten.
 const WS_TAIL: &str = r"\s+(?!\S)|\s+";
 
 /// GPT-2's pattern (the ByteLevel pre-tokenizer with `use_regex`).
 pub(crate) const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// One split step: a hand-written scanner for the common patterns, the regex otherwise.
+pub(crate) enum Splitter {
+    Scan(Scanner),
+    Regex(SplitRegex),
+}
+
+impl Splitter {
+    pub(crate) fn new(pattern: &str) -> Result<Splitter, &'static str> {
+        match Scanner::for_pattern(pattern) {
+            Some(scanner) => Ok(Splitter::Scan(scanner)),
+            None => SplitRegex::new(pattern).map(Splitter::Regex),
+        }
+    }
+
+    /// Calls `piece(start, end)` for every piece of `hay`, in order.
+    #[inline]
+    pub(crate) fn split(
+        &self,
+        hay: &str,
+        piece: impl FnMut(usize, usize) -> Result<(), Fallback>,
+    ) -> Result<(), Fallback> {
+        match self {
+            Splitter::Scan(s) => s.split(hay, piece),
+            Splitter::Regex(r) => r.split(hay, piece),
+        }
+    }
+}
 
 pub(crate) struct SplitRegex {
     re: Regex,
@@ -37,7 +67,7 @@ enum Tail {
 /// Pieces longer than this (in bytes) are left to the tokenizers crate: on runs of a
 /// million characters fancy-regex stops at its backtracking limit (the rest of the text
 /// is then not split), which is not worth reproducing.
-const MAX_PIECE: usize = 100_000;
+pub(crate) const MAX_PIECE: usize = 100_000;
 
 /// A text the fast path cannot split as the tokenizers crate would (a pattern that
 /// matched the empty string, or an enormous piece): the caller falls back to it.
