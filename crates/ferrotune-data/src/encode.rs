@@ -165,7 +165,7 @@ pub fn locate_turns(
         let content = message.content.trim();
         let mut after_content = start;
         if !content.is_empty() {
-            if let Some(p) = text[start..].find(content) {
+            if let Some(p) = find(&text[start..], content) {
                 after_content = start + p + content.len();
             }
         }
@@ -180,9 +180,9 @@ pub fn locate_turns(
             )
         } else {
             let trimmed = eot.trim_end();
-            match text[after_content..].find(eot.as_str()) {
+            match find(&text[after_content..], eot) {
                 Some(p) => (after_content + p, after_content + p + eot.len()),
-                None => match text[after_content..].find(trimmed) {
+                None => match find(&text[after_content..], trimmed) {
                     Some(p) if !trimmed.is_empty() => {
                         (after_content + p, after_content + p + trimmed.len())
                     }
@@ -203,6 +203,16 @@ pub fn locate_turns(
         cursor = end;
     }
     Ok(spans)
+}
+
+/// The first occurrence of `needle` in `hay`, in bytes (a match of valid UTF-8 starts on a
+/// character boundary). `str::find` builds a two-way searcher for every call, which showed
+/// in the profile of long replies.
+fn find(hay: &str, needle: &str) -> Option<usize> {
+    if hay.starts_with(needle) {
+        return Some(0);
+    }
+    memchr::memmem::find(hay.as_bytes(), needle.as_bytes())
 }
 
 /// One prompt/response pair in token positions.

@@ -297,7 +297,8 @@ fn qwen25(default_system: bool) -> String {
 
 /// Qwen3's own template (hybrid thinking: the last assistant turn after the last user
 /// query carries a `<think>` block, empty when the data has no reasoning).
-const QWEN3: &str = r##"{%- if tools %}
+/// Qwen3's own chat template, character for character (its tokenizer_config.json).
+pub(crate) const QWEN3: &str = r##"{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0].role == 'system' %}
         {{- messages[0].content + '\n\n' }}

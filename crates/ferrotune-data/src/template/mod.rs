@@ -10,6 +10,7 @@
 
 pub mod builtin;
 pub mod jinja_env;
+mod native;
 
 use minijinja::Environment;
 use serde_json::{Map, Value};
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 use crate::conversation::{wrap_tool, Message, Role, ToolCall};
 use crate::error::{suggest, DataError, Result};
 pub use builtin::{CustomTemplate, BUILTIN_NAMES};
+use native::Native;
 
 /// Special-token strings a template may use (`bos_token`, `eos_token`, ...) and the full
 /// list of special tokens of the tokenizer (to recognise end-of-turn markers).
@@ -64,6 +66,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Special tokens and extra keyword arguments, passed to every render.
     globals: Map<String, Value>,
+    /// A native rendering of this very template, tried before the jinja one.
+    native: Option<Native>,
     pub markers: TurnMarkers,
     pub tools: ToolSupport,
     extra_stop_words: Vec<String>,
@@ -117,6 +121,7 @@ impl ChatTemplate {
             source: source.to_string(),
             env,
             globals,
+            native: Native::for_source(source),
             markers: TurnMarkers {
                 end_of_turn: String::new(),
                 assistant_header: String::new(),
@@ -198,6 +203,34 @@ impl ChatTemplate {
 
     /// Renders messages (and tools) to text, as `apply_chat_template(tokenize=False)`.
     pub fn render(
+        &self,
+        messages: &[Message],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        if let Some(native) = self.native {
+            if let Some(text) = native.render(messages, tools, add_generation_prompt, &self.globals)
+            {
+                return Ok(text);
+            }
+        }
+        self.render_jinja(messages, tools, add_generation_prompt)
+    }
+
+    /// The same template rendered by jinja alone (the reference the native renderings are
+    /// tested against).
+    pub fn without_native(mut self) -> Self {
+        self.native = None;
+        self
+    }
+
+    /// Whether a native rendering stands in for the jinja template where it can.
+    pub fn has_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// [`ChatTemplate::render`] through the jinja template alone.
+    pub fn render_jinja(
         &self,
         messages: &[Message],
         tools: &[Value],

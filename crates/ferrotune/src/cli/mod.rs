@@ -50,7 +50,7 @@ impl Cli {
     pub fn freed_memory(&self) -> FreedMemory {
         match self.command {
             Command::Train(_) | Command::Quickstart(_) => FreedMemory::KeepFromTrainingLoop,
-            Command::Data(_) | Command::Model(_) | Command::Export(_) => FreedMemory::HandBack,
+            Command::Model(_) | Command::Export(_) => FreedMemory::HandBack,
             _ => FreedMemory::Keep,
         }
     }
