@@ -37,12 +37,12 @@ pub struct Cli {
 /// main.rs).
 pub enum FreedMemory {
     /// From the start: loops that free and reallocate the same buffers (benchmarks,
-    /// decoding, evaluation).
+    /// decoding, evaluation, data preparation's chunks).
     Keep,
     /// Once loading is done and the training loop starts (`ferrotune_train::allocator`).
     KeepFromTrainingLoop,
-    /// Never: commands that load, convert and write (data, model, export) hand back what
-    /// they free, so that the next conversion finds it.
+    /// Never: commands that load, convert and write (model, export) hand back what they
+    /// free, so that the next conversion finds it.
     HandBack,
 }
 
