@@ -294,13 +294,19 @@ impl Scanner {
                 ),
             });
         }
+        // The whole prompt, most of it, one whole line of it, or its first lines (the
+        // instruction, when an input follows), with at most a couple of words added.
+        let copies = |part: &str| {
+            answer_norm == part
+                || (answer_norm.starts_with(part) && units(&answer_norm[part.len()..]).len() < 3)
+        };
         let echoes = !answer_norm.is_empty()
-            && (answer_norm == prompt_norm
+            && (copies(prompt_norm)
                 || (answer_units >= 5
                     && prompt_norm.contains(answer_norm.as_str())
                     && answer_norm.len() * 10 >= prompt_norm.len() * 8)
-                || (answer_norm.starts_with(prompt_norm.as_str())
-                    && units(&answer_norm[prompt_norm.len()..]).len() < 3));
+                || prompt_parts(&c.messages[p].content)
+                    .any(|part| units(&part).len() >= 3 && copies(&part)));
         if echoes {
             hits.push(Hit {
                 check: Check::RepeatsPrompt,
@@ -311,6 +317,16 @@ impl Scanner {
         }
         hits
     }
+}
+
+/// Each line of a prompt, and each run of its first lines, normalized.
+fn prompt_parts(prompt: &str) -> impl Iterator<Item = String> + '_ {
+    let lines: Vec<&str> = prompt.lines().filter(|l| !l.trim().is_empty()).collect();
+    let heads = (2..lines.len()).map({
+        let lines = lines.clone();
+        move |n| normalize(&lines[..n].join("\n"))
+    });
+    lines.into_iter().map(normalize).chain(heads)
 }
 
 /// A record the format rejected. Empty replies and tool calls that are not JSON are

@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::checks::Facts;
 use super::load::Dataset;
-use super::minhash::{clusters, similarity};
+use super::minhash::{clusters, similarity, MinHasher, Signature};
+use super::text::normalize;
 use super::{Check, Finding, Severity};
+use crate::conversation::Sample;
 
 pub struct Grouped {
     pub findings: Vec<Finding>,
@@ -103,6 +105,7 @@ pub fn find(
             group.push(item);
         }
     }
+    let hasher = MinHasher::default();
     for prompt in prompts {
         let group = &by_prompt[&prompt];
         let answers: BTreeSet<u64> = group
@@ -110,7 +113,10 @@ pub fn find(
             .filter_map(|&i| fact(i).prompt_answer.map(|(_, a)| a))
             .collect();
         if answers.len() > 1 {
-            let n = answers.len();
+            let n = distinct_answers(group, datasets, &hasher, threshold);
+            if n < 2 {
+                continue;
+            }
             out.findings.extend(split(
                 Check::ConflictingAnswer,
                 Severity::Warning,
@@ -122,6 +128,36 @@ pub fn find(
         }
     }
     out
+}
+
+/// How many different answers a group of records with one prompt has, counting answers
+/// that are near-duplicates of each other (a word changed) as one: those records are near
+/// duplicates, not a conflict.
+fn distinct_answers(
+    group: &[Item],
+    datasets: &[Dataset],
+    hasher: &MinHasher,
+    threshold: f64,
+) -> usize {
+    let mut kinds: Vec<(String, Option<Signature>)> = Vec::new();
+    for &(d, r) in group {
+        let Ok(Sample::Chat(c)) = &datasets[d].records[r].sample else {
+            continue;
+        };
+        let Some(answer) = c.messages.last() else {
+            continue;
+        };
+        let text = normalize(&answer.content);
+        let signature = hasher.signature(&text, 3);
+        let same = kinds.iter().any(|(t, s)| {
+            *t == text
+                || matches!((s, &signature), (Some(a), Some(b)) if similarity(a, b) >= threshold)
+        });
+        if !same {
+            kinds.push((text, signature));
+        }
+    }
+    kinds.len()
 }
 
 /// Findings for a duplicate group, and its copies for `--fix`: the first copy without

@@ -60,7 +60,7 @@ pub fn language_mix(c: &Conversation, normalized: &[String]) -> Vec<Hit> {
     };
     let mut hits = Vec::new();
     if let (Some((ps, pshare)), Some((ascript, ashare))) = (p.dominant(), a.dominant()) {
-        let clear = p.total() >= 5 && a.total() >= 5 && pshare >= 0.6 && ashare >= 0.6;
+        let clear = p.total() >= 3 && a.total() >= 5 && pshare >= 0.6 && ashare >= 0.6;
         if clear && ps != ascript && a.share(ps) < 0.1 && !asked_for(ascript) {
             hits.push(Hit {
                 check: Check::LanguageMix,
