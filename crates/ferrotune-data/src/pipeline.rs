@@ -285,8 +285,8 @@ pub fn fill_cache_entry(
 /// Every dataset of the mixture prepared into the cache under `root` without loading
 /// the examples (`ferrotune data prepare`): the reports (lengths from the entries'
 /// offsets), warnings and cache entries, and no samples.
-pub fn prepare_cache(args: &DataArgs, root: &Path) -> Result<Prepared> {
-    let mut prepared = Prepared::empty(args)?;
+/// `prepared` holds the tokenizer and template ([`Prepared::empty`]).
+pub fn prepare_cache(args: &DataArgs, root: &Path, mut prepared: Prepared) -> Result<Prepared> {
     for (index, (spec, _)) in mixture_sources(args)?.iter().enumerate() {
         let (key, hit) = fill_cache_entry(args, spec, index, root, &prepared)?;
         let dir = root.join(&key);

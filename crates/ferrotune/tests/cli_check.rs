@@ -137,3 +137,34 @@ fn bad_arguments_are_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--near-threshold"), "{}", stderr(&o));
 }
+
+#[test]
+fn explain_documents_every_check_that_a_report_can_name() {
+    let o = ferrotune(&["data", "check", "--explain", "--near-threshold", "0.9"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    // Every check name a report can carry, with its severity, rule and --fix line.
+    for (name, severity) in [
+        ("exact_duplicate", "warning"),
+        ("near_duplicate", "warning"),
+        ("conflicting_answer", "warning"),
+        ("empty_response", "error"),
+        ("short_response", "warning"),
+        ("repeats_prompt", "warning"),
+        ("placeholder", "error"),
+        ("control_token", "error"),
+        ("broken_tool_call", "error"),
+        ("length_outlier", "warning"),
+        ("language_mix", "warning"),
+        ("blocklist", "error"),
+        ("invalid_record", "error"),
+    ] {
+        assert!(
+            text.contains(&format!("\n{name} ({severity})\n")),
+            "{name}: {text}"
+        );
+    }
+    assert_eq!(text.matches("  rule:  ").count(), 13);
+    assert_eq!(text.matches("  fix:   ").count(), 13);
+    assert!(text.contains(">= 0.9 (--near-threshold)"), "{text}");
+}

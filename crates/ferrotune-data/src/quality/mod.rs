@@ -17,9 +17,11 @@
 //! | [`language`] | answers in another script than their prompt, mixed scripts |
 //! | [`diversity`] | distinct-n, first words, frequent n-grams |
 //! | [`fix`] | the cleaned copy and the log of what was dropped |
+//! | [`explain`] | what every check finds and how (`--explain`) |
 
 pub mod checks;
 pub mod diversity;
+pub mod explain;
 pub mod fix;
 pub mod groups;
 pub mod language;

@@ -39,6 +39,26 @@ pub struct CheckArgs {
     /// Examples shown per check in the summary.
     #[arg(long, value_name = "N", default_value_t = 2)]
     examples: usize,
+    /// Print what every check looks for, its rule (with the thresholds these flags set),
+    /// its severity and what --fix does with it, and exit (no dataset needed).
+    #[arg(long)]
+    explain: bool,
+}
+
+fn print_explanations(options: &CheckOptions) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ferrotune data check: {} checks. Errors are dropped by --fix; warnings are worth a look; info is for the record.\n",
+        Check::ALL.len()
+    )?;
+    for e in quality::explain::explain(options) {
+        writeln!(out, "{} ({})", e.check.name(), e.severity)?;
+        writeln!(out, "  finds: {}", e.finds)?;
+        writeln!(out, "  rule:  {}", e.rule)?;
+        writeln!(out, "  fix:   {}\n", e.fix)?;
+    }
+    Ok(())
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
@@ -48,12 +68,15 @@ pub fn run(args: CheckArgs) -> Result<()> {
             args.near_threshold
         );
     }
-    let data = data_args(&args.data)?;
     let mut options = CheckOptions {
         near_threshold: args.near_threshold,
         min_response_units: args.min_response_words,
         ..CheckOptions::default()
     };
+    if args.explain {
+        return print_explanations(&options);
+    }
+    let data = data_args(&args.data)?;
     if let Some(path) = &args.blocklist {
         options.blocklist = quality::read_blocklist(path)?;
     }
