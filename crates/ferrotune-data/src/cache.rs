@@ -231,6 +231,31 @@ impl MappedEntry {
         }
     }
 
+    /// Example `i`'s file (an index into [`MappedEntry::files`]) and record number in it.
+    pub fn record_position(&self, i: usize) -> (usize, usize) {
+        (
+            u64_at(&self.records, 4 * i) as usize,
+            u64_at(&self.records, 4 * i + 1) as usize,
+        )
+    }
+
+    /// The data files the examples came from, in the order they first gave one.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub fn truncated(&self, i: usize) -> bool {
+        u64_at(&self.records, 4 * i + 3) != 0
+    }
+
+    /// Example `i`'s supervised tokens.
+    pub fn supervised_tokens(&self, i: usize) -> usize {
+        let (start, end) = self.span(i);
+        (start..end)
+            .filter(|&t| i64::from(u32_at(&self.labels, t) as i32) != crate::IGNORE_INDEX)
+            .count()
+    }
+
     /// Where example `i` came from.
     pub fn record(&self, i: usize) -> RecordRef {
         let file = u64_at(&self.records, 4 * i) as usize;

@@ -137,7 +137,7 @@ pub fn process(
                     continue;
                 }
                 Outcome::Invalid(e) => {
-                    report.records += 1;
+                    report.count_record(&at.file);
                     report.invalid += 1;
                     report.note(e.to_string());
                     continue;
@@ -148,7 +148,7 @@ pub fn process(
                     encoded,
                 } => (unreplaced, warning, encoded),
             };
-            report.records += 1;
+            report.count_record(&at.file);
             for key in unreplaced {
                 let count = report.unreplaced.entry(key.clone()).or_default();
                 *count += 1;

@@ -39,6 +39,7 @@ pub mod records;
 pub mod registry;
 pub mod rng;
 pub mod samples;
+mod sampling;
 pub mod source;
 pub mod stats;
 pub mod stream;

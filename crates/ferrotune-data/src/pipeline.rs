@@ -14,6 +14,7 @@ use crate::mix::{self, MixStrategy, Share};
 use crate::records::{self, Coverage};
 use crate::registry::{self, DatasetSpec};
 use crate::samples::{Part, Samples};
+use crate::sampling;
 use crate::source;
 use crate::stream::{Position, RecordStream};
 use crate::template::ChatTemplate;
@@ -58,6 +59,10 @@ pub struct DatasetReport {
     pub unreplaced: BTreeMap<String, usize>,
     /// The first few problems, for the user to look at.
     pub examples: Vec<String>,
+    /// Records read from each data file, in reading order (what `num_samples` picks
+    /// from; an entry written before this was kept has none).
+    #[serde(default)]
+    pub records_per_file: Vec<(PathBuf, usize)>,
 }
 
 impl DatasetReport {
@@ -69,6 +74,15 @@ impl DatasetReport {
 
     pub fn tokens(&self) -> usize {
         self.lengths.iter().sum()
+    }
+
+    /// Counts a record read from `file`.
+    pub(crate) fn count_record(&mut self, file: &Path) {
+        self.records += 1;
+        match self.records_per_file.last_mut() {
+            Some((last, n)) if last == file => *n += 1,
+            _ => self.records_per_file.push((file.to_path_buf(), 1)),
+        }
     }
 }
 
@@ -145,37 +159,48 @@ pub fn prepare(args: &DataArgs, limit: Option<usize>) -> Result<Prepared> {
     let mut prepared = Prepared::empty(args)?;
     let sources = mixture_sources(args)?;
     let mut per_dataset = Vec::with_capacity(sources.len());
+    let mut picked = Vec::with_capacity(sources.len());
     for (index, (spec, _)) in sources.iter().enumerate() {
-        let (report, samples) = match (&args.data_cache_dir, limit) {
+        let (report, samples, picks) = match (&args.data_cache_dir, limit) {
             (Some(root), None) => cached_dataset(args, spec, index, root, &mut prepared)?,
             _ => {
                 let (report, samples, warnings) =
                     prepare_dataset(args, spec, index, limit, &prepared)?;
                 add_warnings(&mut prepared.warnings, warnings);
-                (report, Part::Memory(samples))
+                (report, Part::Memory(samples), None)
             }
         };
         prepared.reports.push(report);
         per_dataset.push(samples);
+        picked.push(picks);
     }
     let shares: Vec<Share> = sources.iter().map(|(_, share)| *share).collect();
-    prepared.samples = mix_samples(args, &shares, per_dataset, &mut prepared.reports)?;
+    prepared.samples = mix_samples(args, &shares, per_dataset, picked, &mut prepared.reports)?;
     if let Some(limit) = limit {
         prepared.samples.truncate(limit);
     }
     Ok(prepared)
 }
 
+/// Whether a dataset's `num_samples` is drawn from the whole dataset's cache entry (see
+/// [`crate::sampling`]) rather than by reading its records whole: not with
+/// `skip_invalid` (skipped lines would shift the record numbers) or `max_samples` (which
+/// cuts the picks, not the records).
+fn sampled_from_index(args: &DataArgs, spec: &DatasetSpec) -> bool {
+    spec.num_samples.is_some() && !args.skip_invalid && args.max_samples.is_none()
+}
+
 /// One dataset through the tokenized cache: loaded when an entry for exactly these inputs
 /// exists, else prepared into a new one (streamed chunk by chunk, resuming an interrupted
-/// preparation) and loaded from it.
+/// preparation) and loaded from it. With `num_samples`, also the examples the picks
+/// select (`None`: all of them).
 fn cached_dataset(
     args: &DataArgs,
     spec: &DatasetSpec,
     index: usize,
     root: &Path,
     prepared: &mut Prepared,
-) -> Result<(DatasetReport, Part)> {
+) -> Result<(DatasetReport, Part, Option<Vec<u32>>)> {
     let (key, mut hit) = fill_cache_entry(args, spec, index, root, prepared)?;
     let dir = root.join(&key);
     let entry = match cache::load(root, &key) {
@@ -194,11 +219,26 @@ fn cached_dataset(
         dir,
         hit,
     });
+    if let (true, Some(n)) = (sampled_from_index(args, spec), spec.num_samples) {
+        if let Some((picks, report)) =
+            sampling::pick_examples(&entry.examples, &entry.report, n, args.seed)
+        {
+            let part = Part::Mapped {
+                dataset: index,
+                entry: entry.examples,
+            };
+            return Ok((report, part, Some(picks)));
+        }
+        // An entry written before records were counted per file: read the records.
+        let (report, samples, warnings) = prepare_dataset(args, spec, index, None, prepared)?;
+        add_warnings(&mut prepared.warnings, warnings);
+        return Ok((report, Part::Memory(samples), None));
+    }
     let part = Part::Mapped {
         dataset: index,
         entry: entry.examples,
     };
-    Ok((entry.report, part))
+    Ok((entry.report, part, None))
 }
 
 /// The datasets a live preparation (`streaming: true`) takes one after the other, or an
@@ -233,6 +273,13 @@ pub fn fill_cache_entry(
     root: &Path,
     prepared: &Prepared,
 ) -> Result<(String, bool)> {
+    if sampled_from_index(args, spec) {
+        let whole = DatasetSpec {
+            num_samples: None,
+            ..spec.clone()
+        };
+        return fill_cache_entry(args, &whole, index, root, prepared);
+    }
     let key = cache::key(args, spec, &prepared.tokenizer, prepared.template.as_ref())?;
     if root.join(&key).join("meta.json").is_file() {
         return Ok((key, true));
@@ -397,26 +444,33 @@ fn mix_samples(
     args: &DataArgs,
     shares: &[Share],
     parts: Vec<Part>,
+    picked: Vec<Option<Vec<u32>>>,
     reports: &mut [DatasetReport],
 ) -> Result<Samples> {
-    let fixed: usize = parts
+    // The examples of each dataset `num_samples` already chose (all when not sampled).
+    let chosen: Vec<Vec<u32>> = parts
+        .iter()
+        .zip(picked)
+        .map(|(part, picks)| picks.unwrap_or_else(|| (0..part.len() as u32).collect()))
+        .collect();
+    let fixed: usize = chosen
         .iter()
         .zip(shares)
         .filter(|(_, s)| !matches!(s, Share::Fraction(_)))
-        .map(|(p, _)| p.len())
+        .map(|(c, _)| c.len())
         .sum();
     let counts = mix::fraction_counts(shares, fixed)?;
     // Each dataset's examples as the mixture takes them: all, or a share's picks.
-    let per_dataset: Vec<Vec<u32>> = parts
-        .iter()
+    let per_dataset: Vec<Vec<u32>> = chosen
+        .into_iter()
         .zip(shares)
         .enumerate()
-        .map(|(i, (part, share))| match share {
-            Share::Fraction(_) => mix::pick(part.len(), counts[i], args.seed ^ i as u64)
+        .map(|(i, (chosen, share))| match share {
+            Share::Fraction(_) => mix::pick(chosen.len(), counts[i], args.seed ^ i as u64)
                 .into_iter()
-                .map(|k| k as u32)
+                .map(|k| chosen[k])
                 .collect(),
-            _ => (0..part.len() as u32).collect(),
+            _ => chosen,
         })
         .collect();
     let probs = args

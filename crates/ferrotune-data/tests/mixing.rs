@@ -78,3 +78,43 @@ fn shares_interleaving_and_replay() {
     };
     assert_eq!(ids(&p), ids(&again));
 }
+
+/// `name:N` through the cache is drawn from the whole dataset's entry (its index), and
+/// gives the examples, in order, that reading the records whole and picking gives, both
+/// below and above the dataset's size, alone and with a share of another dataset.
+#[test]
+fn sample_counts_from_the_cache_index_equal_reading_the_records() {
+    let tmp = TempDir::new("index-sampling");
+    for datasets in [
+        vec!["identity_demo:7"],
+        vec!["identity_demo:250"],
+        vec!["tool_demo:5", "identity_demo:30%"],
+    ] {
+        let read = args(&datasets);
+        let mut cached = args(&datasets);
+        cached.data_cache_dir = Some(tmp.path().join("cache"));
+        let (a, b) = (
+            prepare(&read, None).unwrap(),
+            prepare(&cached, None).unwrap(),
+        );
+        let ids = |p: &ferrotune_data::pipeline::Prepared| -> Vec<(Vec<u32>, Vec<i64>)> {
+            p.samples
+                .iter()
+                .map(|s| (s.encoded.input_ids, s.encoded.labels))
+                .collect()
+        };
+        assert_eq!(ids(&a), ids(&b), "{datasets:?}");
+        assert!(!ids(&a).is_empty());
+        let counts = |p: &ferrotune_data::pipeline::Prepared| -> Vec<(usize, usize, usize)> {
+            p.reports
+                .iter()
+                .map(|r| (r.records, r.samples, r.used))
+                .collect()
+        };
+        assert_eq!(counts(&a), counts(&b), "{datasets:?}");
+    }
+    // The entry is the whole dataset's: the unsampled run reuses it.
+    let mut whole = args(&["identity_demo"]);
+    whole.data_cache_dir = Some(tmp.path().join("cache"));
+    assert!(prepare(&whole, None).unwrap().cache.iter().all(|c| c.hit));
+}
