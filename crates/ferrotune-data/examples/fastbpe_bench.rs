@@ -63,7 +63,7 @@ fn main() {
         let started = Instant::now();
         let mut tokens = 0;
         for text in &texts {
-            let e = bundle.tokenizer.encode(text.as_str(), false).unwrap();
+            let e = bundle.hf().unwrap().encode(text.as_str(), false).unwrap();
             tokens += e.len();
         }
         report("tokenizers crate", pass, tokens, started);
@@ -78,7 +78,7 @@ fn main() {
         report("fastbpe", pass, tokens, started);
     }
     for text in &texts {
-        let e = bundle.tokenizer.encode(text.as_str(), false).unwrap();
+        let e = bundle.hf().unwrap().encode(text.as_str(), false).unwrap();
         assert_eq!(fast.encode(text).unwrap().0, e.get_ids());
     }
     println!("ids identical on all texts");

@@ -73,6 +73,65 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
     move |e| DataError::file(path, format!("cannot write: {e}"))
 }
 
+/// An interrupted preparation of another entry untouched for this long is removed: its
+/// inputs have changed since (else its run would have resumed it), and a large dataset's
+/// partial entry holds gigabytes.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Removes the partial folders (and lock files) under `root` of entries other than `key`
+/// that no process is preparing (their lock is free) and that have not changed for
+/// `older_than`, saying so on standard error.
+pub fn remove_stale_partials(root: &Path, key: &str, older_than: std::time::Duration) {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return;
+    };
+    for item in dir.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some(other) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".partial"))
+        else {
+            continue;
+        };
+        if other == key {
+            continue;
+        }
+        let path = item.path();
+        let changed = std::fs::metadata(path.join(PROGRESS))
+            .or_else(|_| item.metadata())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if changed.is_none_or(|age| age < older_than) {
+            continue;
+        }
+        let lock_path = root.join(format!(".{other}.lock"));
+        let Ok(lock) = File::create(&lock_path) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        let bytes: u64 = std::fs::read_dir(&path)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if std::fs::remove_dir_all(&path).is_ok() {
+            let days = changed.map_or(0, |d| d.as_secs() / 86_400);
+            eprintln!(
+                "data: removed an interrupted preparation of another cache entry, untouched for {days} days ({}, {:.1} MB)",
+                path.display(),
+                bytes as f64 / 1e6
+            );
+        }
+        let _ = std::fs::remove_file(&lock_path);
+    }
+}
+
 /// The partial folder of `key` under `root`.
 pub fn partial_dir(root: &Path, key: &str) -> PathBuf {
     root.join(format!(".{key}.partial"))
@@ -119,6 +178,7 @@ impl EntryBuilder {
         if root.join(key).join("meta.json").is_file() {
             return Ok(None);
         }
+        remove_stale_partials(root, key, STALE_AFTER);
         let partial = partial_dir(root, key);
         let progress = match read_progress(&partial) {
             Some(p) => p,

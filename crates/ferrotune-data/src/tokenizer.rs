@@ -7,17 +7,19 @@
 //! otherwise. `FERROTUNE_HF_TOKENIZER=1` at load forces the tokenizers crate.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::error::{DataError, Result};
-use crate::fastbpe::{FastBpe, FastBpeModel, IdsAndOffsets};
+use crate::fastbpe::{FastBpe, IdsAndOffsets};
 use crate::template::SpecialTokens;
 
 pub struct TokenizerBundle {
     pub dir: PathBuf,
-    pub tokenizer: Tokenizer,
+    /// The tokenizers crate's tokenizer (see [`TokenizerBundle::hf`]).
+    hf: HfTokenizer,
     pub specials: SpecialTokens,
     /// The folder's own chat template, if it has one.
     pub chat_template: Option<String>,
@@ -62,17 +64,29 @@ impl TokenizerBundle {
         }
         let force_hf =
             std::env::var("FERROTUNE_HF_TOKENIZER").is_ok_and(|v| !v.is_empty() && v != "0");
-        // The fast encoder reads the same file while the tokenizers crate loads it.
-        let (tokenizer, fast) = rayon::join(
-            || Tokenizer::from_file(&tokenizer_json),
-            || {
-                let json = std::fs::read_to_string(&tokenizer_json).ok()?;
-                (!force_hf).then(|| FastBpeModel::from_json(&json).ok())?
-            },
-        );
-        let tokenizer = tokenizer
-            .map_err(|e| DataError::file(&tokenizer_json, format!("cannot load tokenizer: {e}")))?;
-        let fast = fast.and_then(|model| model.with_added_tokens(&tokenizer).ok());
+        let fast = if force_hf {
+            None
+        } else {
+            std::fs::read_to_string(&tokenizer_json)
+                .ok()
+                .and_then(|json| FastBpe::from_json(&json).ok())
+        };
+        let hf = HfTokenizer {
+            path: tokenizer_json.clone(),
+            loaded: OnceLock::new(),
+        };
+        // Without the fast encoder the tokenizers crate encodes: load it now, so that a
+        // file it cannot read is reported here.
+        let special_tokens: Vec<String> = match &fast {
+            Some(fast) => fast.special_tokens().to_vec(),
+            None => hf
+                .get()?
+                .get_added_tokens_decoder()
+                .values()
+                .filter(|t| t.special)
+                .map(|t| t.content.clone())
+                .collect(),
+        };
         let config = read_json_object(&dir.join("tokenizer_config.json"))?;
         let special_map = read_json_object(&dir.join("special_tokens_map.json"))?;
         let token = |key: &str| {
@@ -81,12 +95,7 @@ impl TokenizerBundle {
                 .and_then(token_content)
                 .or_else(|| special_map.get(key).and_then(token_content))
         };
-        let mut all: Vec<String> = tokenizer
-            .get_added_tokens_decoder()
-            .values()
-            .filter(|t| t.special)
-            .map(|t| t.content.clone())
-            .collect();
+        let mut all = special_tokens;
         let specials_named = [
             token("bos_token"),
             token("eos_token"),
@@ -103,7 +112,7 @@ impl TokenizerBundle {
         let chat_template = read_chat_template(dir, &config)?;
         Ok(TokenizerBundle {
             dir: dir.to_path_buf(),
-            tokenizer,
+            hf,
             specials: SpecialTokens {
                 bos,
                 eos,
@@ -127,7 +136,8 @@ impl TokenizerBundle {
             return Ok(done);
         }
         let encoding = self
-            .tokenizer
+            .hf()
+            .map_err(|e| e.to_string())?
             .encode(text, false)
             .map_err(|e| e.to_string())?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
@@ -138,8 +148,25 @@ impl TokenizerBundle {
         self.fast.as_ref()
     }
 
+    /// The tokenizers crate's tokenizer of the folder, for decoding and vocabulary
+    /// queries. With the fast encoder it is loaded on first use: preparing data never
+    /// needs it, and loading it costs as much as the fast encoder's own load.
+    pub fn hf(&self) -> Result<&Tokenizer> {
+        self.hf.get()
+    }
+
+    /// Whether the tokenizers crate's tokenizer has been loaded (it is not, with the fast
+    /// encoder, until something decodes or asks the vocabulary).
+    pub fn hf_is_loaded(&self) -> bool {
+        self.hf.loaded.get().is_some()
+    }
+
+    /// The id of a token (an added token's content, or a vocabulary entry).
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.tokenizer.token_to_id(token)
+        if let Some(id) = self.fast.as_ref().and_then(|f| f.added_token_id(token)) {
+            return Some(id);
+        }
+        self.hf().ok()?.token_to_id(token)
     }
 
     /// The pad token: the tokenizer's own, else EOS (padding is read from the attention
@@ -166,7 +193,11 @@ impl TokenizerBundle {
                 };
             }
         }
-        let token = self.tokenizer.id_to_token(0).unwrap_or_default();
+        let token = self
+            .hf()
+            .ok()
+            .and_then(|t| t.id_to_token(0))
+            .unwrap_or_default();
         PadToken {
             id: 0,
             token: token.clone(),
@@ -194,6 +225,21 @@ impl TokenizerBundle {
         } else {
             None
         }
+    }
+}
+
+/// `tokenizer.json` through the tokenizers crate, loaded once, when first asked for.
+struct HfTokenizer {
+    path: PathBuf,
+    loaded: OnceLock<std::result::Result<Tokenizer, String>>,
+}
+
+impl HfTokenizer {
+    fn get(&self) -> Result<&Tokenizer> {
+        self.loaded
+            .get_or_init(|| Tokenizer::from_file(&self.path).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| DataError::file(&self.path, format!("cannot load tokenizer: {e}")))
     }
 }
 

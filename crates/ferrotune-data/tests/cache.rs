@@ -89,3 +89,31 @@ fn unchanged_inputs_hit_and_a_one_byte_change_misses() {
     assert_eq!(fingerprint(&fourth), third);
     assert!(prepare(&a, None).unwrap().cache[1].hit);
 }
+
+/// Interrupted preparations of other entries are removed once they are stale and no
+/// process holds their lock; the entry being prepared and locked ones are kept.
+#[test]
+fn stale_partial_entries_are_removed() {
+    use ferrotune_data::cache_build::{remove_stale_partials, STALE_AFTER};
+    use std::time::Duration;
+    let tmp = TempDir::new("stale-partials");
+    let root = tmp.path();
+    for key in ["mine", "old", "busy"] {
+        let dir = root.join(format!(".{key}.partial"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("progress.json"), "{}").unwrap();
+        std::fs::write(dir.join("ids.u32"), [0u8; 64]).unwrap();
+    }
+    let busy = std::fs::File::create(root.join(".busy.lock")).unwrap();
+    busy.lock().unwrap();
+    // Fresh: nothing goes.
+    remove_stale_partials(root, "mine", STALE_AFTER);
+    for key in ["mine", "old", "busy"] {
+        assert!(root.join(format!(".{key}.partial")).is_dir(), "{key}");
+    }
+    remove_stale_partials(root, "mine", Duration::ZERO);
+    assert!(root.join(".mine.partial").is_dir());
+    assert!(root.join(".busy.partial").is_dir());
+    assert!(!root.join(".old.partial").exists());
+    assert!(!root.join(".old.lock").exists());
+}

@@ -102,7 +102,8 @@ fn check_rendering_and_tokens(name: &str) {
             "{name} case {i}: generation prompt"
         );
         let encoding = tokenizer
-            .tokenizer
+            .hf()
+            .unwrap()
             .encode(case.text.as_str(), false)
             .unwrap();
         assert_eq!(
@@ -112,7 +113,11 @@ fn check_rendering_and_tokens(name: &str) {
         );
     }
     for (i, (text, expected)) in plain.iter().enumerate() {
-        let encoding = tokenizer.tokenizer.encode(text.as_str(), false).unwrap();
+        let encoding = tokenizer
+            .hf()
+            .unwrap()
+            .encode(text.as_str(), false)
+            .unwrap();
         assert_eq!(
             encoding.get_ids(),
             expected.as_slice(),
@@ -194,7 +199,8 @@ fn check_supervision(name: &str) {
             .filter(|(supervised, _)| *supervised)
             .map(|(_, range)| {
                 tokenizer
-                    .tokenizer
+                    .hf()
+                    .unwrap()
                     .decode(&encoded.input_ids[range], false)
                     .unwrap()
             })

@@ -37,7 +37,7 @@ fn supervised_texts(tok: &TokenizerBundle, e: &Encoded) -> Vec<String> {
     e.runs()
         .into_iter()
         .filter(|(s, _)| *s)
-        .map(|(_, r)| tok.tokenizer.decode(&e.input_ids[r], false).unwrap())
+        .map(|(_, r)| tok.hf().unwrap().decode(&e.input_ids[r], false).unwrap())
         .collect()
 }
 
@@ -68,7 +68,8 @@ fn replies_are_trained_with_their_end_of_turn_prompts_are_not() {
     let text = t.render(&c.messages, &[], false).unwrap();
     assert_eq!(
         e.input_ids,
-        tok.tokenizer
+        tok.hf()
+            .unwrap()
             .encode(text.as_str(), false)
             .unwrap()
             .get_ids()
@@ -172,7 +173,7 @@ fn truncation_keeps_the_header_and_the_end_of_turn() {
     );
     assert!(texts[1].len() < long_answer.len());
     // The prompt before the truncated reply still ends with the assistant header.
-    let text = tok.tokenizer.decode(&e.input_ids, false).unwrap();
+    let text = tok.hf().unwrap().decode(&e.input_ids, false).unwrap();
     let reply_start = text.rfind(&texts[1]).unwrap();
     assert!(
         text[..reply_start].ends_with("<|im_start|>assistant\n"),

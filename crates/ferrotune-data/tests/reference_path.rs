@@ -77,6 +77,11 @@ fn fast_and_reference_paths_give_the_same_examples() {
                     compared += 1;
                 }
             }
+            // The fast path never needed the tokenizers crate: preparing data loads one
+            // tokenizer, not two.
+            assert!(!tokenizer.hf_is_loaded());
+            assert!(tokenizer.pad_token().id > 0);
+            assert!(!tokenizer.hf_is_loaded());
         }
     }
     assert_eq!(compared, 2 * (999 + 1000 + 91 + 300));

@@ -54,7 +54,8 @@ fn check_all_records_become_examples(p: &Prepared, records: usize, what: &str) {
         let (_, last_run) = e.runs().into_iter().rfind(|(sup, _)| *sup).unwrap();
         let text = p
             .tokenizer
-            .tokenizer
+            .hf()
+            .unwrap()
             .decode(&e.input_ids[last_run], false)
             .unwrap();
         assert!(
@@ -97,7 +98,8 @@ fn alpaca_datasets_with_builtin_templates() {
     .unwrap();
     let text = p
         .tokenizer
-        .tokenizer
+        .hf()
+        .unwrap()
         .decode(&p.samples.get(0).encoded.input_ids, false)
         .unwrap();
     assert!(
@@ -118,7 +120,8 @@ fn identity_placeholders_are_replaced_or_reported() {
         .iter()
         .map(|s| {
             p.tokenizer
-                .tokenizer
+                .hf()
+                .unwrap()
                 .decode(&s.encoded.input_ids, false)
                 .unwrap()
         })

@@ -67,7 +67,7 @@ impl<'a> TextStream<'a> {
 
     fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tok
-            .tokenizer
+            .hf()?
             .decode(ids, self.skip_special)
             .map_err(|e| anyhow!("cannot decode generated ids: {e}"))
     }
@@ -177,7 +177,7 @@ pub fn answer_text(
         ids.pop();
     }
     let mut text = tok
-        .tokenizer
+        .hf()?
         .decode(&ids, true)
         .map_err(|e| anyhow!("cannot decode an answer: {e}"))?;
     if let Some(at) = first_stop(&text, stop_strings) {
@@ -259,7 +259,8 @@ mod tests {
     }
 
     fn ids(tok: &TokenizerBundle, text: &str) -> Vec<u32> {
-        tok.tokenizer
+        tok.hf()
+            .unwrap()
             .encode(text, false)
             .unwrap()
             .get_ids()

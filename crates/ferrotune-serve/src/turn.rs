@@ -54,11 +54,9 @@ pub fn build_prompt(
         .render(messages, tools, true)
         .map_err(PromptError::Template)?;
     let ids = tok
-        .tokenizer
-        .encode(text.as_str(), false)
-        .map_err(|e| PromptError::Tokenizer(e.to_string()))?
-        .get_ids()
-        .to_vec();
+        .encode_with_offsets(&text)
+        .map_err(PromptError::Tokenizer)?
+        .0;
     Ok(Prompt { text, ids })
 }
 

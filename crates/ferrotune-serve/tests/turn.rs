@@ -26,10 +26,10 @@ fn answer(dir: &Path, chat: &ChatModel, messages: &[Message]) -> String {
 fn generated(dir: &Path, chat: &ChatModel, messages: &[Message]) -> String {
     let text = chat.template().render(messages, &[], true).unwrap();
     let tok = chat.tokenizer();
-    let ids = tok.tokenizer.encode(text.as_str(), false).unwrap();
+    let ids = tok.hf().unwrap().encode(text.as_str(), false).unwrap();
     let config = common::greedy(dir, chat, 8);
     let new = generate(chat.model(), ids.get_ids(), &config, |_| Flow::Continue).unwrap();
-    let mut text = tok.tokenizer.decode(&new, false).unwrap();
+    let mut text = tok.hf().unwrap().decode(&new, false).unwrap();
     for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
         text = text.replace(special, "");
     }

@@ -19,6 +19,21 @@ pub(super) struct Read {
     /// ByteLevel post-processors that trim offsets: their `add_prefix_space`.
     pub trims: Vec<bool>,
     pub bpe: Bpe,
+    /// The `added_tokens` list, as the tokenizers crate numbers them.
+    pub added: Vec<AddedTokenEntry>,
+}
+
+/// One entry of `added_tokens`. Every field is required: a file that leaves one out is
+/// read by the tokenizers crate alone.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AddedTokenEntry {
+    pub id: u32,
+    pub content: String,
+    pub single_word: bool,
+    pub lstrip: bool,
+    pub rstrip: bool,
+    pub normalized: bool,
+    pub special: bool,
 }
 
 pub(super) fn read(json: &str) -> Result<Read, String> {
@@ -67,13 +82,43 @@ pub(super) fn read(json: &str) -> Result<Read, String> {
         }
     }
     let vocab: Vec<(&str, u32)> = model.vocab.iter().map(|(t, id)| (&*t.0, *id)).collect();
+    let mut added = file.added_tokens;
+    number_added_tokens(&mut added, &vocab)?;
     let bpe = Bpe::new(&vocab, &merges, model.ignore_merges.unwrap_or(false))?;
     Ok(Read {
         nfc,
         patterns,
         trims,
         bpe,
+        added,
     })
+}
+
+/// Numbers the added tokens as the tokenizers crate does when it loads the file
+/// (`AddedVocabulary::add_tokens`), whatever ids the file lists: a token already in the
+/// vocabulary takes its id there, the others the next ids after the vocabulary, in file
+/// order. Two tokens of one content are left to the tokenizers crate.
+fn number_added_tokens(added: &mut [AddedTokenEntry], vocab: &[(&str, u32)]) -> Result<(), String> {
+    let mut contents = std::collections::HashSet::new();
+    if !added.iter().all(|t| contents.insert(t.content.clone())) {
+        return Err("two added tokens have the same content".into());
+    }
+    let in_vocab: std::collections::HashMap<&str, u32> = vocab
+        .iter()
+        .filter(|(t, _)| contents.contains(*t))
+        .map(|&(t, id)| (t, id))
+        .collect();
+    let mut next = vocab.len() as u32;
+    for t in added.iter_mut().filter(|t| !t.content.is_empty()) {
+        t.id = match in_vocab.get(t.content.as_str()) {
+            Some(&id) => id,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -88,6 +133,8 @@ struct File<'a> {
     pre_tokenizer: Value,
     #[serde(default)]
     post_processor: Value,
+    #[serde(default)]
+    added_tokens: Vec<AddedTokenEntry>,
     #[serde(borrow)]
     model: Model<'a>,
 }

@@ -41,8 +41,6 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokenizers::Tokenizer;
-
 use added::{AddedToken, Matcher};
 use bpe::{Bpe, FxMap, Scratch};
 use pretok::{Fallback, Splitter};
@@ -54,6 +52,10 @@ const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
 /// The fast encoder of one tokenizer. Cheap to share between threads.
 pub struct FastBpe {
+    /// Added token content -> id (the first of equal contents), as the file lists them.
+    added_ids: std::collections::HashMap<String, u32>,
+    /// The contents of the added tokens marked special.
+    specials: Vec<String>,
     /// Distinguishes encoders in the per-thread caches.
     key: usize,
     nfc: bool,
@@ -87,6 +89,7 @@ pub struct FastBpeModel {
     splits: Vec<Splitter>,
     bpe: Bpe,
     trims: Vec<bool>,
+    added: Vec<file::AddedTokenEntry>,
 }
 
 impl FastBpeModel {
@@ -97,6 +100,7 @@ impl FastBpeModel {
             patterns,
             trims,
             bpe,
+            added,
         } = file::read(json)?;
         let splits = patterns
             .iter()
@@ -107,30 +111,34 @@ impl FastBpeModel {
             splits,
             bpe,
             trims,
+            added,
         })
     }
 
-    /// Adds the added tokens as `hf` (the same file loaded by the tokenizers crate)
-    /// numbered them.
-    pub fn with_added_tokens(self, hf: &Tokenizer) -> Result<FastBpe, String> {
+    /// The encoder, with the file's added tokens (split out before anything else, as the
+    /// tokenizers crate does with `encode_special_tokens` off, its default).
+    pub fn build(self) -> Result<FastBpe, String> {
         let FastBpeModel {
             nfc,
             splits,
             bpe,
             trims,
+            mut added,
         } = self;
-        if hf.get_encode_special_tokens() {
-            return Err("encode_special_tokens is set".into());
-        }
         let mut raw = Vec::new();
         let mut normalized = Vec::new();
-        let mut decoder: Vec<_> = hf.get_added_tokens_decoder().into_iter().collect();
-        decoder.sort_by_key(|(id, _)| *id);
-        for (id, t) in decoder {
+        added.sort_by_key(|t| t.id);
+        let added_ids = added.iter().map(|t| (t.content.clone(), t.id)).collect();
+        let specials = added
+            .iter()
+            .filter(|t| t.special)
+            .map(|t| t.content.clone())
+            .collect();
+        for t in added {
             if t.content.is_empty() {
                 continue;
             }
-            let token = AddedToken::new(id, &t.content, t.single_word, t.lstrip, t.rstrip);
+            let token = AddedToken::new(t.id, &t.content, t.single_word, t.lstrip, t.rstrip);
             if t.normalized {
                 if nfc && !unicode_normalization_alignments::is_nfc(&t.content) {
                     return Err("a normalized added token is not NFC".into());
@@ -142,6 +150,8 @@ impl FastBpeModel {
         }
         static KEYS: AtomicUsize = AtomicUsize::new(0);
         Ok(FastBpe {
+            added_ids,
+            specials,
             key: KEYS.fetch_add(1, Ordering::Relaxed),
             nfc,
             raw_tokens: Matcher::new(raw),
@@ -155,22 +165,30 @@ impl FastBpeModel {
 
 impl FastBpe {
     /// Reads `tokenizer.json`; `Err` says why the fast path does not apply.
-    pub fn from_file(path: &Path, hf: &Tokenizer) -> Result<FastBpe, String> {
+    pub fn from_file(path: &Path) -> Result<FastBpe, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-        FastBpe::from_json(&text, hf)
+        FastBpe::from_json(&text)
     }
 
     /// The encoder for a tokenizer.json text, or `None` when it is not a byte-level BPE
     /// tokenizer this encoder reproduces exactly.
-    pub fn new(json: &str, hf: &Tokenizer) -> Option<FastBpe> {
-        FastBpe::from_json(json, hf).ok()
+    pub fn new(json: &str) -> Option<FastBpe> {
+        FastBpe::from_json(json).ok()
     }
 
-    /// The encoder for a tokenizer.json text (`hf` is the same file loaded by the
-    /// tokenizers crate: its added tokens are used as it numbered them); `Err` says why the
-    /// fast path does not apply.
-    pub fn from_json(json: &str, hf: &Tokenizer) -> Result<FastBpe, String> {
-        FastBpeModel::from_json(json)?.with_added_tokens(hf)
+    /// The encoder for a tokenizer.json text; `Err` says why the fast path does not apply.
+    pub fn from_json(json: &str) -> Result<FastBpe, String> {
+        FastBpeModel::from_json(json)?.build()
+    }
+
+    /// The id of an added token, by its content.
+    pub fn added_token_id(&self, content: &str) -> Option<u32> {
+        self.added_ids.get(content).copied()
+    }
+
+    /// The added tokens marked special, in id order.
+    pub fn special_tokens(&self) -> &[String] {
+        &self.specials
     }
 
     /// Ids and byte offsets of `text`, as the tokenizers crate's `encode(text, false)`

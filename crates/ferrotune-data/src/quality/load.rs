@@ -151,9 +151,8 @@ impl Measure<'_> {
                 };
                 let text = rendered.unwrap_or_else(joined);
                 tokenizer
-                    .tokenizer
-                    .encode(text.as_str(), false)
-                    .map(|e| e.len())
+                    .encode_with_offsets(&text)
+                    .map(|(ids, _)| ids.len())
                     .unwrap_or_else(|_| text.chars().count())
             }
         }

@@ -26,7 +26,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "tie_word_embeddings": false, "rope_theta": 10000.0,
         "max_position_embeddings": 512});
-    value["vocab_size"] = json!(tok.tokenizer.get_vocab_size(true));
+    value["vocab_size"] = json!(tok.hf().unwrap().get_vocab_size(true));
     if let Some(bos) = id(&tok.specials.bos) {
         value["bos_token_id"] = json!(bos);
     }

@@ -230,7 +230,7 @@ fn preview(args: PreviewArgs) -> Result<()> {
     let data = data_args(&args.data)?;
     let prepared = pipeline::prepare(&data, Some(args.num))?;
     print_warnings(&prepared);
-    let tokenizer = &prepared.tokenizer.tokenizer;
+    let tokenizer = prepared.tokenizer.hf()?;
     let decode = |ids: &[u32]| {
         tokenizer
             .decode(ids, false)

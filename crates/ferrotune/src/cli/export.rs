@@ -185,11 +185,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
         None => "The quick brown fox jumps over the lazy dog. 你好".to_string(),
     };
     let probe: Vec<u32> = tok
-        .tokenizer
-        .encode(text.as_str(), false)
+        .encode_with_offsets(&text)
         .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-        .get_ids()
-        .to_vec();
+        .0;
     let expected = logits(&model, &probe)?;
     let base_alone = without_adapters(&mut model, |m| logits(m, &probe))?;
     let adapted = model

@@ -306,7 +306,7 @@ fn init(a: InitArgs) -> Result<()> {
     let mut value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: malformed JSON", a.config.display()))?;
     let tok = TokenizerBundle::load(&a.tokenizer)?;
-    let vocab = tok.tokenizer.get_vocab_size(true);
+    let vocab = tok.hf()?.get_vocab_size(true);
     value["vocab_size"] = json!(vocab);
     let id = |t: &Option<String>| t.as_deref().and_then(|t| tok.token_id(t));
     if let Some(bos) = id(&tok.specials.bos) {
@@ -505,11 +505,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("chat template: {e}"))?
     };
     let ids = tok
-        .tokenizer
-        .encode(text.as_str(), false)
+        .encode_with_offsets(&text)
         .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-        .get_ids()
-        .to_vec();
+        .0;
     let config = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
