@@ -82,19 +82,20 @@ fn qwen3(
             }
             Role::System => {}
             Role::Assistant => {
-                let (content, reasoning) = match content.find("</think>") {
-                    Some(_) => {
-                        let after = content.rsplit("</think>").next().unwrap_or("");
-                        let before = content.split("</think>").next().unwrap_or("");
-                        let before = before.trim_end_matches('\n');
-                        let reasoning = before.rsplit("<think>").next().unwrap_or("");
-                        (
-                            after.trim_start_matches('\n'),
-                            reasoning.trim_start_matches('\n'),
-                        )
-                    }
-                    None => (content, ""),
-                };
+                let (content, reasoning) =
+                    match memchr::memmem::find(content.as_bytes(), b"</think>") {
+                        Some(_) => {
+                            let after = content.rsplit("</think>").next().unwrap_or("");
+                            let before = content.split("</think>").next().unwrap_or("");
+                            let before = before.trim_end_matches('\n');
+                            let reasoning = before.rsplit("<think>").next().unwrap_or("");
+                            (
+                                after.trim_start_matches('\n'),
+                                reasoning.trim_start_matches('\n'),
+                            )
+                        }
+                        None => (content, ""),
+                    };
                 if i > last_query && (i == last || !reasoning.is_empty()) {
                     push_all(
                         &mut out,
