@@ -296,7 +296,11 @@ impl ExampleSink for EntryBuilder {
         put(&mut f.offsets, &p.tokens.to_le_bytes())?;
         p.tokens += e.len() as u64;
         p.examples += 1;
-        let file = match p.files.iter().position(|f| *f == s.at.file) {
+        let file = match p
+            .files
+            .iter()
+            .position(|f| f.as_os_str() == s.at.file.as_os_str())
+        {
             Some(k) => k,
             None => {
                 p.files.push(s.at.file.clone());

@@ -99,7 +99,7 @@ pub fn process(
     spec: &DatasetSpec,
     index: usize,
     encoder: &Encoder,
-    source: &mut dyn RecordSource,
+    source: &mut (dyn RecordSource + Send),
     sink: &mut dyn ExampleSink,
     limits: Limits,
     report: &mut DatasetReport,
@@ -110,18 +110,32 @@ pub fn process(
     } else {
         CHUNK_RECORDS
     };
+    // The next chunk is read while this one is processed; its position is taken with it,
+    // so that a chunk's progress record says where that chunk ended.
+    let read = |source: &mut (dyn RecordSource + Send)| {
+        let records = source.next_chunk(chunk);
+        (records, source.position().cloned())
+    };
+    let (mut next, mut next_at) = read(source);
     loop {
-        let records = source.next_chunk(chunk)?;
+        let records = next?;
+        let chunk_end = next_at;
         if records.is_empty() {
             return Ok(());
         }
-        let outcomes: Vec<(crate::error::RecordRef, Result<Outcome>)> = records
-            .into_par_iter()
-            .map(|pending| {
-                let at = pending.at.clone();
-                (at, process_record(args, spec, encoder, pending))
-            })
-            .collect();
+        let (outcomes, ahead) = rayon::join(
+            || -> Vec<(crate::error::RecordRef, Result<Outcome>)> {
+                records
+                    .into_par_iter()
+                    .map(|pending| {
+                        let at = pending.at.clone();
+                        (at, process_record(args, spec, encoder, pending))
+                    })
+                    .collect()
+            },
+            || read(source),
+        );
+        (next, next_at) = ahead;
         for (at, outcome) in outcomes {
             let full = |report: &DatasetReport| {
                 limits.records.is_some_and(|max| report.records >= max)
@@ -185,7 +199,7 @@ pub fn process(
                 }
             }
         }
-        sink.chunk_done(report, warnings, source.position())?;
+        sink.chunk_done(report, warnings, chunk_end.as_ref())?;
     }
 }
 

@@ -80,7 +80,7 @@ impl DatasetReport {
     pub(crate) fn count_record(&mut self, file: &Path) {
         self.records += 1;
         match self.records_per_file.last_mut() {
-            Some((last, n)) if last == file => *n += 1,
+            Some((last, n)) if last.as_os_str() == file.as_os_str() => *n += 1,
             _ => self.records_per_file.push((file.to_path_buf(), 1)),
         }
     }
