@@ -7,9 +7,11 @@
 //! is a different key, so an entry is never stale; it is only ever unused.
 //!
 //! An entry is a folder published atomically (written as `.KEY.partial`, then renamed;
-//! [`crate::cache_build`] writes it chunk by chunk and resumes it): `ids.u32`,
-//! `labels.i32` and (when some token is weighted) `weights.f32` hold every example's
-//! tokens end to end as little-endian numbers, `offsets.u64` where each example starts
+//! [`crate::cache_build`] writes it chunk by chunk and resumes it): `ids.u32` and (when
+//! some token is weighted) `weights.f32` hold every example's tokens end to end as
+//! little-endian numbers, `trained.u8` a byte per token, 1 where the token is a target (a
+//! label is always its token's id or -100, so the labels need no file of their own: it
+//! would double the entry and the writing), `offsets.u64` where each example starts
 //! (and the total at the end), `records.u64` the (file, record, line, truncated) of each
 //! example, and `meta.json` the dataset's report and warnings. The token files are
 //! memory-mapped on load.
@@ -31,7 +33,7 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
 /// Bumped whenever the encoding or the entry layout changes.
-const FORMAT: &str = "ferrotune-data-cache-2";
+const FORMAT: &str = "ferrotune-data-cache-3";
 
 /// Where caches go unless the config's `data_cache_dir` says otherwise:
 /// `$FERROTUNE_CACHE_DIR`, else `$XDG_CACHE_HOME/ferrotune/data`, else
@@ -181,7 +183,7 @@ pub struct Entry {
 /// An entry's token files, memory-mapped: an example is read when asked for.
 pub struct MappedEntry {
     ids: memmap2::Mmap,
-    labels: memmap2::Mmap,
+    trained: memmap2::Mmap,
     weights: Option<memmap2::Mmap>,
     offsets: memmap2::Mmap,
     records: memmap2::Mmap,
@@ -221,7 +223,13 @@ impl MappedEntry {
         Encoded {
             input_ids: (start..end).map(|t| u32_at(&self.ids, t)).collect(),
             labels: (start..end)
-                .map(|t| i64::from(u32_at(&self.labels, t) as i32))
+                .map(|t| {
+                    if self.trained[t] != 0 {
+                        i64::from(u32_at(&self.ids, t))
+                    } else {
+                        crate::IGNORE_INDEX
+                    }
+                })
                 .collect(),
             weights: self
                 .weights
@@ -251,9 +259,7 @@ impl MappedEntry {
     /// Example `i`'s supervised tokens.
     pub fn supervised_tokens(&self, i: usize) -> usize {
         let (start, end) = self.span(i);
-        (start..end)
-            .filter(|&t| i64::from(u32_at(&self.labels, t) as i32) != crate::IGNORE_INDEX)
-            .count()
+        (start..end).filter(|&t| self.trained[t] != 0).count()
     }
 
     /// Where example `i` came from.
@@ -302,7 +308,7 @@ pub fn load_report(dir: &Path) -> Result<(DatasetReport, Vec<String>)> {
 pub(crate) fn load_entry(dir: &Path) -> Result<Entry> {
     let meta = read_meta(dir)?;
     let ids = map(&dir.join("ids.u32"))?;
-    let labels = map(&dir.join("labels.i32"))?;
+    let trained = map(&dir.join("trained.u8"))?;
     let offsets = map(&dir.join("offsets.u64"))?;
     let records = map(&dir.join("records.u64"))?;
     let weights = if meta.weighted {
@@ -319,7 +325,7 @@ pub(crate) fn load_entry(dir: &Path) -> Result<Entry> {
     if offsets.len() != 8 * (n + 1)
         || records.len() != 32 * n
         || ids.len() != 4 * tokens
-        || labels.len() != 4 * tokens
+        || trained.len() != tokens
         || weights.as_ref().is_some_and(|w| w.len() != 4 * tokens)
     {
         return Err(DataError::file(
@@ -339,7 +345,7 @@ pub(crate) fn load_entry(dir: &Path) -> Result<Entry> {
         warnings: meta.warnings,
         examples: MappedEntry {
             ids,
-            labels,
+            trained,
             weights,
             offsets,
             records,

@@ -50,7 +50,7 @@ struct ProgressRecord<'a> {
 /// The token files of an entry, appended to.
 struct Files {
     ids: BufWriter<File>,
-    labels: BufWriter<File>,
+    trained: BufWriter<File>,
     weights: Option<BufWriter<File>>,
     offsets: BufWriter<File>,
     records: BufWriter<File>,
@@ -190,7 +190,7 @@ impl EntryBuilder {
         };
         let files = Files {
             ids: append(&partial.join("ids.u32"), 4 * progress.tokens)?,
-            labels: append(&partial.join("labels.i32"), 4 * progress.tokens)?,
+            trained: append(&partial.join("trained.u8"), progress.tokens)?,
             weights: if progress.weighted {
                 Some(append(&partial.join("weights.f32"), 4 * progress.tokens)?)
             } else {
@@ -266,7 +266,7 @@ impl EntryBuilder {
     fn flush(&mut self) -> Result<()> {
         let partial = &self.partial;
         let f = &mut self.files;
-        for w in [&mut f.ids, &mut f.labels, &mut f.offsets, &mut f.records]
+        for w in [&mut f.ids, &mut f.trained, &mut f.offsets, &mut f.records]
             .into_iter()
             .chain(f.weights.as_mut())
         {
@@ -320,8 +320,19 @@ impl ExampleSink for EntryBuilder {
         bytes.extend(e.input_ids.iter().flat_map(|id| id.to_le_bytes()));
         put(&mut f.ids, &bytes)?;
         bytes.clear();
-        bytes.extend(e.labels.iter().flat_map(|&l| (l as i32).to_le_bytes()));
-        put(&mut f.labels, &bytes)?;
+        for (&id, &label) in e.input_ids.iter().zip(&e.labels) {
+            match label {
+                crate::IGNORE_INDEX => bytes.push(0),
+                l if l == i64::from(id) => bytes.push(1),
+                l => {
+                    return Err(DataError::file(
+                        &partial,
+                        format!("{}: label {l} is neither its token's id ({id}) nor -100, which the cache cannot hold", s.at),
+                    ))
+                }
+            }
+        }
+        put(&mut f.trained, &bytes)?;
         if let Some(w) = f.weights.as_mut() {
             bytes.clear();
             for k in 0..e.len() {

@@ -40,7 +40,7 @@ pub struct LiveData {
 struct Opened {
     dir: PathBuf,
     ids: File,
-    labels: File,
+    trained: File,
     weights: Option<File>,
     offsets: File,
     /// The complete examples and their tokens (all of them once published).
@@ -206,7 +206,7 @@ fn refresh<'a>(
         };
         *slot = Some(Opened {
             ids: open("ids.u32")?,
-            labels: open("labels.i32")?,
+            trained: open("trained.u8")?,
             weights: if weighted {
                 Some(open("weights.f32")?)
             } else {
@@ -250,12 +250,21 @@ fn read_example(o: &Opened, k: u64) -> Result<Encoded> {
             .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
             .collect())
     };
+    let input_ids = words(&o.ids)?;
+    let trained = read_at(&o.trained, start, n)?;
     Ok(Encoded {
-        input_ids: words(&o.ids)?,
-        labels: words(&o.labels)?
-            .into_iter()
-            .map(|l| i64::from(l as i32))
+        labels: input_ids
+            .iter()
+            .zip(&trained)
+            .map(|(&id, &t)| {
+                if t != 0 {
+                    i64::from(id)
+                } else {
+                    crate::IGNORE_INDEX
+                }
+            })
             .collect(),
+        input_ids,
         weights: match &o.weights {
             Some(w) => Some(words(w)?.into_iter().map(f32::from_bits).collect()),
             None => None,

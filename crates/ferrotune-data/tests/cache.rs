@@ -117,3 +117,42 @@ fn stale_partial_entries_are_removed() {
     assert!(!root.join(".old.partial").exists());
     assert!(!root.join(".old.lock").exists());
 }
+
+/// The entry keeps a label as "trained or not": one that is neither its token's id nor
+/// -100 is refused, not stored wrong; the others come back as they went in.
+#[test]
+fn labels_round_trip_through_the_trained_mask() {
+    use ferrotune_data::cache;
+    use ferrotune_data::pipeline::{DatasetReport, PreparedSample};
+    use ferrotune_data::{Encoded, RecordRef, IGNORE_INDEX};
+    let tmp = TempDir::new("trained-mask");
+    let sample = |labels: Vec<i64>| PreparedSample {
+        dataset: 0,
+        at: RecordRef::new(std::path::Path::new("data.jsonl"), 0, Some(1)),
+        encoded: Encoded {
+            input_ids: vec![5, 6, 7],
+            labels,
+            weights: None,
+            truncated: false,
+        },
+    };
+    let report = DatasetReport {
+        samples: 1,
+        ..DatasetReport::default()
+    };
+    let good = sample(vec![IGNORE_INDEX, 6, 7]);
+    let dir = cache::store(
+        tmp.path(),
+        "good",
+        &report,
+        &[],
+        std::slice::from_ref(&good),
+    )
+    .unwrap();
+    let entry = cache::load(tmp.path(), "good").expect("the stored entry loads");
+    assert_eq!(entry.examples.encoded(0), good.encoded);
+    assert!(dir.join("trained.u8").is_file());
+    let bad = sample(vec![IGNORE_INDEX, 9, 7]);
+    let err = cache::store(tmp.path(), "bad", &report, &[], &[bad]).unwrap_err();
+    assert!(err.to_string().contains("label 9"), "{err}");
+}
