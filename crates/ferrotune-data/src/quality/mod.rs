@@ -140,6 +140,8 @@ pub struct CheckOptions {
     pub control_tokens: Vec<String>,
     /// In tokens; only checked when lengths are in tokens.
     pub cutoff_len: Option<usize>,
+    /// Keep every record's raw JSON in [`Checked::datasets`] (what `--fix` writes back).
+    pub keep_raw: bool,
 }
 
 impl Default for CheckOptions {
@@ -150,6 +152,7 @@ impl Default for CheckOptions {
             blocklist: Vec::new(),
             control_tokens: Vec::new(),
             cutoff_len: None,
+            keep_raw: true,
         }
     }
 }
@@ -216,7 +219,7 @@ pub struct Checked {
 /// lengths are in its tokens, its special tokens are control tokens, and `cutoff_len`
 /// is checked.
 pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
-    let datasets = load::load(args)?;
+    let datasets = load::load(args, options.keep_raw)?;
     let mut notes = Vec::new();
     let tools = load::load_tokenizer(args, &mut notes)?;
     let mut options = options.clone();

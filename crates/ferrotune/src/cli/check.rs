@@ -71,6 +71,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let mut options = CheckOptions {
         near_threshold: args.near_threshold,
         min_response_units: args.min_response_words,
+        keep_raw: args.fix.is_some(),
         ..CheckOptions::default()
     };
     if args.explain {
