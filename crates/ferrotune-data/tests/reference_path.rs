@@ -10,18 +10,10 @@ use ferrotune_data::quality::load;
 use ferrotune_data::{ChatTemplate, DataArgs, TokenizerBundle};
 use ferrotune_testing::shared;
 
+mod common;
+
 fn args(dataset: &str, template: Option<&str>) -> DataArgs {
-    let mut args = DataArgs {
-        tokenizer_name_or_path: Some(shared("tokenizers/qwen3")),
-        dataset: vec![shared(&format!("data/{dataset}")).display().to_string()],
-        dataset_dir: shared("data"),
-        template: template.map(String::from),
-        ..DataArgs::default()
-    };
-    args.placeholders.insert("name".into(), "Ferro".into());
-    args.placeholders
-        .insert("author".into(), "the ferrotune project".into());
-    args
+    common::shared_args("qwen3", dataset, template)
 }
 
 #[test]

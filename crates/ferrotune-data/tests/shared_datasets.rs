@@ -3,7 +3,8 @@
 
 use ferrotune_data::pipeline::{self, Prepared};
 use ferrotune_data::{DataArgs, Stage, IGNORE_INDEX};
-use ferrotune_testing::shared;
+
+mod common;
 
 const SFT: &[(&str, usize)] = &[
     ("alpaca_en_demo.json", 999),
@@ -13,17 +14,7 @@ const SFT: &[(&str, usize)] = &[
 ];
 
 fn args(tokenizer: &str, dataset: &str, template: Option<&str>) -> DataArgs {
-    let mut args = DataArgs {
-        tokenizer_name_or_path: Some(shared(&format!("tokenizers/{tokenizer}"))),
-        dataset: vec![shared(&format!("data/{dataset}")).display().to_string()],
-        dataset_dir: shared("data"),
-        template: template.map(String::from),
-        ..DataArgs::default()
-    };
-    args.placeholders.insert("name".into(), "Ferro".into());
-    args.placeholders
-        .insert("author".into(), "the ferrotune project".into());
-    args
+    common::shared_args(tokenizer, dataset, template)
 }
 
 /// Every record became an example, each with supervised tokens that end the way the
