@@ -8,7 +8,7 @@
 //! the folder once whole (the layout is [`crate::cache`]'s).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ pub struct Progress {
     pub weighted: bool,
     /// The data files examples came from (records.u64 indexes this list).
     pub files: Vec<PathBuf>,
-    /// The report so far (its lengths are rebuilt from offsets.u64 on resuming).
+    /// The report so far (without lengths: offsets.u64 holds them).
     pub report: DatasetReport,
     pub warnings: Vec<String>,
 }
@@ -200,43 +200,19 @@ impl EntryBuilder {
             offsets: append(&partial.join("offsets.u64"), 8 * progress.examples)?,
             records: append(&partial.join("records.u64"), 32 * progress.examples)?,
         };
-        let mut builder = EntryBuilder {
+        Ok(Some(EntryBuilder {
             root: root.to_path_buf(),
             key: key.to_string(),
             partial,
             files,
             progress,
             _lock: lock,
-        };
-        if builder.progress.examples > 0 {
-            builder.progress.report.lengths = builder.lengths_so_far()?;
-        }
-        Ok(Some(builder))
+        }))
     }
 
     /// What a resumed entry had recorded (the start for a new one).
     pub fn progress(&self) -> &Progress {
         &self.progress
-    }
-
-    /// Example lengths from offsets.u64 (a resumed report's).
-    fn lengths_so_far(&self) -> Result<Vec<usize>> {
-        let path = self.partial.join("offsets.u64");
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| DataError::file(&path, format!("cannot read: {e}")))?;
-        let starts: Vec<u64> = bytes
-            .chunks_exact(8)
-            .take(self.progress.examples as usize)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect();
-        let ends = starts.iter().skip(1).copied().chain([self.progress.tokens]);
-        Ok(starts
-            .iter()
-            .zip(ends)
-            .map(|(s, e)| (e - s) as usize)
-            .collect())
     }
 
     /// The finished entry, renamed into place; returns its folder.
@@ -277,6 +253,10 @@ impl EntryBuilder {
 }
 
 impl ExampleSink for EntryBuilder {
+    fn wants_lengths(&self) -> bool {
+        false
+    }
+
     fn push(&mut self, s: PreparedSample) -> Result<()> {
         let e = &s.encoded;
         let partial = self.partial.clone();

@@ -64,6 +64,12 @@ impl RecordSource for ReadRecords {
 /// Where a dataset's examples go.
 pub trait ExampleSink {
     fn push(&mut self, sample: PreparedSample) -> Result<()>;
+    /// Whether the report should list every example's length as it goes. A cache entry
+    /// holds them in its offsets (the report is read back from there), and a list of
+    /// 10,000,000 lengths is 80 MB, twice that while it grows.
+    fn wants_lengths(&self) -> bool {
+        true
+    }
     /// A chunk is done: the report and warnings so far, and where the source stands.
     fn chunk_done(
         &mut self,
@@ -178,7 +184,9 @@ pub fn process(
             match encoded {
                 Ok(encoded) => {
                     report.truncated += usize::from(encoded.truncated);
-                    report.lengths.push(encoded.len());
+                    if sink.wants_lengths() {
+                        report.lengths.push(encoded.len());
+                    }
                     report.supervised_tokens += encoded.supervised_tokens();
                     report.samples += 1;
                     sink.push(PreparedSample {

@@ -245,14 +245,16 @@ fn cached_dataset(
 /// error naming what it does not do yet.
 pub fn streaming_sources(args: &DataArgs) -> Result<Vec<DatasetSpec>> {
     let sources = mixture_sources(args)?;
-    if sources.iter().any(|(_, share)| *share != Share::All)
+    if sources
+        .iter()
+        .any(|(spec, share)| *share != Share::All || spec.num_samples.is_some())
         || args.mix_strategy != MixStrategy::Concat
         || args.replay_dataset.is_some()
     {
         return Err(DataError::config(
-            "streaming: true takes its datasets one after the other: dataset shares (name:N, name:P%), \
-             mix_strategy other than concat and replay_dataset need the datasets prepared first \
-             (streaming: false)",
+            "streaming: true takes its datasets one after the other: dataset shares (name:N, name:P%) \
+             and num_samples, mix_strategy other than concat and replay_dataset need the datasets \
+             prepared first (streaming: false)",
         ));
     }
     Ok(sources.into_iter().map(|(spec, _)| spec).collect())
@@ -264,8 +266,9 @@ pub fn cache_key(args: &DataArgs, spec: &DatasetSpec, prepared: &Prepared) -> Re
 }
 
 /// Makes sure the cache entry of dataset `index` exists (streamed chunk by chunk and
-/// resumed; `num_samples` datasets read whole); returns its key and whether it was there
-/// already.
+/// resumed); returns its key and whether it was there already. A dataset whose
+/// `num_samples` is drawn from the index fills the whole dataset's entry (that key is
+/// returned); with `skip_invalid` or `max_samples` its records are read whole.
 pub fn fill_cache_entry(
     args: &DataArgs,
     spec: &DatasetSpec,

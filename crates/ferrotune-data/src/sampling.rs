@@ -42,6 +42,8 @@ pub(crate) fn pick_examples(
         first[file] + record
     };
     let picks = mix::pick(whole.records, n, seed);
+    // Unreplaced placeholders and the first problems are the whole dataset's: the picks'
+    // own would need the records read again.
     let mut report = DatasetReport {
         name: whole.name.clone(),
         records: picks.len(),

@@ -118,3 +118,23 @@ fn sample_counts_from_the_cache_index_equal_reading_the_records() {
     whole.data_cache_dir = Some(tmp.path().join("cache"));
     assert!(prepare(&whole, None).unwrap().cache.iter().all(|c| c.hit));
 }
+
+/// `streaming: true` cannot sample: a registry entry's `num_samples` (like `name:N`) needs
+/// the whole dataset prepared first, and says so.
+#[test]
+fn streaming_refuses_sampled_datasets() {
+    let tmp = TempDir::new("streaming-sampled");
+    let data = workspace_root().join("examples/data/identity_demo.json");
+    tmp.write(
+        "dataset_info.json",
+        serde_json::json!({"ids": {"file_name": data.display().to_string(), "num_samples": 5}})
+            .to_string(),
+    );
+    let mut sampled = args(&["ids"]);
+    sampled.dataset_dir = tmp.path().to_path_buf();
+    let e = ferrotune_data::pipeline::streaming_sources(&sampled).unwrap_err();
+    assert!(e.to_string().contains("num_samples"), "{e}");
+    let e = ferrotune_data::pipeline::streaming_sources(&args(&["identity_demo:5"])).unwrap_err();
+    assert!(e.to_string().contains("name:N"), "{e}");
+    assert!(ferrotune_data::pipeline::streaming_sources(&args(&["identity_demo"])).is_ok());
+}
