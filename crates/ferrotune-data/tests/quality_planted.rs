@@ -110,3 +110,49 @@ fn planted_defects_are_found_and_clean_rows_left_alone() {
         clean.len()
     );
 }
+
+/// The streamed check (records read a chunk at a time, without `keep_raw`) reports what
+/// the loaded one does, finding for finding: on the planted set, on the demo sets of
+/// ../shared/data, and on a JSON Lines file with malformed lines.
+#[test]
+fn streamed_and_loaded_checks_give_the_same_report() {
+    let tmp = ferrotune_testing::TempDir::new("streamed-check");
+    let broken = tmp.write(
+        "broken.jsonl",
+        "{\"instruction\": \"Say hi\", \"input\": \"\", \"output\": \"Hi there, friend.\"}\nnot json\n{\"instruction\": \"Say hi\", \"input\": \"\", \"output\": \"Hello to you.\"}\n{\"instruction\": \"x\"}\n",
+    );
+    let mut files = vec![
+        workspace_root().join("crates/ferrotune-data/tests/data/planted/planted.json"),
+        broken,
+    ];
+    for name in [
+        "alpaca_en_demo.json",
+        "alpaca_zh_demo.json",
+        "identity.json",
+        "glaive_toolcall_en_demo.json",
+    ] {
+        files.push(ferrotune_testing::shared(&format!("data/{name}")));
+    }
+    for file in files {
+        let args = DataArgs {
+            dataset: vec![file.display().to_string()],
+            dataset_dir: file.parent().unwrap().to_path_buf(),
+            ..DataArgs::default()
+        };
+        let report = |keep_raw| {
+            let options = CheckOptions {
+                keep_raw,
+                ..CheckOptions::default()
+            };
+            let checked = quality::run(&args, &options).unwrap();
+            assert_eq!(checked.datasets.is_empty(), !keep_raw);
+            serde_json::to_value(&checked.report).unwrap()
+        };
+        let loaded = report(true);
+        assert!(
+            !loaded["findings"].as_array().unwrap().is_empty(),
+            "{file:?}"
+        );
+        assert_eq!(report(false), loaded, "{file:?}");
+    }
+}

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::language::{language_mix, mixed_scripts};
-use super::load::{Dataset, Measure, Record};
+use super::load::{Measure, Record};
 use super::minhash::{MinHasher, Signature};
 use super::text::{excerpt_around, hash64, normalize, shorten, units, ScriptProfile};
 use super::{Check, CheckOptions, Finding, Severity};
@@ -442,7 +442,7 @@ fn key128(text: &str) -> u128 {
 /// 10+ records, where a percentile means something) or over `cutoff_len` tokens.
 pub fn length_outliers(
     dataset_index: usize,
-    dataset: &Dataset,
+    dataset: &str,
     facts: &[Facts],
     measure: &Measure,
     cutoff_len: Option<usize>,
@@ -469,7 +469,7 @@ pub fn length_outliers(
         out.push(Finding {
             check: Check::LengthOutlier,
             severity: Severity::Warning,
-            dataset: dataset.name.clone(),
+            dataset: dataset.to_string(),
             records: vec![i],
             example: f.headline.clone(),
             detail,

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::checks::Facts;
-use super::load::Dataset;
 use super::minhash::{clusters, similarity, MinHasher, Signature};
 use super::text::normalize;
 use super::{Check, Finding, Severity};
@@ -22,11 +21,14 @@ pub struct Grouped {
 
 type Item = (usize, usize);
 
+/// `names`: the datasets' names; `answers`: the normalized final answer of every record
+/// [`conflict_candidates`] named.
 pub fn find(
-    datasets: &[Dataset],
+    names: &[String],
     facts: &[Vec<Facts>],
     threshold: f64,
     errors: &BTreeSet<Item>,
+    answers: &HashMap<Item, String>,
 ) -> Grouped {
     let items: Vec<Item> = facts
         .iter()
@@ -59,7 +61,7 @@ pub fn find(
                 &mut out,
                 Check::ExactDuplicate,
                 group,
-                datasets,
+                names,
                 facts,
                 errors,
                 |n| {
@@ -84,7 +86,7 @@ pub fn find(
             &mut out,
             Check::NearDuplicate,
             &members,
-            datasets,
+            names,
             facts,
             errors,
             |n| {
@@ -108,12 +110,12 @@ pub fn find(
     let hasher = MinHasher::default();
     for prompt in prompts {
         let group = &by_prompt[&prompt];
-        let answers: BTreeSet<u64> = group
+        let keys: BTreeSet<u64> = group
             .iter()
             .filter_map(|&i| fact(i).prompt_answer.map(|(_, a)| a))
             .collect();
-        if answers.len() > 1 {
-            let n = distinct_answers(group, datasets, &hasher, threshold);
+        if keys.len() > 1 {
+            let n = distinct_answers(group, answers, &hasher, threshold);
             if n < 2 {
                 continue;
             }
@@ -121,7 +123,7 @@ pub fn find(
                 Check::ConflictingAnswer,
                 Severity::Warning,
                 group,
-                datasets,
+                names,
                 facts,
                 |count| format!("the same prompt in {count} records with {n} different answers"),
             ));
@@ -130,27 +132,49 @@ pub fn find(
     out
 }
 
+/// The records whose prompt recurs with another answer: their final answers are needed
+/// to tell a conflict from near-duplicate answers.
+pub fn conflict_candidates(facts: &[Vec<Facts>]) -> BTreeSet<Item> {
+    let mut by_prompt: HashMap<u64, Vec<(Item, u64)>> = HashMap::new();
+    for (d, dataset) in facts.iter().enumerate() {
+        for (r, f) in dataset.iter().enumerate() {
+            if let (Some(_), Some((prompt, answer))) = (f.exact, f.prompt_answer) {
+                by_prompt.entry(prompt).or_default().push(((d, r), answer));
+            }
+        }
+    }
+    by_prompt
+        .into_values()
+        .filter(|group| group.iter().any(|(_, a)| *a != group[0].1))
+        .flat_map(|group| group.into_iter().map(|(item, _)| item))
+        .collect()
+}
+
+/// A sample's final answer, normalized, as [`distinct_answers`] compares it.
+pub fn final_answer(sample: &Sample) -> Option<String> {
+    match sample {
+        Sample::Chat(c) => c.messages.last().map(|m| normalize(&m.content)),
+        Sample::Text(_) => None,
+    }
+}
+
 /// How many different answers a group of records with one prompt has, counting answers
 /// that are near-duplicates of each other (a word changed) as one: those records are near
 /// duplicates, not a conflict.
 fn distinct_answers(
     group: &[Item],
-    datasets: &[Dataset],
+    answers: &HashMap<Item, String>,
     hasher: &MinHasher,
     threshold: f64,
 ) -> usize {
-    let mut kinds: Vec<(String, Option<Signature>)> = Vec::new();
-    for &(d, r) in group {
-        let Ok(Sample::Chat(c)) = &datasets[d].records[r].sample else {
+    let mut kinds: Vec<(&str, Option<Signature>)> = Vec::new();
+    for item in group {
+        let Some(text) = answers.get(item) else {
             continue;
         };
-        let Some(answer) = c.messages.last() else {
-            continue;
-        };
-        let text = normalize(&answer.content);
-        let signature = hasher.signature(&text, 3);
+        let signature = hasher.signature(text, 3);
         let same = kinds.iter().any(|(t, s)| {
-            *t == text
+            *t == text.as_str()
                 || matches!((s, &signature), (Some(a), Some(b)) if similarity(a, b) >= threshold)
         });
         if !same {
@@ -166,7 +190,7 @@ fn record_group(
     out: &mut Grouped,
     check: Check,
     group: &[Item],
-    datasets: &[Dataset],
+    names: &[String],
     facts: &[Vec<Facts>],
     errors: &BTreeSet<Item>,
     detail: impl Fn(usize) -> String,
@@ -181,14 +205,8 @@ fn record_group(
             out.redundant.entry(item).or_insert((check, kept));
         }
     }
-    out.findings.extend(split(
-        check,
-        Severity::Warning,
-        group,
-        datasets,
-        facts,
-        detail,
-    ));
+    out.findings
+        .extend(split(check, Severity::Warning, group, names, facts, detail));
 }
 
 /// One finding per dataset the group touches: the first dataset's when it holds two or
@@ -197,7 +215,7 @@ fn split(
     check: Check,
     severity: Severity,
     group: &[Item],
-    datasets: &[Dataset],
+    names: &[String],
     facts: &[Vec<Facts>],
     detail: impl Fn(usize) -> String,
 ) -> Vec<Finding> {
@@ -214,13 +232,13 @@ fn split(
             if d != first_d {
                 text.push_str(&format!(
                     "; the first is {} record {first_r}",
-                    datasets[first_d].name
+                    names[first_d]
                 ));
             }
             Finding {
                 check,
                 severity,
-                dataset: datasets[d].name.clone(),
+                dataset: names[d].clone(),
                 example: facts[d][records[0]].headline.clone(),
                 records,
                 detail: text,

@@ -5,6 +5,7 @@
 //! training, nothing is sampled (`num_samples` would repeat records and fake duplicates)
 //! and a malformed record is a finding, not a stop.
 
+use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::config::DataArgs;
@@ -15,7 +16,8 @@ use crate::mix;
 use crate::pipeline;
 use crate::records::{self, Coverage, Formatted, Line};
 use crate::registry::{self, DatasetSpec};
-use crate::source::RawRecord;
+use crate::source::{self, RawRecord};
+use crate::stream::{Position, RecordStream};
 use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
@@ -42,16 +44,60 @@ pub struct Dataset {
 /// raw JSON of records the format rejected is kept (their findings show it), which
 /// roughly halves what a check holds.
 pub fn load(args: &DataArgs, keep_raw: bool) -> Result<Vec<Dataset>> {
+    specs(args)?
+        .iter()
+        .map(|spec| load_dataset(args, spec, keep_raw))
+        .collect()
+}
+
+/// The datasets the arguments name, shares ignored.
+pub fn specs(args: &DataArgs) -> Result<Vec<DatasetSpec>> {
     let names = args
         .dataset
         .iter()
         .map(|entry| mix::parse_share(entry).map(|(name, _)| name))
         .collect::<Result<Vec<_>>>()?;
-    let specs = registry::resolve(&names, &args.dataset_dir, args.formatting)?;
-    specs
-        .iter()
-        .map(|spec| load_dataset(args, spec, keep_raw))
-        .collect()
+    registry::resolve(&names, &args.dataset_dir, args.formatting)
+}
+
+/// Records read a chunk at a time.
+const CHUNK: usize = 4096;
+
+/// Every record of one dataset, as [`load`] gives them (malformed lines included, raw
+/// JSON kept only for records the format rejected), handed to `each` a chunk at a time in
+/// file order, so that memory holds one chunk.
+pub fn stream_dataset(
+    args: &DataArgs,
+    spec: &DatasetSpec,
+    mut each: impl FnMut(Vec<Record>) -> Result<()>,
+) -> Result<()> {
+    let mut stream = RecordStream::open(source::resolve_files(&spec.path)?, Position::default())?;
+    let mut left = args.max_samples.unwrap_or(usize::MAX);
+    while left > 0 {
+        let pending = stream.next_chunk(CHUNK.min(left))?;
+        if pending.is_empty() {
+            break;
+        }
+        left -= pending.len();
+        let records = pending
+            .into_par_iter()
+            .map(|p| {
+                let at = p.at.clone();
+                match p.parse() {
+                    Ok(raw) => Ok(convert(args, &spec.format, raw, false)),
+                    Err(DataError::Record { record, problem }) => Ok(Record {
+                        at: record,
+                        raw: None,
+                        sample: Err(problem),
+                        unreplaced: Vec::new(),
+                    }),
+                    Err(other) => Err(DataError::file(&at.file, other.to_string())),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        each(records)?;
+    }
+    Ok(())
 }
 
 fn load_dataset(args: &DataArgs, spec: &DatasetSpec, keep_raw: bool) -> Result<Dataset> {

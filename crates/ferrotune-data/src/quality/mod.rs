@@ -207,19 +207,25 @@ impl Report {
     }
 }
 
-/// The loaded datasets with their report (the datasets are kept for `--fix`).
+/// The report, with the datasets' records when they were kept (`keep_raw`, for `--fix`).
 pub struct Checked {
+    /// Every record of every dataset with `keep_raw`; empty otherwise (the records were
+    /// streamed through the checks, a chunk at a time).
     pub datasets: Vec<Dataset>,
     pub report: Report,
     /// What the run could not do as asked (e.g. the template failed to load).
     pub notes: Vec<String>,
 }
 
-/// Loads every dataset the arguments name and checks it. With a tokenizer configured,
-/// lengths are in its tokens, its special tokens are control tokens, and `cutoff_len`
-/// is checked.
+/// Checks every dataset the arguments name. With a tokenizer configured, lengths are in
+/// its tokens, its special tokens are control tokens, and `cutoff_len` is checked.
+///
+/// Without `keep_raw` the records are streamed: a chunk is read, formatted and checked at
+/// a time, and only what the group checks and the summary need stays (a few hundred
+/// bytes a record); the final answers of records whose prompt recurs are read in a second
+/// pass. With `keep_raw` every record is loaded and kept for `--fix`. Both give the same
+/// report (tested).
 pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
-    let datasets = load::load(args, options.keep_raw)?;
     let mut notes = Vec::new();
     let tools = load::load_tokenizer(args, &mut notes)?;
     let mut options = options.clone();
@@ -236,9 +242,76 @@ pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
         }
         None => Measure::Chars,
     };
-    let report = analyze(&datasets, &options, &measure);
+    let scanner = checks::Scanner::new(&options);
+    if options.keep_raw {
+        let datasets = load::load(args, true)?;
+        let names: Vec<String> = datasets.iter().map(|d| d.name.clone()).collect();
+        let facts: Vec<Vec<checks::Facts>> = datasets
+            .iter()
+            .map(|d| {
+                d.records
+                    .par_iter()
+                    .map(|r| scanner.facts(r, &measure))
+                    .collect()
+            })
+            .collect();
+        let answers = |wanted: &BTreeSet<(usize, usize)>| -> Result<_> {
+            Ok(wanted
+                .iter()
+                .filter_map(|&(d, r)| {
+                    let sample = datasets[d].records[r].sample.as_ref().ok()?;
+                    Some(((d, r), groups::final_answer(sample)?))
+                })
+                .collect())
+        };
+        let report = analyze(&names, facts, &options, &measure, answers)?;
+        return Ok(Checked {
+            datasets,
+            report,
+            notes,
+        });
+    }
+    let specs = load::specs(args)?;
+    let mut facts = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let mut dataset = Vec::new();
+        load::stream_dataset(args, spec, |chunk| {
+            dataset.extend(
+                chunk
+                    .par_iter()
+                    .map(|r| scanner.facts(r, &measure))
+                    .collect::<Vec<_>>(),
+            );
+            Ok(())
+        })?;
+        facts.push(dataset);
+    }
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let answers = |wanted: &BTreeSet<(usize, usize)>| -> Result<_> {
+        let mut out = std::collections::HashMap::new();
+        for (d, spec) in specs.iter().enumerate() {
+            if !wanted.iter().any(|&(wd, _)| wd == d) {
+                continue;
+            }
+            let mut at = 0;
+            load::stream_dataset(args, spec, |chunk| {
+                for record in chunk {
+                    if wanted.contains(&(d, at)) {
+                        if let Some(a) = record.sample.as_ref().ok().and_then(groups::final_answer)
+                        {
+                            out.insert((d, at), a);
+                        }
+                    }
+                    at += 1;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    };
+    let report = analyze(&names, facts, &options, &measure, answers)?;
     Ok(Checked {
-        datasets,
+        datasets: Vec::new(),
         report,
         notes,
     })
@@ -256,36 +329,35 @@ pub fn read_blocklist(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Runs every check over loaded datasets.
-pub fn analyze(datasets: &[Dataset], options: &CheckOptions, measure: &Measure) -> Report {
-    let scanner = checks::Scanner::new(options);
-    let facts: Vec<Vec<checks::Facts>> = datasets
-        .iter()
-        .map(|d| {
-            d.records
-                .par_iter()
-                .map(|r| scanner.facts(r, measure))
-                .collect()
-        })
-        .collect();
+/// Runs every check over the facts of every record (`names`: the datasets'). `answers`
+/// gives the normalized final answers of the records it is asked for.
+pub fn analyze(
+    names: &[String],
+    mut facts: Vec<Vec<checks::Facts>>,
+    options: &CheckOptions,
+    measure: &Measure,
+    answers: impl FnOnce(
+        &BTreeSet<(usize, usize)>,
+    ) -> Result<std::collections::HashMap<(usize, usize), String>>,
+) -> Result<Report> {
     let mut findings = Vec::new();
-    for (di, (dataset, facts)) in datasets.iter().zip(&facts).enumerate() {
-        for (ri, f) in facts.iter().enumerate() {
-            for hit in &f.hits {
+    for (di, (name, facts)) in names.iter().zip(facts.iter_mut()).enumerate() {
+        for (ri, f) in facts.iter_mut().enumerate() {
+            for hit in std::mem::take(&mut f.hits) {
                 findings.push(Finding {
                     check: hit.check,
                     severity: hit.severity,
-                    dataset: dataset.name.clone(),
+                    dataset: name.clone(),
                     records: vec![ri],
-                    example: hit.example.clone(),
-                    detail: hit.detail.clone(),
+                    example: hit.example,
+                    detail: hit.detail,
                     dataset_index: di,
                 });
             }
         }
         findings.extend(checks::length_outliers(
             di,
-            dataset,
+            name,
             facts,
             measure,
             options.cutoff_len,
@@ -296,7 +368,8 @@ pub fn analyze(datasets: &[Dataset], options: &CheckOptions, measure: &Measure) 
         .filter(|f| f.severity == Severity::Error)
         .map(|f| (f.dataset_index, f.records[0]))
         .collect();
-    let grouped = groups::find(datasets, &facts, options.near_threshold, &errors);
+    let answers = answers(&groups::conflict_candidates(&facts))?;
+    let grouped = groups::find(names, &facts, options.near_threshold, &errors, &answers);
     findings.extend(grouped.findings);
     findings.sort_by(|a, b| {
         (a.dataset_index, a.records.first(), a.check).cmp(&(
@@ -305,32 +378,32 @@ pub fn analyze(datasets: &[Dataset], options: &CheckOptions, measure: &Measure) 
             b.check,
         ))
     });
-    let summary = summarize(datasets, &facts, &findings, measure);
-    Report {
+    let summary = summarize(names, &facts, &findings, measure);
+    Ok(Report {
         findings,
         summary,
         redundant: grouped.redundant,
-    }
+    })
 }
 
 fn summarize(
-    datasets: &[Dataset],
+    names: &[String],
     facts: &[Vec<checks::Facts>],
     findings: &[Finding],
     measure: &Measure,
 ) -> Summary {
-    let mut per: Vec<DatasetSummary> = datasets
+    let mut per: Vec<DatasetSummary> = names
         .iter()
         .zip(facts)
-        .map(|(d, f)| {
+        .map(|(name, f)| {
             let mut scripts = BTreeMap::new();
             for fact in f {
                 *scripts.entry(fact.script).or_insert(0) += 1;
             }
             let lengths: Vec<usize> = f.iter().filter_map(|x| x.length).collect();
             DatasetSummary {
-                name: d.name.clone(),
-                records: d.records.len(),
+                name: name.clone(),
+                records: f.len(),
                 scripts,
                 lengths: LengthStats::of(&lengths),
                 diversity: Diversity::of(f.iter().filter_map(|x| x.instruction.as_deref())),
@@ -338,7 +411,7 @@ fn summarize(
             }
         })
         .collect();
-    let mut flagged: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); datasets.len()];
+    let mut flagged: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
     for f in findings {
         let s = &mut per[f.dataset_index];
         let count = s.checks.entry(f.check.name()).or_default();
