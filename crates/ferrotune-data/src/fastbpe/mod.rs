@@ -52,7 +52,7 @@ const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
 /// The fast encoder of one tokenizer. Cheap to share between threads.
 pub struct FastBpe {
-    /// Added token content -> id (the first of equal contents), as the file lists them.
+    /// Added token content -> id, numbered as the tokenizers crate numbers them.
     added_ids: std::collections::HashMap<String, u32>,
     /// The contents of the added tokens marked special.
     specials: Vec<String>,
@@ -82,49 +82,34 @@ impl std::fmt::Debug for FastBpe {
 /// Ids and byte offsets `(start, end)` into the text, one per token.
 pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
 
-/// A tokenizer.json read for the fast path, before its added tokens are attached (so it
-/// can be built while the tokenizers crate loads the same file).
-pub struct FastBpeModel {
-    nfc: bool,
-    splits: Vec<Splitter>,
-    bpe: Bpe,
-    trims: Vec<bool>,
-    added: Vec<file::AddedTokenEntry>,
-}
+impl FastBpe {
+    /// Reads `tokenizer.json`; `Err` says why the fast path does not apply.
+    pub fn from_file(path: &Path) -> Result<FastBpe, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+        FastBpe::from_json(&text)
+    }
 
-impl FastBpeModel {
-    /// Everything but the added tokens; `Err` says why the fast path does not apply.
-    pub fn from_json(json: &str) -> Result<FastBpeModel, String> {
+    /// The encoder for a tokenizer.json text, or `None` when it is not a byte-level BPE
+    /// tokenizer this encoder reproduces exactly.
+    pub fn new(json: &str) -> Option<FastBpe> {
+        FastBpe::from_json(json).ok()
+    }
+
+    /// The encoder for a tokenizer.json text; `Err` says why the fast path does not apply.
+    /// The added tokens are split out before anything else, as the tokenizers crate does
+    /// with `encode_special_tokens` off, its default.
+    pub fn from_json(json: &str) -> Result<FastBpe, String> {
         let file::Read {
             nfc,
             patterns,
             trims,
             bpe,
-            added,
+            mut added,
         } = file::read(json)?;
         let splits = patterns
             .iter()
             .map(|p| Splitter::new(p).map_err(String::from))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(FastBpeModel {
-            nfc,
-            splits,
-            bpe,
-            trims,
-            added,
-        })
-    }
-
-    /// The encoder, with the file's added tokens (split out before anything else, as the
-    /// tokenizers crate does with `encode_special_tokens` off, its default).
-    pub fn build(self) -> Result<FastBpe, String> {
-        let FastBpeModel {
-            nfc,
-            splits,
-            bpe,
-            trims,
-            mut added,
-        } = self;
         let mut raw = Vec::new();
         let mut normalized = Vec::new();
         added.sort_by_key(|t| t.id);
@@ -160,25 +145,6 @@ impl FastBpeModel {
             bpe,
             trims,
         })
-    }
-}
-
-impl FastBpe {
-    /// Reads `tokenizer.json`; `Err` says why the fast path does not apply.
-    pub fn from_file(path: &Path) -> Result<FastBpe, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-        FastBpe::from_json(&text)
-    }
-
-    /// The encoder for a tokenizer.json text, or `None` when it is not a byte-level BPE
-    /// tokenizer this encoder reproduces exactly.
-    pub fn new(json: &str) -> Option<FastBpe> {
-        FastBpe::from_json(json).ok()
-    }
-
-    /// The encoder for a tokenizer.json text; `Err` says why the fast path does not apply.
-    pub fn from_json(json: &str) -> Result<FastBpe, String> {
-        FastBpeModel::from_json(json)?.build()
     }
 
     /// The id of an added token, by its content.
