@@ -57,7 +57,7 @@ fn fast_and_reference_paths_give_the_same_examples() {
                 template: Some(&jinja),
                 options: args.encode_options(),
             };
-            for dataset in load::load(&args, false).unwrap() {
+            for dataset in load::load(&args).unwrap() {
                 for record in &dataset.records {
                     let sample = record.sample.as_ref().unwrap();
                     assert_eq!(

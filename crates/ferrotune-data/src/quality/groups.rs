@@ -21,13 +21,14 @@ pub struct Grouped {
 
 type Item = (usize, usize);
 
-/// `names`: the datasets' names; `answers`: the normalized final answer of every record
-/// [`conflict_candidates`] named.
+/// `names`: the datasets' names; `prompt_groups`: [`prompt_groups`]' groups, with the
+/// normalized final answer of each of their records in `answers`.
 pub fn find(
     names: &[String],
     facts: &[Vec<Facts>],
     threshold: f64,
     errors: &BTreeSet<Item>,
+    prompt_groups: &[Vec<Item>],
     answers: &HashMap<Item, String>,
 ) -> Grouped {
     let items: Vec<Item> = facts
@@ -96,57 +97,51 @@ pub fn find(
     }
 
     // The same prompt with different answers.
-    let mut by_prompt: HashMap<u64, Vec<Item>> = HashMap::new();
-    let mut prompts = Vec::new();
-    for &item in &items {
-        if let Some((prompt, _)) = fact(item).prompt_answer {
-            let group = by_prompt.entry(prompt).or_default();
-            if group.is_empty() {
-                prompts.push(prompt);
-            }
-            group.push(item);
-        }
-    }
     let hasher = MinHasher::default();
-    for prompt in prompts {
-        let group = &by_prompt[&prompt];
-        let keys: BTreeSet<u64> = group
-            .iter()
-            .filter_map(|&i| fact(i).prompt_answer.map(|(_, a)| a))
-            .collect();
-        if keys.len() > 1 {
-            let n = distinct_answers(group, answers, &hasher, threshold);
-            if n < 2 {
-                continue;
-            }
-            out.findings.extend(split(
-                Check::ConflictingAnswer,
-                Severity::Warning,
-                group,
-                names,
-                facts,
-                |count| format!("the same prompt in {count} records with {n} different answers"),
-            ));
+    for group in prompt_groups {
+        let n = distinct_answers(group, answers, &hasher, threshold);
+        if n < 2 {
+            continue;
         }
+        out.findings.extend(split(
+            Check::ConflictingAnswer,
+            Severity::Warning,
+            group,
+            names,
+            facts,
+            |count| format!("the same prompt in {count} records with {n} different answers"),
+        ));
     }
     out
 }
 
-/// The records whose prompt recurs with another answer: their final answers are needed
-/// to tell a conflict from near-duplicate answers.
-pub fn conflict_candidates(facts: &[Vec<Facts>]) -> BTreeSet<Item> {
+/// Records that share a prompt and have more than one answer (by exact key), a group per
+/// prompt in order of first appearance: their final answers tell a conflict from
+/// near-duplicate answers.
+pub fn prompt_groups(facts: &[Vec<Facts>]) -> Vec<Vec<Item>> {
     let mut by_prompt: HashMap<u64, Vec<(Item, u64)>> = HashMap::new();
+    let mut prompts = Vec::new();
     for (d, dataset) in facts.iter().enumerate() {
         for (r, f) in dataset.iter().enumerate() {
             if let (Some(_), Some((prompt, answer))) = (f.exact, f.prompt_answer) {
-                by_prompt.entry(prompt).or_default().push(((d, r), answer));
+                let group = by_prompt.entry(prompt).or_default();
+                if group.is_empty() {
+                    prompts.push(prompt);
+                }
+                group.push(((d, r), answer));
             }
         }
     }
-    by_prompt
-        .into_values()
-        .filter(|group| group.iter().any(|(_, a)| *a != group[0].1))
-        .flat_map(|group| group.into_iter().map(|(item, _)| item))
+    prompts
+        .into_iter()
+        .filter_map(|prompt| {
+            let group = by_prompt.remove(&prompt)?;
+            let answer = group[0].1;
+            group
+                .iter()
+                .any(|&(_, a)| a != answer)
+                .then(|| group.into_iter().map(|(item, _)| item).collect())
+        })
         .collect()
 }
 

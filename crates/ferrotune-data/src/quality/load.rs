@@ -40,13 +40,11 @@ pub struct Dataset {
 
 /// Reads every dataset the arguments name (registry entries or paths). Mixture shares
 /// (`name:500`, `name:10%`) are ignored: the files are checked as they are.
-/// `keep_raw`: keep every record's raw JSON (`--fix` writes it back); otherwise only the
-/// raw JSON of records the format rejected is kept (their findings show it), which
-/// roughly halves what a check holds.
-pub fn load(args: &DataArgs, keep_raw: bool) -> Result<Vec<Dataset>> {
+/// Every record keeps its raw JSON (`--fix` writes it back).
+pub fn load(args: &DataArgs) -> Result<Vec<Dataset>> {
     specs(args)?
         .iter()
-        .map(|spec| load_dataset(args, spec, keep_raw))
+        .map(|spec| load_dataset(args, spec))
         .collect()
 }
 
@@ -100,12 +98,12 @@ pub fn stream_dataset(
     Ok(())
 }
 
-fn load_dataset(args: &DataArgs, spec: &DatasetSpec, keep_raw: bool) -> Result<Dataset> {
+fn load_dataset(args: &DataArgs, spec: &DatasetSpec) -> Result<Dataset> {
     let records = records::read(args, spec, Coverage::Every)?
         .lines
         .into_iter()
         .map(|line| match line {
-            Line::Record(raw) => convert(args, &spec.format, raw, keep_raw),
+            Line::Record(raw) => convert(args, &spec.format, raw, true),
             // A line that is not a record is a finding of its own.
             Line::Malformed { at, problem } => Record {
                 at,

@@ -244,7 +244,7 @@ pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
     };
     let scanner = checks::Scanner::new(&options);
     if options.keep_raw {
-        let datasets = load::load(args, true)?;
+        let datasets = load::load(args)?;
         let names: Vec<String> = datasets.iter().map(|d| d.name.clone()).collect();
         let facts: Vec<Vec<checks::Facts>> = datasets
             .iter()
@@ -368,8 +368,16 @@ pub fn analyze(
         .filter(|f| f.severity == Severity::Error)
         .map(|f| (f.dataset_index, f.records[0]))
         .collect();
-    let answers = answers(&groups::conflict_candidates(&facts))?;
-    let grouped = groups::find(names, &facts, options.near_threshold, &errors, &answers);
+    let prompt_groups = groups::prompt_groups(&facts);
+    let answers = answers(&prompt_groups.iter().flatten().copied().collect())?;
+    let grouped = groups::find(
+        names,
+        &facts,
+        options.near_threshold,
+        &errors,
+        &prompt_groups,
+        &answers,
+    );
     findings.extend(grouped.findings);
     findings.sort_by(|a, b| {
         (a.dataset_index, a.records.first(), a.check).cmp(&(
