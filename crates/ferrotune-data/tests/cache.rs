@@ -5,6 +5,8 @@ use ferrotune_data::pipeline::{prepare, Prepared};
 use ferrotune_data::DataArgs;
 use ferrotune_testing::{workspace_root, TempDir};
 
+mod common;
+
 fn args(tmp: &TempDir) -> DataArgs {
     let mut placeholders = std::collections::BTreeMap::new();
     placeholders.insert("name".to_string(), "Ferro".to_string());
@@ -24,19 +26,8 @@ fn third_dir(a: &DataArgs) -> std::path::PathBuf {
     prepare(a, None).unwrap().cache[1].dir.join("ids.u32")
 }
 
-fn fingerprint(p: &Prepared) -> Vec<(Vec<u32>, Vec<i64>, bool, String)> {
-    p.samples
-        .iter()
-        .map(|s| {
-            let e = &s.encoded;
-            (
-                e.input_ids.clone(),
-                e.labels.clone(),
-                e.truncated,
-                s.at.to_string(),
-            )
-        })
-        .collect()
+fn fingerprint(p: &Prepared) -> common::Fingerprint {
+    common::fingerprint(p.samples.iter())
 }
 
 #[test]

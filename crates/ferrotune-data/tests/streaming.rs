@@ -8,6 +8,10 @@ use ferrotune_data::source;
 use ferrotune_data::stream::{Position, RecordStream};
 use ferrotune_testing::{shared, workspace_root, TempDir};
 
+use common::fingerprint;
+
+mod common;
+
 /// The files the stream is checked on: the shared demo sets, the examples, and edge cases.
 fn files(dir: &TempDir) -> Vec<PathBuf> {
     let mut files = vec![
@@ -227,25 +231,6 @@ fn entry_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     files.sort();
     files
-}
-
-type Fingerprint = Vec<(Vec<u32>, Vec<i64>, bool, String)>;
-
-fn fingerprint<'a>(
-    samples: impl IntoIterator<Item = ferrotune_data::pipeline::PreparedSample> + 'a,
-) -> Fingerprint {
-    samples
-        .into_iter()
-        .map(|s| {
-            let e = &s.encoded;
-            (
-                e.input_ids.clone(),
-                e.labels.clone(),
-                e.truncated,
-                s.at.to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
