@@ -220,17 +220,10 @@ impl MappedEntry {
     /// Example `i`'s tokens, copied out of the mapped files.
     pub fn encoded(&self, i: usize) -> Encoded {
         let (start, end) = self.span(i);
+        let input_ids: Vec<u32> = (start..end).map(|t| u32_at(&self.ids, t)).collect();
         Encoded {
-            input_ids: (start..end).map(|t| u32_at(&self.ids, t)).collect(),
-            labels: (start..end)
-                .map(|t| {
-                    if self.trained[t] != 0 {
-                        i64::from(u32_at(&self.ids, t))
-                    } else {
-                        crate::IGNORE_INDEX
-                    }
-                })
-                .collect(),
+            labels: labels_from_mask(&input_ids, &self.trained[start..end]),
+            input_ids,
             weights: self
                 .weights
                 .as_ref()
@@ -295,6 +288,21 @@ pub fn load(root: &Path, key: &str) -> Option<Entry> {
             None
         }
     }
+}
+
+/// Labels from the ids and the `trained.u8` mask: the id where the token is trained,
+/// -100 elsewhere.
+pub(crate) fn labels_from_mask(ids: &[u32], trained: &[u8]) -> Vec<i64> {
+    ids.iter()
+        .zip(trained)
+        .map(|(&id, &t)| {
+            if t != 0 {
+                i64::from(id)
+            } else {
+                crate::IGNORE_INDEX
+            }
+        })
+        .collect()
 }
 
 /// An entry's report (its lengths from offsets.u64) and warnings, without loading its

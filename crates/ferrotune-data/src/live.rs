@@ -253,17 +253,7 @@ fn read_example(o: &Opened, k: u64) -> Result<Encoded> {
     let input_ids = words(&o.ids)?;
     let trained = read_at(&o.trained, start, n)?;
     Ok(Encoded {
-        labels: input_ids
-            .iter()
-            .zip(&trained)
-            .map(|(&id, &t)| {
-                if t != 0 {
-                    i64::from(id)
-                } else {
-                    crate::IGNORE_INDEX
-                }
-            })
-            .collect(),
+        labels: crate::cache::labels_from_mask(&input_ids, &trained),
         input_ids,
         weights: match &o.weights {
             Some(w) => Some(words(w)?.into_iter().map(f32::from_bits).collect()),
