@@ -112,8 +112,9 @@ fn planted_defects_are_found_and_clean_rows_left_alone() {
 }
 
 /// The streamed check (records read a chunk at a time, without `keep_raw`) reports what
-/// the loaded one does, finding for finding: on the planted set, on the demo sets of
-/// ../shared/data, and on a JSON Lines file with malformed lines.
+/// the loaded one does, finding for finding, and so do both with the group keys spilled
+/// to temporary files: on the planted set, on the demo sets of ../shared/data, on a JSON
+/// Lines file with malformed lines, and on all of them at once.
 #[test]
 fn streamed_and_loaded_checks_give_the_same_report() {
     let tmp = ferrotune_testing::TempDir::new("streamed-check");
@@ -133,26 +134,38 @@ fn streamed_and_loaded_checks_give_the_same_report() {
     ] {
         files.push(ferrotune_testing::shared(&format!("data/{name}")));
     }
-    for file in files {
+    // Each file alone, then all together (groups across datasets).
+    let mut selections: Vec<Vec<std::path::PathBuf>> =
+        files.iter().map(|f| vec![f.clone()]).collect();
+    selections.push(files.clone());
+    for selection in selections {
         let args = DataArgs {
-            dataset: vec![file.display().to_string()],
-            dataset_dir: file.parent().unwrap().to_path_buf(),
+            dataset: selection.iter().map(|f| f.display().to_string()).collect(),
+            dataset_dir: selection[0].parent().unwrap().to_path_buf(),
             ..DataArgs::default()
         };
-        let report = |keep_raw| {
+        // A budget of 1 KiB sends every key set through the temporary files.
+        let report = |keep_raw, spill_budget| {
             let options = CheckOptions {
                 keep_raw,
+                spill_budget,
                 ..CheckOptions::default()
             };
             let checked = quality::run(&args, &options).unwrap();
             assert_eq!(checked.datasets.is_empty(), !keep_raw);
             serde_json::to_value(&checked.report).unwrap()
         };
-        let loaded = report(true);
+        let loaded = report(true, CheckOptions::default().spill_budget);
         assert!(
             !loaded["findings"].as_array().unwrap().is_empty(),
-            "{file:?}"
+            "{selection:?}"
         );
-        assert_eq!(report(false), loaded, "{file:?}");
+        assert_eq!(
+            report(false, CheckOptions::default().spill_budget),
+            loaded,
+            "{selection:?}"
+        );
+        assert_eq!(report(false, 1024), loaded, "spilled: {selection:?}");
+        assert_eq!(report(true, 1024), loaded, "spilled: {selection:?}");
     }
 }

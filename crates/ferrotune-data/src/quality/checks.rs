@@ -1,14 +1,14 @@
 //! The checks that look at one record at a time, and what the group checks need from it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use super::language::{language_mix, mixed_scripts};
 use super::load::{Measure, Record};
 use super::minhash::{MinHasher, Signature};
 use super::text::{excerpt_around, hash64, normalize, shorten, units, ScriptProfile};
-use super::{Check, CheckOptions, Finding, Severity};
+use super::{Check, CheckOptions, Severity};
 use crate::conversation::{Conversation, Message, Role, Sample};
-use crate::stats::percentile;
+use crate::stats::percentile_of_counts;
 
 /// Markers of the common chat templates: in the data they either break rendering or
 /// teach the model to write them mid-text.
@@ -63,8 +63,21 @@ pub struct Facts {
     pub signature: Option<Signature>,
     /// The normalized instruction (first user turn, or the document), for diversity.
     pub instruction: Option<String>,
-    /// The first prompt text, shortened, to show in group findings.
-    pub headline: String,
+}
+
+/// The text a finding about the record shows: its first prompt, shortened.
+pub fn headline(record: &Record) -> String {
+    match &record.sample {
+        Ok(Sample::Text(t)) => shorten(t, 100),
+        Ok(Sample::Chat(c)) => shorten(
+            c.messages
+                .iter()
+                .find(|m| m.role == Role::User)
+                .map_or("", |m| m.content.as_str()),
+            100,
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 /// The per-record checks with their word lists prepared once.
@@ -174,7 +187,6 @@ impl Scanner {
             Sample::Text(t) => {
                 facts.exact = Some(key128(&joined));
                 facts.instruction = Some(normalized[0].clone());
-                facts.headline = shorten(t, 100);
                 hits.extend(mixed_scripts(&[("text", &profile)], t));
             }
             Sample::Chat(c) => {
@@ -193,7 +205,6 @@ impl Scanner {
                         },
                     );
                 facts.instruction = instruction.map(normalize);
-                facts.headline = shorten(first_user.map_or("", |m| m.content.as_str()), 100);
             }
         }
         facts.hits = hits;
@@ -440,41 +451,44 @@ fn key128(text: &str) -> u128 {
 
 /// Samples far longer than the rest (beyond p99 and over 3x the median, in datasets of
 /// 10+ records, where a percentile means something) or over `cutoff_len` tokens.
-pub fn length_outliers(
-    dataset_index: usize,
-    dataset: &str,
-    facts: &[Facts],
-    measure: &Measure,
-    cutoff_len: Option<usize>,
-) -> Vec<Finding> {
-    let mut sorted: Vec<usize> = facts.iter().filter_map(|f| f.length).collect();
-    sorted.sort_unstable();
-    let median = percentile(&sorted, 50.0);
-    let p99 = percentile(&sorted, 99.0);
-    let cutoff = cutoff_len.filter(|_| matches!(measure, Measure::Tokens { .. }));
-    let unit = measure.unit();
-    let mut out = Vec::new();
-    for (i, f) in facts.iter().enumerate() {
-        let Some(len) = f.length else { continue };
-        let detail = if cutoff.is_some_and(|c| len > c) {
-            format!(
-                "{len} {unit}, over cutoff_len {} (truncated or dropped in training)",
-                cutoff.unwrap_or(0)
-            )
-        } else if sorted.len() >= 10 && len >= p99 && len > 3 * median {
-            format!("{len} {unit}: in the top 1% (p99 {p99}) and over 3x the median ({median})")
-        } else {
-            continue;
-        };
-        out.push(Finding {
-            check: Check::LengthOutlier,
-            severity: Severity::Warning,
-            dataset: dataset.to_string(),
-            records: vec![i],
-            example: f.headline.clone(),
-            detail,
-            dataset_index,
-        });
+pub struct LengthRule {
+    median: usize,
+    p99: usize,
+    enough: bool,
+    cutoff: Option<usize>,
+    unit: &'static str,
+}
+
+impl LengthRule {
+    /// From a dataset's length histogram (length -> records).
+    pub fn new(
+        histogram: &BTreeMap<usize, usize>,
+        measure: &Measure,
+        cutoff_len: Option<usize>,
+    ) -> Self {
+        let total: usize = histogram.values().sum();
+        LengthRule {
+            median: percentile_of_counts(histogram, 50.0),
+            p99: percentile_of_counts(histogram, 99.0),
+            enough: total >= 10,
+            cutoff: cutoff_len.filter(|_| matches!(measure, Measure::Tokens { .. })),
+            unit: measure.unit(),
+        }
     }
-    out
+
+    /// Why a sample of `len` is an outlier, if it is.
+    pub fn outlier(&self, len: usize) -> Option<String> {
+        let (unit, median, p99) = (self.unit, self.median, self.p99);
+        if let Some(cutoff) = self.cutoff.filter(|&c| len > c) {
+            Some(format!(
+                "{len} {unit}, over cutoff_len {cutoff} (truncated or dropped in training)"
+            ))
+        } else if self.enough && len >= p99 && len > 3 * median {
+            Some(format!(
+                "{len} {unit}: in the top 1% (p99 {p99}) and over 3x the median ({median})"
+            ))
+        } else {
+            None
+        }
+    }
 }

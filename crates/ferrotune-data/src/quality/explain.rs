@@ -41,7 +41,7 @@ fn explain_one(check: Check, o: &CheckOptions) -> Explanation {
             "warning",
             "conversations that differ by a word or a few: the same overweighting, harder to see",
             format!(
-                "MinHash over 3-word shingles (3-character for Chinese and Japanese), 128 hashes in 32 bands of 4 (LSH); a pair is reported when the estimated Jaccard similarity is >= {} (--near-threshold). Texts under 3 shingles are not compared",
+                "MinHash over 3-word shingles (3-character for Chinese and Japanese), 128 hashes in 32 bands of 4 (LSH); records sharing a band are compared with the band's first and with their predecessor, and pairs whose estimated Jaccard similarity is >= {} (--near-threshold) are grouped, transitively. Exact copies are compared once; texts under 3 shingles are not compared",
                 o.near_threshold
             ),
             FIRST_KEPT,
@@ -50,7 +50,7 @@ fn explain_one(check: Check, o: &CheckOptions) -> Explanation {
             "warning",
             "one prompt answered in different ways: the model learns to hedge between them, or learns the wrong one",
             format!(
-                "records whose prompt (everything before the final assistant turn, normalized as for exact duplicates) is the same and whose final answers differ; answers that are near-duplicates of each other (similarity >= {}) count as one answer",
+                "records whose prompt (everything before the final assistant turn, normalized as for exact duplicates) is the same and whose final answers differ; answers that are near-duplicates of each other (similarity >= {}) count as one answer; counted up to 8 (\"at least 8 different answers\")",
                 o.near_threshold
             ),
             KEPT,

@@ -13,7 +13,10 @@
 //! |---|---|
 //! | [`load`] | datasets to records and samples, lengths |
 //! | [`checks`] | findings about one record |
+//! | [`scan`] | the two passes over the records, in bounded memory |
 //! | [`groups`] | exact and near duplicates, one prompt with different answers |
+//! | [`spill`] | keys past a memory budget to temporary files, read back grouped |
+//! | [`summary`] | per-dataset and overall counts, lengths, scripts, diversity |
 //! | [`language`] | answers in another script than their prompt, mixed scripts |
 //! | [`diversity`] | distinct-n, first words, frequent n-grams |
 //! | [`fix`] | the cleaned copy and the log of what was dropped |
@@ -27,12 +30,14 @@ pub mod groups;
 pub mod language;
 pub mod load;
 pub mod minhash;
+pub mod scan;
+pub mod spill;
+pub mod summary;
 pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::DataArgs;
@@ -142,6 +147,9 @@ pub struct CheckOptions {
     pub cutoff_len: Option<usize>,
     /// Keep every record's raw JSON in [`Checked::datasets`] (what `--fix` writes back).
     pub keep_raw: bool,
+    /// Bytes of group keys held in memory per key set before they go to temporary files
+    /// ([`spill`]); tests set it small to take the file path on small data.
+    pub spill_budget: usize,
 }
 
 impl Default for CheckOptions {
@@ -153,6 +161,7 @@ impl Default for CheckOptions {
             control_tokens: Vec::new(),
             cutoff_len: None,
             keep_raw: true,
+            spill_budget: 32 << 20,
         }
     }
 }
@@ -220,11 +229,9 @@ pub struct Checked {
 /// Checks every dataset the arguments name. With a tokenizer configured, lengths are in
 /// its tokens, its special tokens are control tokens, and `cutoff_len` is checked.
 ///
-/// Without `keep_raw` the records are streamed: a chunk is read, formatted and checked at
-/// a time, and only what the group checks and the summary need stays (a few hundred
-/// bytes a record); the final answers of records whose prompt recurs are read in a second
-/// pass. With `keep_raw` every record is loaded and kept for `--fix`. Both give the same
-/// report (tested).
+/// Without `keep_raw` the records are streamed, a chunk at a time, and memory stays
+/// bounded whatever their number ([`scan`]). With `keep_raw` every record is loaded and
+/// kept for `--fix`. Both give the same report (tested).
 pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
     let mut notes = Vec::new();
     let tools = load::load_tokenizer(args, &mut notes)?;
@@ -242,76 +249,20 @@ pub fn run(args: &DataArgs, options: &CheckOptions) -> Result<Checked> {
         }
         None => Measure::Chars,
     };
-    let scanner = checks::Scanner::new(&options);
-    if options.keep_raw {
+    let (datasets, report) = if options.keep_raw {
         let datasets = load::load(args)?;
-        let names: Vec<String> = datasets.iter().map(|d| d.name.clone()).collect();
-        let facts: Vec<Vec<checks::Facts>> = datasets
-            .iter()
-            .map(|d| {
-                d.records
-                    .par_iter()
-                    .map(|r| scanner.facts(r, &measure))
-                    .collect()
-            })
-            .collect();
-        let answers = |wanted: &BTreeSet<(usize, usize)>| -> Result<_> {
-            Ok(wanted
-                .iter()
-                .filter_map(|&(d, r)| {
-                    let sample = datasets[d].records[r].sample.as_ref().ok()?;
-                    Some(((d, r), groups::final_answer(sample)?))
-                })
-                .collect())
+        let report = scan::report(&scan::Source::Loaded(&datasets), &options, &measure)?;
+        (datasets, report)
+    } else {
+        let specs = load::specs(args)?;
+        let source = scan::Source::Streamed {
+            args,
+            specs: &specs,
         };
-        let report = analyze(&names, facts, &options, &measure, answers)?;
-        return Ok(Checked {
-            datasets,
-            report,
-            notes,
-        });
-    }
-    let specs = load::specs(args)?;
-    let mut facts = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        let mut dataset = Vec::new();
-        load::stream_dataset(args, spec, |chunk| {
-            dataset.extend(
-                chunk
-                    .par_iter()
-                    .map(|r| scanner.facts(r, &measure))
-                    .collect::<Vec<_>>(),
-            );
-            Ok(())
-        })?;
-        facts.push(dataset);
-    }
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let answers = |wanted: &BTreeSet<(usize, usize)>| -> Result<_> {
-        let mut out = std::collections::HashMap::new();
-        for (d, spec) in specs.iter().enumerate() {
-            if !wanted.iter().any(|&(wd, _)| wd == d) {
-                continue;
-            }
-            let mut at = 0;
-            load::stream_dataset(args, spec, |chunk| {
-                for record in chunk {
-                    if wanted.contains(&(d, at)) {
-                        if let Some(a) = record.sample.as_ref().ok().and_then(groups::final_answer)
-                        {
-                            out.insert((d, at), a);
-                        }
-                    }
-                    at += 1;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(out)
+        (Vec::new(), scan::report(&source, &options, &measure)?)
     };
-    let report = analyze(&names, facts, &options, &measure, answers)?;
     Ok(Checked {
-        datasets: Vec::new(),
+        datasets,
         report,
         notes,
     })
@@ -327,134 +278,4 @@ pub fn read_blocklist(path: &Path) -> Result<Vec<String>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .collect())
-}
-
-/// Runs every check over the facts of every record (`names`: the datasets'). `answers`
-/// gives the normalized final answers of the records it is asked for.
-pub fn analyze(
-    names: &[String],
-    mut facts: Vec<Vec<checks::Facts>>,
-    options: &CheckOptions,
-    measure: &Measure,
-    answers: impl FnOnce(
-        &BTreeSet<(usize, usize)>,
-    ) -> Result<std::collections::HashMap<(usize, usize), String>>,
-) -> Result<Report> {
-    let mut findings = Vec::new();
-    for (di, (name, facts)) in names.iter().zip(facts.iter_mut()).enumerate() {
-        for (ri, f) in facts.iter_mut().enumerate() {
-            for hit in std::mem::take(&mut f.hits) {
-                findings.push(Finding {
-                    check: hit.check,
-                    severity: hit.severity,
-                    dataset: name.clone(),
-                    records: vec![ri],
-                    example: hit.example,
-                    detail: hit.detail,
-                    dataset_index: di,
-                });
-            }
-        }
-        findings.extend(checks::length_outliers(
-            di,
-            name,
-            facts,
-            measure,
-            options.cutoff_len,
-        ));
-    }
-    let errors: BTreeSet<(usize, usize)> = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .map(|f| (f.dataset_index, f.records[0]))
-        .collect();
-    let prompt_groups = groups::prompt_groups(&facts);
-    let answers = answers(&prompt_groups.iter().flatten().copied().collect())?;
-    let grouped = groups::find(
-        names,
-        &facts,
-        options.near_threshold,
-        &errors,
-        &prompt_groups,
-        &answers,
-    );
-    findings.extend(grouped.findings);
-    findings.sort_by(|a, b| {
-        (a.dataset_index, a.records.first(), a.check).cmp(&(
-            b.dataset_index,
-            b.records.first(),
-            b.check,
-        ))
-    });
-    let summary = summarize(names, &facts, &findings, measure);
-    Ok(Report {
-        findings,
-        summary,
-        redundant: grouped.redundant,
-    })
-}
-
-fn summarize(
-    names: &[String],
-    facts: &[Vec<checks::Facts>],
-    findings: &[Finding],
-    measure: &Measure,
-) -> Summary {
-    let mut per: Vec<DatasetSummary> = names
-        .iter()
-        .zip(facts)
-        .map(|(name, f)| {
-            let mut scripts = BTreeMap::new();
-            for fact in f {
-                *scripts.entry(fact.script).or_insert(0) += 1;
-            }
-            let lengths: Vec<usize> = f.iter().filter_map(|x| x.length).collect();
-            DatasetSummary {
-                name: name.clone(),
-                records: f.len(),
-                scripts,
-                lengths: LengthStats::of(&lengths),
-                diversity: Diversity::of(f.iter().filter_map(|x| x.instruction.as_deref())),
-                ..DatasetSummary::default()
-            }
-        })
-        .collect();
-    let mut flagged: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
-    for f in findings {
-        let s = &mut per[f.dataset_index];
-        let count = s.checks.entry(f.check.name()).or_default();
-        count.findings += 1;
-        count.records += f.records.len();
-        if f.severity != Severity::Info {
-            flagged[f.dataset_index].extend(f.records.iter().copied());
-        }
-    }
-    for (s, flagged) in per.iter_mut().zip(&flagged) {
-        s.clean = s.records - flagged.len();
-    }
-    let all = facts.iter().flatten();
-    let lengths: Vec<usize> = all.clone().filter_map(|x| x.length).collect();
-    let mut overall = DatasetSummary {
-        name: "overall".into(),
-        lengths: LengthStats::of(&lengths),
-        diversity: Diversity::of(all.filter_map(|x| x.instruction.as_deref())),
-        ..DatasetSummary::default()
-    };
-    for s in &per {
-        overall.records += s.records;
-        overall.clean += s.clean;
-        for (k, c) in &s.checks {
-            let o = overall.checks.entry(k).or_default();
-            o.findings += c.findings;
-            o.records += c.records;
-        }
-        for (k, n) in &s.scripts {
-            *overall.scripts.entry(k).or_insert(0) += n;
-        }
-    }
-    Summary {
-        length_unit: measure.unit(),
-        datasets: per,
-        overall,
-    }
 }
