@@ -548,11 +548,29 @@ impl CausalLm {
         batch_size: usize,
         pad: u32,
     ) -> Result<(f64, usize)> {
+        self.eval_loss_part(examples, batch_size, pad, (0, 1))
+    }
+
+    /// [`Self::eval_loss`] over batch `part.0`, `part.0 + part.1`, ... of the batches: one
+    /// process's part of an evaluation split over `part.1` processes, whose sums add up
+    /// to the whole.
+    pub fn eval_loss_part(
+        &self,
+        examples: &[Example],
+        batch_size: usize,
+        pad: u32,
+        part: (usize, usize),
+    ) -> Result<(f64, usize)> {
         // Without gradients: on a copy whose weights are all plain tensors, candle keeps no
         // graph, and each layer's activations are freed as the next is computed.
         let model = self.detached()?;
         let (mut sum, mut tokens) = (0f64, 0usize);
-        for chunk in examples.chunks(batch_size.max(1)) {
+        let (index, parts) = (part.0, part.1.max(1));
+        for chunk in examples
+            .chunks(batch_size.max(1))
+            .skip(index)
+            .step_by(parts)
+        {
             let batch = Batch::padded(chunk, pad, 8, self.device())?;
             if batch.supervised_tokens == 0 {
                 continue;

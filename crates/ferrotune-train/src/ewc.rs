@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
+use ferrotune_dist::Collective;
 use ferrotune_model::{Batch, CausalLm, Param};
 
 #[derive(Debug, Clone)]
@@ -22,15 +23,28 @@ pub struct Ewc {
 }
 
 impl Ewc {
-    /// Estimates the Fisher of the trainable parameters of `model` on `batches`.
-    pub fn estimate(model: &CausalLm, batches: &[Batch], lambda: f64) -> Result<Self> {
+    /// Estimates the Fisher of the trainable parameters of `model` on `batches`. With
+    /// several processes each takes every `size`-th batch and the sums are added over
+    /// the processes, so every process ends with the Fisher of all the batches.
+    pub fn estimate(
+        model: &CausalLm,
+        batches: &[Batch],
+        lambda: f64,
+        world: &dyn Collective,
+    ) -> Result<Self> {
         let params: Vec<&Param> = model.trainable_params();
         let mut fisher: Vec<Tensor> = params
             .iter()
             .map(|p| p.tensor()?.zeros_like())
             .collect::<Result<_>>()?;
         let mut used = 0usize;
-        for batch in batches.iter().filter(|b| b.supervised_tokens > 0) {
+        let ours = batches
+            .iter()
+            .filter(|b| b.supervised_tokens > 0)
+            .enumerate()
+            .filter(|(i, _)| i % world.size() == world.rank())
+            .map(|(_, b)| b);
+        for batch in ours {
             let loss = model.loss(batch, false)?;
             let grads = loss.mean()?.backward()?;
             for (f, p) in fisher.iter_mut().zip(&params) {
@@ -41,6 +55,9 @@ impl Ewc {
             }
             used += 1;
         }
+        let mut count = used as f64;
+        crate::distributed::all_reduce(world, &mut fisher, &mut count)?;
+        let used = count as usize;
         if used == 0 {
             candle_core::bail!("EWC: the reference data has no supervised token");
         }

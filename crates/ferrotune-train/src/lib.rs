@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod ewc;
 pub mod grads;
 pub mod optim;

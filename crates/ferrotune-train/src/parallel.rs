@@ -19,6 +19,9 @@
 //! The sum of the shards' gradients equals the micro-batch's gradient up to the order of
 //! floating-point additions; losses are sums over tokens, normalised by the caller's
 //! `scale`, so the split changes no loss or gradient beyond rounding.
+//!
+//! Across processes (`crate::distributed`), the shards of each micro-batch are numbered
+//! over all processes' workers, and each process computes its own ([`Share`]).
 
 use std::time::Instant;
 
@@ -112,18 +115,105 @@ impl Workers {
         scale: f64,
         pass: Pass,
     ) -> Result<Gradients> {
-        let shards = if self.pools.len() > 1 && batch.batch > 1 {
-            let shards = batch.split_rows_balanced(self.pools.len())?;
-            let cost = Cost::of(model);
-            shards
+        self.step_gradients(
+            model,
+            std::slice::from_ref(batch),
+            params,
+            scale,
+            pass,
+            Share::WHOLE,
+        )
+    }
+
+    /// The loss and gradients of this process's part of an optimizer step's micro-batches.
+    /// Each micro-batch is split into `count() x share.processes` shards; this process
+    /// computes shards `share.process * count()..` of each, one per worker. Each worker
+    /// sums its shards over the micro-batches, and the workers' sums are added in worker
+    /// order at the end: the same additions, in the same order, as the processes' sums
+    /// of a data-parallel run then make (`crate::distributed`), so that two processes of
+    /// one thread compute bit for bit what one process of two threads does.
+    pub fn step_gradients(
+        &self,
+        model: &CausalLm,
+        micro: &[Batch],
+        params: &[&Param],
+        scale: f64,
+        pass: Pass,
+        share: Share,
+    ) -> Result<Gradients> {
+        let threads = self.count();
+        let total = threads * share.processes.max(1);
+        let mut sums: Vec<Option<Gradients>> = (0..threads).map(|_| None).collect();
+        let (mut forward_s, mut backward_s) = (0f64, 0f64);
+        for batch in micro {
+            let split = self.split(model, batch, total)?;
+            let all: Vec<&Batch> = if split.is_empty() {
+                vec![batch]
+            } else {
+                split.iter().collect()
+            };
+            let mine: Vec<&Batch> = all
                 .into_iter()
-                .map(|s| cost.cheapest(s))
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            Vec::new()
+                .skip(share.process * threads)
+                .take(threads)
+                .collect();
+            let parts = self.run_shards(model, &mine, params, scale, pass)?;
+            let (mut f, mut b) = (0f64, 0f64);
+            for (sum, part) in sums.iter_mut().zip(parts) {
+                f = f.max(part.forward_s);
+                b = b.max(part.backward_s);
+                match sum {
+                    None => *sum = Some(part),
+                    Some(sum) => {
+                        sum.loss_sum += part.loss_sum;
+                        sum.grads.merge(part.grads)?;
+                    }
+                }
+            }
+            forward_s += f;
+            backward_s += b;
+        }
+        let mut total = Gradients {
+            loss_sum: 0.0,
+            grads: Accumulated::new(params.len()),
+            forward_s,
+            backward_s,
         };
-        if shards.len() < 2 {
-            return shard_gradients(model, batch, params, scale, pass);
+        for part in sums.into_iter().flatten() {
+            total.loss_sum += part.loss_sum;
+            total.grads.merge(part.grads)?;
+        }
+        Ok(total)
+    }
+
+    /// `batch` split into up to `total` shards (each in its cheapest layout); empty when
+    /// it is not split.
+    fn split(&self, model: &CausalLm, batch: &Batch, total: usize) -> Result<Vec<Batch>> {
+        if total < 2 || batch.batch < 2 {
+            return Ok(Vec::new());
+        }
+        let cost = Cost::of(model);
+        batch
+            .split_rows_balanced(total)?
+            .into_iter()
+            .map(|s| cost.cheapest(s))
+            .collect()
+    }
+
+    /// Each shard on its own worker (on the calling thread when there is one shard).
+    fn run_shards(
+        &self,
+        model: &CausalLm,
+        shards: &[&Batch],
+        params: &[&Param],
+        scale: f64,
+        pass: Pass,
+    ) -> Result<Vec<Gradients>> {
+        if shards.len() < 2 || self.pools.len() < 2 {
+            return shards
+                .iter()
+                .map(|shard| shard_gradients(model, shard, params, scale, pass))
+                .collect();
         }
         let results: Vec<Result<Gradients>> = std::thread::scope(|s| {
             let handles: Vec<_> = shards
@@ -144,22 +234,25 @@ impl Workers {
                 })
                 .collect()
         });
-        let mut total: Option<Gradients> = None;
-        for part in results {
-            let part = part?;
-            total = Some(match total {
-                None => part,
-                Some(mut t) => {
-                    t.loss_sum += part.loss_sum;
-                    t.forward_s = t.forward_s.max(part.forward_s);
-                    t.backward_s = t.backward_s.max(part.backward_s);
-                    t.grads.merge(part.grads)?;
-                    t
-                }
-            });
-        }
-        total.ok_or_else(|| candle_core::Error::Msg("no shard".into()))
+        results.into_iter().collect()
     }
+}
+
+/// Which part of each micro-batch a process computes in a data-parallel run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This process's rank.
+    pub process: usize,
+    /// The processes of the run.
+    pub processes: usize,
+}
+
+impl Share {
+    /// A run of one process.
+    pub const WHOLE: Share = Share {
+        process: 0,
+        processes: 1,
+    };
 }
 
 /// The relative compute of a decoder stack over rows: per token, the projections; per

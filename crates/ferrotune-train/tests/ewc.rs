@@ -15,7 +15,7 @@ fn penalty_gradient_matches_autograd_and_round_trips() {
     train_everything(&mut model).unwrap();
     let r = candle_core::safetensors::load(dir.join("parity.safetensors"), &Device::Cpu).unwrap();
     let batch = reference_batch(&r, &Device::Cpu).unwrap();
-    let ewc = Ewc::estimate(&model, &[batch], 3.0).unwrap();
+    let ewc = Ewc::estimate(&model, &[batch], 3.0, &ferrotune_dist::Solo).unwrap();
     // At the anchor the penalty is zero; move the weights away from it.
     for p in model.params_mut() {
         let shifted = (p.tensor().unwrap() + 0.01).unwrap();

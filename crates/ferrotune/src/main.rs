@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use ferrotune_dist::Launch;
 
 // The tokenizer and the training loop allocate many small, short-lived buffers from every
 // thread; mimalloc serves those markedly faster than glibc's malloc
@@ -49,18 +50,63 @@ fn single_threaded_candle_elementwise() {
 /// that candle's matrix products use the threads everything else uses: candle reads the
 /// variable before every product and, unset, works out its own default (the physical
 /// cores) again from /proc/cpuinfo each time, which showed in a LoRA training step's
-/// profile.
-fn fixed_thread_count() {
+/// profile. Processes of a data-parallel launch share the machine's CPUs: each takes
+/// its share.
+fn fixed_thread_count(launch: Option<&Launch>) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cpus / launch.map_or(1, |l| l.local_size)).max(1);
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 
+/// The processes of a data-parallel launch other than rank 0 print only their errors
+/// (their progress would repeat rank 0's): their standard error goes to /dev/null, and
+/// the stream returned, the original one, takes the errors.
+#[cfg(unix)]
+fn quiet_unless_main(launch: Option<&Launch>) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if launch.is_none_or(|l| l.rank == 0) || std::env::var_os("FERROTUNE_ALL_RANKS_PRINT").is_some()
+    {
+        return None;
+    }
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok()?;
+    // SAFETY: plain descriptor calls on this process's own descriptors, before any other
+    // thread writes to standard error.
+    unsafe {
+        let saved = libc::dup(2);
+        if saved < 0 || libc::dup2(null.as_raw_fd(), 2) < 0 {
+            return None;
+        }
+        Some(std::fs::File::from_raw_fd(saved))
+    }
+}
+
+/// An error line, to the stream errors go to.
+fn report(errors: Option<&mut std::fs::File>, message: &str) {
+    match errors {
+        Some(stream) => {
+            use std::io::Write;
+            let _ = writeln!(stream, "{message}");
+        }
+        None => eprintln!("{message}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_unless_main(_: Option<&Launch>) -> Option<std::fs::File> {
+    None
+}
+
 fn main() -> ExitCode {
+    let launch = Launch::detect();
     single_threaded_candle_elementwise();
-    fixed_thread_count();
+    fixed_thread_count(launch.as_ref());
     let cli = cli::Cli::parse();
+    let mut errors = quiet_unless_main(launch.as_ref());
     match cli.freed_memory() {
         cli::FreedMemory::Keep => keep_freed_memory(),
         cli::FreedMemory::KeepFromTrainingLoop => {
@@ -68,12 +114,33 @@ fn main() -> ExitCode {
         }
         cli::FreedMemory::HandBack => {}
     }
-    match cli::run(cli) {
+    // Several processes (mpirun, srun) join one data-parallel run; alone, a world of one.
+    let world = if cli.joins_world() {
+        match ferrotune_dist::World::init() {
+            Ok(world) => world,
+            Err(e) => {
+                report(errors.as_mut(), &format!("error: {e}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        ferrotune_dist::World::solo()
+    };
+    match cli::run(cli, &world) {
         Ok(()) => ExitCode::SUCCESS,
         // `ferrotune data preview | head` closes the pipe early; that is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let rank = launch
+                .as_ref()
+                .map(|l| format!("rank {} of {}: ", l.rank, l.size))
+                .unwrap_or_default();
+            report(errors.as_mut(), &format!("error: {rank}{e:#}"));
+            if world.size() > 1 {
+                // The other processes would wait for this one at their next collective
+                // call: end them all (mpirun then names this rank).
+                world.abort(1);
+            }
             ExitCode::FAILURE
         }
     }

@@ -541,10 +541,10 @@ fn union(parent: &mut [u32], a: u32, b: u32) {
     }
 }
 
-/// Findings of the groups; with `redundant`, the copies `--fix` drops -> (check, the
-/// kept copy), keeping the first copy without an error.
+/// Findings of the groups (each group dropped once it is one); with `redundant`, the
+/// copies `--fix` drops -> (check, the kept copy), keeping the first copy without an error.
 pub fn findings(
-    groups: &[Group],
+    groups: Vec<Group>,
     numbering: &Numbering,
     names: &[String],
     headlines: &HashMap<u32, String>,
@@ -553,31 +553,33 @@ pub fn findings(
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for group in groups {
-        let members: Vec<Item> = group.members.iter().map(|&g| numbering.item(g)).collect();
         if let Some(redundant) = redundant.as_deref_mut() {
             if group.check != Check::ConflictingAnswer {
+                let members = group.members.iter().map(|&g| numbering.item(g));
                 let kept = members
-                    .iter()
-                    .copied()
+                    .clone()
                     .find(|i| !errors.contains(i))
-                    .unwrap_or(members[0]);
-                for &item in &members {
+                    .unwrap_or(numbering.item(group.members[0]));
+                for item in members {
                     if item != kept {
                         redundant.entry(item).or_insert((group.check, kept));
                     }
                 }
             }
         }
-        let (first_d, first_r) = members[0];
-        let mut parts: BTreeMap<usize, Vec<(usize, u32)>> = BTreeMap::new();
-        for (&(d, r), &g) in members.iter().zip(&group.members) {
-            parts.entry(d).or_default().push((r, g));
+        let (first_d, first_r) = numbering.item(group.members[0]);
+        // Per dataset: its records, and the first one's global number (for its text).
+        let mut parts: BTreeMap<usize, (Vec<usize>, u32)> = BTreeMap::new();
+        for &g in &group.members {
+            let (d, r) = numbering.item(g);
+            parts.entry(d).or_insert_with(|| (Vec::new(), g)).0.push(r);
         }
-        for (d, records) in parts {
+        let Group { check, detail, .. } = group;
+        for (d, (records, shown)) in parts {
             if d == first_d && records.len() < 2 {
                 continue;
             }
-            let mut detail = group.detail.clone();
+            let mut detail = detail.clone();
             if d != first_d {
                 detail.push_str(&format!(
                     "; the first is {} record {first_r}",
@@ -585,11 +587,11 @@ pub fn findings(
                 ));
             }
             out.push(Finding {
-                check: group.check,
+                check,
                 severity: Severity::Warning,
                 dataset: names[d].clone(),
-                example: headlines.get(&records[0].1).cloned().unwrap_or_default(),
-                records: records.into_iter().map(|(r, _)| r).collect(),
+                example: headlines.get(&shown).cloned().unwrap_or_default(),
+                records,
                 detail,
                 dataset_index: d,
             });

@@ -188,7 +188,7 @@ pub fn report(source: &Source, options: &CheckOptions, measure: &Measure) -> Res
     let mut redundant = BTreeMap::new();
     let keep = matches!(source, Source::Loaded(_)).then_some(&mut redundant);
     findings.extend(groups::findings(
-        &found, &numbering, &names, &headlines, &errors, keep,
+        found, &numbering, &names, &headlines, &errors, keep,
     ));
     findings.sort_by(|a, b| {
         (a.dataset_index, a.records.first(), a.check).cmp(&(

@@ -2,6 +2,7 @@
 //! baseline that eval losses, and forgetting, compare to), as `eval_strategy` asks, and
 //! after the last step.
 
+use ferrotune_dist::Collective;
 use ferrotune_model::{CausalLm, Example};
 use serde_json::json;
 
@@ -15,14 +16,24 @@ pub(super) struct Evaluation<'a> {
     pub examples: &'a [Example],
     pub batch_size: usize,
     pub pad: u32,
+    /// The processes split the evaluation batches and add their sums.
+    pub world: &'a dyn Collective,
 }
 
 impl Evaluation<'_> {
     /// Evaluates, writes the record for `step`, returns the eval loss.
     fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<f64> {
-        let (sum, tokens) = self
-            .model
-            .eval_loss(self.examples, self.batch_size, self.pad)?;
+        let (sum, tokens) = self.model.eval_loss_part(
+            self.examples,
+            self.batch_size,
+            self.pad,
+            (self.world.rank(), self.world.size()),
+        )?;
+        let mut both = [sum, tokens as f64];
+        self.world
+            .all_reduce_sum_f64(&mut both)
+            .map_err(super::dist_error)?;
+        let (sum, tokens) = (both[0], both[1] as usize);
         let loss = sum / tokens.max(1) as f64;
         metrics.write(&json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens}))?;
         Ok(loss)

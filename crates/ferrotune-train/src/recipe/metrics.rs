@@ -11,25 +11,37 @@ use super::progress::Progress;
 use super::step::Taken;
 use super::Result;
 
-/// The run's metrics.jsonl, appended to (a resumed run continues the file).
+/// The run's metrics.jsonl, appended to (a resumed run continues the file); not opened
+/// by the processes that do not write (ranks other than 0).
 pub(super) struct Metrics {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     path: PathBuf,
 }
 
 impl Metrics {
-    pub(super) fn open(output_dir: &Path) -> Result<Self> {
+    pub(super) fn open(output_dir: &Path, writes: bool) -> Result<Self> {
         let path = output_dir.join("metrics.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| ModelError::file(&path, e.to_string()))?;
+        let file = if writes {
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| ModelError::file(&path, e.to_string()))?,
+            )
+        } else {
+            None
+        };
         Ok(Metrics { file, path })
     }
 
     pub(super) fn write(&mut self, record: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{record}").map_err(|e| ModelError::file(&self.path, e.to_string()))
+        match &mut self.file {
+            Some(file) => {
+                writeln!(file, "{record}").map_err(|e| ModelError::file(&self.path, e.to_string()))
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -8,6 +8,10 @@
 //!   AdamW), then the log line (`metrics`), the evaluation (`evaluate`) and the
 //!   checkpoint (`save`) when each is due;
 //! - the outputs (`save`): the adapter or the model, the config, the plot, the summary.
+//!
+//! Launched as several processes (`mpirun`, `srun`), every process runs this same recipe
+//! on the same global batches and computes its share of each (`crate::distributed`);
+//! rank 0 alone writes files.
 
 mod data;
 mod evaluate;
@@ -24,6 +28,7 @@ use std::path::PathBuf;
 
 use ferrotune_data::config::DATA_KEYS;
 use ferrotune_data::DataArgs;
+use ferrotune_dist::World;
 use ferrotune_model::ModelError;
 
 use crate::config::file::ConfigFile;
@@ -84,10 +89,18 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
 }
 
-/// Runs the whole recipe. Progress goes to stderr; returns the summary.
-pub fn run(run: &Run) -> Result<Summary> {
-    let mut setup = setup::setup(run)?;
-    let trained = train_loop::train(run, &mut setup)?;
-    save::trained_model(&setup)?;
-    save::summary(run, &setup, &trained)
+/// Runs the whole recipe as one process of `world`. Progress goes to stderr; returns the
+/// summary.
+pub fn run(run: &Run, world: &World) -> Result<Summary> {
+    let mut setup = setup::setup(run, world)?;
+    let trained = train_loop::train(run, &mut setup, world)?;
+    if world.is_main() {
+        save::trained_model(&setup)?;
+    }
+    save::summary(run, &setup, &trained, world.is_main())
+}
+
+/// A failed collective operation, as the recipe's error.
+fn dist_error(e: ferrotune_dist::DistError) -> ModelError {
+    ModelError::invalid(e.to_string())
 }

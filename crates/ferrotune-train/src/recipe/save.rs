@@ -82,8 +82,14 @@ pub(super) fn trained_model(setup: &Setup) -> Result<()> {
     }
 }
 
-/// train_config.json, loss.png and train_summary.json; returns the summary.
-pub(super) fn summary(run: &Run, setup: &Setup, trained: &Trained) -> Result<Summary> {
+/// train_config.json, loss.png and train_summary.json (when this process `writes`);
+/// returns the summary.
+pub(super) fn summary(
+    run: &Run,
+    setup: &Setup,
+    trained: &Trained,
+    writes: bool,
+) -> Result<Summary> {
     let output_dir = &setup.output_dir;
     let wall = trained.started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -95,6 +101,9 @@ pub(super) fn summary(run: &Run, setup: &Setup, trained: &Trained) -> Result<Sum
         peak_rss_mib: peak_rss_mib(),
         output_dir: output_dir.clone(),
     };
+    if !writes {
+        return Ok(summary);
+    }
     write_json(&output_dir.join("train_config.json"), &run.resolved)?;
     let metrics = output_dir.join("metrics.jsonl");
     let (train_losses, eval_losses) = crate::plot::read_losses(&metrics);

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use ferrotune_dist::World;
 use ferrotune_model::ops::bf16::has_avx512_bf16;
 use ferrotune_model::ModelError;
 
 use super::data::{sanity_warnings, TrainingData};
 use super::memory_check;
 use super::tuning::{ModelSource, Tuned};
-use super::{metrics, Result, Run};
+use super::{dist_error, metrics, Result, Run};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Choice, FinetuningType, TrainArgs};
 use crate::optim::{AdamW, AdamWConfig};
@@ -28,8 +29,14 @@ pub(super) struct Setup {
     pub state: TrainerState,
 }
 
-pub(super) fn setup(run: &Run) -> Result<Setup> {
+pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
     let t = &run.train;
+    if world.size() > 1 && run.data.streaming {
+        return Err(ModelError::invalid(format!(
+            "streaming: true with {} processes: each would prepare the data on its own; prepare it once with `ferrotune data prepare` and train from the cache (streaming: false)",
+            world.size()
+        )));
+    }
     let unsupported = t.unsupported();
     if !unsupported.is_empty() {
         return Err(ModelError::invalid(format!(
@@ -49,7 +56,18 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
     for note in &quantization.notes {
         eprintln!("note: {note}");
     }
-    let output_dir = output_folder(t)?;
+    // Rank 0 makes (or clears) the folder and prepares the data's cache entries; the
+    // others wait, then find both ready.
+    let output_dir = if world.is_main() {
+        let dir = output_folder(t)?;
+        world.barrier().map_err(dist_error)?;
+        dir
+    } else {
+        world.barrier().map_err(dist_error)?;
+        t.output_dir
+            .clone()
+            .ok_or_else(|| ModelError::invalid("output_dir is not set"))?
+    };
     let device = Device::Cpu;
     if t.bf16 && !has_avx512_bf16() {
         eprintln!(
@@ -67,11 +85,26 @@ pub(super) fn setup(run: &Run) -> Result<Setup> {
         );
     }
     memory_check::check(t, &run.data, &source.dir, &quantization)?;
+    if !world.is_main() {
+        world.barrier().map_err(dist_error)?;
+    }
     let data = TrainingData::prepare(&run.data, t, &source.dir)?;
-    let tuned = Tuned::load(source, t, &data.args, &output_dir, &device, &quantization)?;
-    let plan = Plan::new(t, data.rows.len());
-    announce(run, &data, &tuned, &plan);
-    let (optimizer, state) = optimizer_and_resume(t, &tuned, &output_dir, run.data.seed)?;
+    if world.is_main() {
+        world.barrier().map_err(dist_error)?;
+    }
+    let tuned = Tuned::load(
+        source,
+        t,
+        &data.args,
+        &output_dir,
+        &device,
+        &quantization,
+        world,
+    )?;
+    let plan = Plan::new(t, data.rows.len(), world.size());
+    announce(run, &data, &tuned, &plan, world);
+    let (optimizer, state) =
+        optimizer_and_resume(t, &tuned, &output_dir, run.data.seed, world.is_main())?;
     Ok(Setup {
         output_dir,
         device,
@@ -114,7 +147,7 @@ fn output_folder(t: &TrainArgs) -> Result<PathBuf> {
 
 /// How the rows become optimizer steps, and the learning rate of each.
 pub(super) struct Plan {
-    /// Rows per micro-batch.
+    /// Rows per micro-batch, over all processes (`per_device_train_batch_size` each).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub accumulation: usize,
@@ -125,8 +158,8 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    fn new(t: &TrainArgs, rows: usize) -> Self {
-        let batch_size = t.per_device_train_batch_size.max(1);
+    fn new(t: &TrainArgs, rows: usize, processes: usize) -> Self {
+        let batch_size = t.per_device_train_batch_size.max(1) * processes.max(1);
         let accumulation = t.gradient_accumulation_steps.max(1);
         let micro_per_epoch = rows.div_ceil(batch_size);
         let steps_per_epoch = micro_per_epoch.div_ceil(accumulation);
@@ -153,15 +186,27 @@ impl Plan {
 }
 
 /// The run in one line, and warnings for settings outside the usual ranges.
-fn announce(run: &Run, data: &TrainingData, tuned: &Tuned, plan: &Plan) {
+fn announce(run: &Run, data: &TrainingData, tuned: &Tuned, plan: &Plan, world: &World) {
     let t = &run.train;
+    let processes = world.size();
+    let threads = if t.cpu_data_parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    if processes > 1 {
+        eprintln!("data parallel: {}", world.describe());
+    }
     eprintln!(
-        "training {} rows ({} examples for evaluation); effective batch {} x {} accumulation x 1 device = {}; {} steps per epoch, {} steps; {:.2}M trainable parameters ({})",
+        "training {} rows ({} examples for evaluation); effective batch {} x {} accumulation x {processes} process{} = {} (each micro-batch split over {processes} process{} x {threads} thread{}); {} steps per epoch, {} steps; {:.2}M trainable parameters ({})",
         data.rows.len(),
         data.eval_examples.len(),
-        plan.batch_size,
+        plan.batch_size / processes.max(1),
         plan.accumulation,
+        if processes == 1 { "" } else { "es" },
         plan.batch_size * plan.accumulation,
+        if processes == 1 { "" } else { "es" },
+        if threads == 1 { "" } else { "s" },
         plan.steps_per_epoch,
         plan.total_steps,
         tuned.model.trainable_count() as f64 / 1e6,
@@ -179,6 +224,7 @@ fn optimizer_and_resume(
     tuned: &Tuned,
     output_dir: &Path,
     seed: u64,
+    writes: bool,
 ) -> Result<(AdamW, TrainerState)> {
     let mut optimizer = AdamW::new(AdamWConfig {
         weight_decay: t.weight_decay,
@@ -211,6 +257,8 @@ fn optimizer_and_resume(
         dir.display(),
         state.global_step
     );
-    metrics::truncate(&output_dir.join("metrics.jsonl"), state.global_step)?;
+    if writes {
+        metrics::truncate(&output_dir.join("metrics.jsonl"), state.global_step)?;
+    }
     Ok((optimizer, state))
 }

@@ -2,13 +2,15 @@
 //! with the loss normalised over the whole window, the EWC penalty, clipping, AdamW.
 
 use candle_core::Device;
+use ferrotune_dist::Collective;
 use ferrotune_model::{Batch, CausalLm, Param};
 
 use super::setup::Plan;
 use super::Result;
 use crate::checkpoint::TrainerState;
+use crate::distributed;
 use crate::ewc::Ewc;
-use crate::grads::{clip, Accumulated};
+use crate::grads::clip;
 use crate::optim::AdamW;
 use crate::parallel::{Pass, Workers};
 use crate::rows::Rows;
@@ -76,6 +78,8 @@ pub(super) struct TrainStep<'a> {
     /// Whether decoder layers are recomputed in the backward pass.
     pub pass: Pass,
     pub max_grad_norm: f64,
+    /// The processes this one shares each step with.
+    pub world: &'a dyn Collective,
 }
 
 /// How a step went.
@@ -119,17 +123,20 @@ impl TrainStep<'_> {
         let params: Vec<&Param> = self.model.trainable_params();
         // Each micro-batch's loss is divided by the whole step's token count, so the
         // accumulated gradient is that of the mean over the step, however it is split.
+        // Every process builds the whole micro-batches, so each knows that count; each
+        // computes its shards, and one all-reduce adds the processes' sums.
         let scale = 1.0 / supervised_tokens as f64;
-        let mut accumulated = Accumulated::new(params.len());
-        let mut loss_sum = 0f64;
-        for batch in micro {
-            let part = self
-                .workers
-                .gradients(self.model, batch, &params, scale, self.pass)?;
-            accumulated.merge(part.grads)?;
-            loss_sum += part.loss_sum;
-        }
-        let mut grads = accumulated.finish(&params)?;
+        let part = self.workers.step_gradients(
+            self.model,
+            micro,
+            &params,
+            scale,
+            self.pass,
+            distributed::share(self.world),
+        )?;
+        let mut loss_sum = part.loss_sum;
+        let mut grads = part.grads.finish(&params)?;
+        distributed::all_reduce(self.world, &mut grads, &mut loss_sum)?;
         let mut ewc_penalty = None;
         if let Some(ewc) = self.ewc {
             ewc.add_gradient(&params, &mut grads)?;

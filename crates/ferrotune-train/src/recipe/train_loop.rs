@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use ferrotune_dist::World;
 use ferrotune_model::ModelError;
 
 use super::evaluate::{EvalSchedule, Evaluation};
@@ -13,10 +14,14 @@ use super::setup::Setup;
 use super::step::{StepBatches, StepOutcome, Taken, TrainStep};
 use super::{Result, Run};
 use crate::config::TrainArgs;
+use crate::distributed;
 use crate::parallel::{Pass, Workers};
 
 /// A non-finite loss or gradient this many steps in a row stops the run.
 const MAX_BAD_STEPS: usize = 5;
+/// With several processes, their weights are compared every this many steps (and after
+/// the last): a cheap all-reduce of one checksum.
+const DRIFT_CHECK_STEPS: usize = 10;
 
 /// What the loop hands to the summary.
 pub(super) struct Trained {
@@ -28,14 +33,15 @@ pub(super) struct Trained {
     pub last_eval_loss: Option<f64>,
 }
 
-pub(super) fn train(run: &Run, s: &mut Setup) -> Result<Trained> {
+pub(super) fn train(run: &Run, s: &mut Setup, world: &World) -> Result<Trained> {
     let t = &run.train;
-    let mut after = AfterStep::open(t, s)?;
+    let mut after = AfterStep::open(t, s, world.is_main())?;
     let evaluation = Evaluation {
         model: &s.tuned.model,
         examples: &s.data.eval_examples,
         batch_size: t.per_device_eval_batch_size,
         pad: s.data.pad,
+        world: &**world,
     };
     if s.state.global_step == 0 {
         evaluation.before_training(&mut after.metrics)?;
@@ -57,6 +63,7 @@ pub(super) fn train(run: &Run, s: &mut Setup) -> Result<Trained> {
             Pass::Plain
         },
         max_grad_norm: t.max_grad_norm,
+        world: &**world,
     };
     let (rows, plan, pad) = (&s.data.rows, &s.plan, s.data.pad);
     let mut batches = StepBatches::new(rows, plan, s.state.seed, t.group_by_length, pad, &s.device);
@@ -70,6 +77,11 @@ pub(super) fn train(run: &Run, s: &mut Setup) -> Result<Trained> {
             StepOutcome::Taken(taken) => {
                 bad_steps = 0;
                 s.state.global_step += 1;
+                let done = s.state.global_step;
+                if done.is_multiple_of(DRIFT_CHECK_STEPS) || done == plan.total_steps {
+                    let params = s.tuned.model.trainable_params();
+                    distributed::check_in_step(&**world, &params, done)?;
+                }
                 after.step(&taken, lr, &evaluation, s)?;
             }
             StepOutcome::NoSupervisedTokens => {
@@ -109,12 +121,14 @@ struct AfterStep {
     eval_when: EvalSchedule,
     save_when: SaveSchedule,
     save_total_limit: Option<usize>,
+    /// Whether this process writes checkpoints (rank 0 of several).
+    writes: bool,
 }
 
 impl AfterStep {
-    /// Opens metrics.jsonl; the run's clock starts here.
-    fn open(t: &TrainArgs, s: &Setup) -> Result<Self> {
-        let metrics = Metrics::open(&s.output_dir)?;
+    /// Opens metrics.jsonl (when this process `writes`); the run's clock starts here.
+    fn open(t: &TrainArgs, s: &Setup, writes: bool) -> Result<Self> {
+        let metrics = Metrics::open(&s.output_dir, writes)?;
         let started = Instant::now();
         Ok(AfterStep {
             metrics,
@@ -139,6 +153,7 @@ impl AfterStep {
                 total_steps: s.plan.total_steps,
             },
             save_total_limit: t.save_total_limit,
+            writes,
         })
     }
 
@@ -165,7 +180,7 @@ impl AfterStep {
         if eval.is_some() {
             self.trained.last_eval_loss = eval;
         }
-        if self.save_when.is_due(at.done) {
+        if self.writes && self.save_when.is_due(at.done) {
             let dir = save::checkpoint(s, self.save_total_limit)?;
             self.progress.line(&format!("saved {}", dir.display()));
         }

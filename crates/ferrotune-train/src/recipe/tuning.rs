@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use ferrotune_data::{pipeline, DataArgs};
+use ferrotune_dist::World;
 use ferrotune_model::hub::resolve_model;
 use ferrotune_model::tuning::{
     add_lora, freeze_tuning, load_peft_adapter, train_everything, LoraConfig,
@@ -61,6 +62,7 @@ impl Tuned {
         output_dir: &Path,
         device: &Device,
         quantization: &QuantizationPlan,
+        world: &World,
     ) -> Result<Self> {
         let bf16 = t.bf16 && ferrotune_model::ops::bf16::has_avx512_bf16();
         let base_storage = t.base_storage(quantization);
@@ -76,7 +78,7 @@ impl Tuned {
                  trains, norms, softmax, the loss and AdamW stay f32"
             );
         }
-        let ewc = setup_ewc(&model, t, data, output_dir, device)?;
+        let ewc = setup_ewc(&model, t, data, (output_dir, device), world)?;
         Ok(Tuned {
             source,
             model,
@@ -121,13 +123,14 @@ fn choose_trainable(model: &mut CausalLm, t: &TrainArgs, seed: u64) -> Result<Op
 }
 
 /// The EWC penalty, when `ewc_lambda` is set: a Fisher loaded from `ewc_fisher` or
-/// estimated on `ewc_dataset`, saved to `output_dir/ewc_fisher.safetensors` for reuse.
+/// estimated on `ewc_dataset` (its batches split over the processes), saved to
+/// `output_dir/ewc_fisher.safetensors` for reuse.
 fn setup_ewc(
     model: &CausalLm,
     t: &TrainArgs,
     data: &DataArgs,
-    output_dir: &Path,
-    device: &Device,
+    (output_dir, device): (&Path, &Device),
+    world: &World,
 ) -> Result<Option<Ewc>> {
     let Some(lambda) = t.ewc_lambda.filter(|l| *l > 0.0) else {
         return Ok(None);
@@ -158,7 +161,7 @@ fn setup_ewc(
                 "EWC: estimating the Fisher information on {} reference samples",
                 examples.len()
             );
-            Ewc::estimate(model, &batches, lambda)?
+            Ewc::estimate(model, &batches, lambda, &**world)?
         }
         (None, None) => {
             return Err(ModelError::invalid(
@@ -166,6 +169,8 @@ fn setup_ewc(
             ))
         }
     };
-    ewc.save(&params, &output_dir.join("ewc_fisher.safetensors"))?;
+    if world.is_main() {
+        ewc.save(&params, &output_dir.join("ewc_fisher.safetensors"))?;
+    }
     Ok(Some(ewc))
 }

@@ -10,6 +10,7 @@ use ferrotune_data::pipeline;
 use ferrotune_train::recipe::peak_rss_mib;
 use serde_json::json;
 
+use super::bench_allreduce::BenchAllreduceArgs;
 use super::bench_generate::BenchGenerateArgs;
 use super::bench_train::BenchTrainArgs;
 use super::data::{data_args, DataSelection};
@@ -27,6 +28,10 @@ pub enum BenchCommand {
     /// read per token and the bound they set, decode tokens/s (prefill timed apart) and
     /// its share of the bound; `--weights bf16|q8_0`, `--batch N` for the aggregate.
     Generate(BenchGenerateArgs),
+    /// All-reduce bandwidth between the processes of a data-parallel launch
+    /// (`mpirun -np N ferrotune bench allreduce --mib 64`): time per reduction and the
+    /// algorithm and bus bandwidths (as nccl-tests report them).
+    Allreduce(BenchAllreduceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -46,11 +51,12 @@ pub struct BenchDataArgs {
     json: bool,
 }
 
-pub fn run(command: BenchCommand) -> Result<()> {
+pub fn run(command: BenchCommand, world: &ferrotune_dist::World) -> Result<()> {
     match command {
         BenchCommand::Data(args) => bench_data(args),
         BenchCommand::Train(args) => super::bench_train::run(args),
         BenchCommand::Generate(args) => super::bench_generate::run(args),
+        BenchCommand::Allreduce(args) => super::bench_allreduce::run(args, world),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bench;
+mod bench_allreduce;
 mod bench_generate;
 mod bench_train;
 mod chat;
@@ -47,6 +48,16 @@ pub enum FreedMemory {
 }
 
 impl Cli {
+    /// Whether the command runs as one process of a data-parallel launch (`mpirun`,
+    /// `srun`): training and the all-reduce benchmark. Other commands launched that way
+    /// run as independent processes.
+    pub fn joins_world(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Train(_) | Command::Bench(bench::BenchCommand::Allreduce(_))
+        )
+    }
+
     pub fn freed_memory(&self) -> FreedMemory {
         match self.command {
             Command::Train(_) | Command::Quickstart(_) => FreedMemory::KeepFromTrainingLoop,
@@ -87,16 +98,17 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `world`: the processes it runs with ([`Cli::joins_world`]).
+pub fn run(cli: Cli, world: &ferrotune_dist::World) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command),
         Command::Model(command) => model::run(command),
         Command::Eval(command) => eval::run(command),
-        Command::Train(command) => train::run(command),
+        Command::Train(command) => train::run(command, world),
         Command::Chat(args) => chat::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Export(args) => export::run(args),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(command) => bench::run(command, world),
         Command::Quickstart(args) => quickstart::run(args),
     }
 }

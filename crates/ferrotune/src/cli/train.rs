@@ -20,7 +20,7 @@ pub struct TrainCommand {
     ignore_memory_plan: bool,
 }
 
-pub fn run(cmd: TrainCommand) -> Result<()> {
+pub fn run(cmd: TrainCommand, world: &ferrotune_dist::World) -> Result<()> {
     let mut config = ConfigFile::load(&cmd.config)?;
     for o in &cmd.overrides {
         config.set_override(o)?;
@@ -37,7 +37,10 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         eprintln!("note: ignoring {}", ignored.join(", "));
     }
     let run = Run::from_config(&config)?;
-    let summary = recipe::run(&run)?;
+    let summary = recipe::run(&run, world)?;
+    if !world.is_main() {
+        return Ok(());
+    }
     eprintln!(
         "done: {} steps in {:.0} s ({:.0} tokens/s){}{}{}; output in {}",
         summary.steps,
