@@ -154,7 +154,9 @@ pub fn report(source: &Source, options: &CheckOptions, measure: &Measure) -> Res
         let mut at = first;
         source.each_chunk(d, |chunk| {
             let base = at;
-            let read: Vec<(Option<String>, Option<(u32, String)>)> = chunk
+            // Per record: its text when shown, its group and final answer when wanted.
+            type Read = (Option<String>, Option<(u32, String)>);
+            let read: Vec<Read> = chunk
                 .par_iter()
                 .enumerate()
                 .map(|(i, record)| {

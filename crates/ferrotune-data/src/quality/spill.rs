@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::error::{DataError, Result};
@@ -77,14 +77,14 @@ impl SpillDir {
     }
 }
 
-fn write_err(path: &PathBuf, e: std::io::Error) -> DataError {
+fn write_err(path: &Path, e: std::io::Error) -> DataError {
     DataError::file(
         path,
         format!("cannot write a spill file: {e} (is the disk full? set TMPDIR to a folder with free space)"),
     )
 }
 
-fn read_err(path: &PathBuf, e: std::io::Error) -> DataError {
+fn read_err(path: &Path, e: std::io::Error) -> DataError {
     DataError::file(path, format!("cannot read a spill file back: {e}"))
 }
 
@@ -205,6 +205,10 @@ impl<'d, T: Fixed + Clone> Column<'d, T> {
         self.flushed + self.memory.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn push(&mut self, row: T) -> Result<()> {
         self.memory.push(row);
         if self.memory.len() >= self.budget_rows {
@@ -261,6 +265,10 @@ impl<T> Drop for Rows<T> {
 impl<T: Fixed + Clone> Rows<T> {
     pub fn len(&self) -> usize {
         self.flushed + self.memory.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Row `i`, read from the file when it is there.

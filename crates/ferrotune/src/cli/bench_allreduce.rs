@@ -27,7 +27,7 @@ pub struct BenchAllreduceArgs {
 }
 
 pub fn run(a: BenchAllreduceArgs, world: &World) -> Result<()> {
-    if !(a.mib > 0.0) {
+    if a.mib.is_nan() || a.mib <= 0.0 {
         bail!("--mib must be positive, not {}", a.mib);
     }
     let elements = ((a.mib * 1024.0 * 1024.0 / 4.0) as usize).max(1);
@@ -43,26 +43,25 @@ pub fn run(a: BenchAllreduceArgs, world: &World) -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64() / iterations as f64;
     // The slowest process sets the pace: take the maximum time over the processes.
-    let mut slowest = [seconds];
     let mut nanos = [(seconds * 1e9) as u64];
     world.all_reduce_max_u64(&mut nanos)?;
-    slowest[0] = nanos[0] as f64 / 1e9;
+    let slowest = nanos[0] as f64 / 1e9;
     let n = world.size();
     let bytes = (elements * 4) as f64;
-    let algorithm = bytes / slowest[0] / 1e9;
+    let algorithm = bytes / slowest / 1e9;
     let bus = algorithm * 2.0 * (n as f64 - 1.0) / n as f64;
     if world.is_main() {
         if a.json {
             println!(
                 "{}",
-                json!({"processes": n, "bytes": bytes, "seconds": slowest[0], "algorithm_gb_s": algorithm, "bus_gb_s": bus, "transport": world.describe()})
+                json!({"processes": n, "bytes": bytes, "seconds": slowest, "algorithm_gb_s": algorithm, "bus_gb_s": bus, "transport": world.describe()})
             );
         } else {
             println!(
                 "all-reduce of {:.1} MiB (f32) over {}: {:.2} ms; algorithm bandwidth {:.2} GB/s, bus bandwidth {:.2} GB/s",
                 bytes / (1024.0 * 1024.0),
                 world.describe(),
-                slowest[0] * 1e3,
+                slowest * 1e3,
                 algorithm,
                 bus
             );
