@@ -358,6 +358,110 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_resumes_it() {
         "the resumed run's steps equal the uninterrupted run's"
     );
     assert_eq!(weights(&straight), weights(&broken));
+    // The same checkpoint resumed by one process of two threads with the same global
+    // batch (4 rows a micro-batch): the data position is global, so the same steps.
+    let moved = tmp.path().join("moved");
+    ok(
+        command(&mpi_bin, 2)
+            .arg("train")
+            .arg(&cfg)
+            .arg(format!("output_dir={}", moved.display()))
+            .arg("per_device_train_batch_size=4")
+            .arg(format!(
+                "resume_from_checkpoint={}",
+                broken.join("checkpoint-4").display()
+            ))
+            .output()
+            .unwrap(),
+        "the checkpoint resumed on one process",
+    );
+    let later: Vec<_> = a.iter().filter(|s| s.0 > 4).cloned().collect();
+    assert_eq!(steps(&moved), later, "resumed on one process");
+    assert_eq!(weights(&straight), weights(&moved));
+}
+
+/// Evaluation and EWC's Fisher are split over the processes and added: the eval losses
+/// equal one process's to rounding, and so does the Fisher (its sums are ordered
+/// differently).
+#[test]
+fn evaluation_and_the_fisher_match_one_process() {
+    let Some(mpi_bin) = mpi_binary() else { return };
+    let tmp = TempDir::new("mpi-eval");
+    let model = cli::tiny_model(BIN, tmp.path(), true);
+    let cfg = config(
+        tmp.path(),
+        &model,
+        "eval",
+        "finetuning_type: lora\nval_size: 0.25\neval_strategy: steps\neval_steps: 4\n\
+         per_device_eval_batch_size: 2\newc_lambda: 10.0\newc_dataset: identity_demo\n\
+         ewc_samples: 24\nsave_steps: 100000\n",
+    );
+    let one = tmp.path().join("one");
+    let two = tmp.path().join("two");
+    ok(
+        command(&mpi_bin, 2)
+            .arg("train")
+            .arg(&cfg)
+            .arg(format!("output_dir={}", one.display()))
+            .arg("per_device_train_batch_size=4")
+            .output()
+            .unwrap(),
+        "one process",
+    );
+    ok(
+        mpirun(&mpi_bin)
+            .arg("train")
+            .arg(&cfg)
+            .arg(format!("output_dir={}", two.display()))
+            .arg("per_device_train_batch_size=2")
+            .output()
+            .unwrap(),
+        "two processes",
+    );
+    let evals = |dir: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("eval_loss").is_some())
+            .map(|v| {
+                (
+                    v["step"].as_u64().unwrap(),
+                    v["eval_loss"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (evals(&one), evals(&two));
+    assert_eq!(
+        a.len(),
+        4,
+        "before training, at steps 4 and 8, after the last: {a:?}"
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && relative(x.1, y.1) < 1e-5, "{x:?} {y:?}");
+    }
+    let fisher = |dir: &Path| {
+        let bytes = std::fs::read(dir.join("ewc_fisher.safetensors")).unwrap();
+        let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        t.tensors()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("fisher."))
+            .map(|(name, view)| {
+                let v: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                (name, v)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (f1, f2) = (fisher(&one), fisher(&two));
+    assert!(!f1.is_empty());
+    let apart = weights_apart(&f1, &f2);
+    assert!(apart < 1e-6, "the Fisher estimates are {apart:e} apart");
 }
 
 /// A plain build refuses to run as one of several processes rather than train alone.

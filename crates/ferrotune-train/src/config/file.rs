@@ -33,8 +33,14 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
         "trust_remote_code",
         "ferrotune runs no model code from the model folder",
     ),
-    ("deepspeed", "single-process trainer"),
-    ("ddp_timeout", "single-process trainer"),
+    (
+        "deepspeed",
+        "processes are launched by mpirun or srun instead: docs/DISTRIBUTED.md",
+    ),
+    (
+        "ddp_timeout",
+        "MPI has no timeout: a dead process ends the job through the launcher",
+    ),
     ("report_to", "metrics go to metrics.jsonl in output_dir"),
     ("preprocessing_num_workers", "preprocessing uses every core"),
     ("dataloader_num_workers", "batches are built in-process"),
@@ -46,7 +52,10 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("flash_attn", "attention is ferrotune's own"),
     ("run_name", "not used"),
     ("logging_dir", "logs go to output_dir"),
-    ("ddp_find_unused_parameters", "single-process trainer"),
+    (
+        "ddp_find_unused_parameters",
+        "every trainable parameter gets a gradient, zero when unused",
+    ),
     ("tokenized_path", "ferrotune has its own tokenized cache"),
     ("cache_dir", "models are read from local folders"),
 ];

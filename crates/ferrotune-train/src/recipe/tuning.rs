@@ -153,8 +153,11 @@ fn setup_ewc(
                 .iter()
                 .map(|s| to_example(&s.encoded))
                 .collect();
+            // Batches of the global batch size, so that the Fisher (a mean of squared batch
+            // gradients) does not depend on how many processes share the run.
+            let global_batch = t.per_device_train_batch_size.max(1) * world.size();
             let batches = examples
-                .chunks(t.per_device_train_batch_size.max(1))
+                .chunks(global_batch)
                 .map(|c| Batch::padded(c, prepared.pad.id, 8, device))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             eprintln!(
