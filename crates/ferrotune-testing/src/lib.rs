@@ -44,6 +44,18 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("cannot parse {}: {e}", path.display()))
 }
 
+/// The records of a run's `output/metrics.jsonl` that carry `key` (`loss` for training
+/// steps, `eval_loss` for evaluations).
+pub fn metrics(output: &Path, key: &str) -> Vec<serde_json::Value> {
+    let path = output.join("metrics.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter(|v| v.get(key).is_some())
+        .collect()
+}
+
 /// A fresh, empty temporary folder for one test, removed when dropped.
 pub struct TempDir(PathBuf);
 

@@ -44,11 +44,8 @@ fn config(dir: &Path, model: &Path, data: &Path, name: &str, extra: &str) -> Pat
 }
 
 fn losses(output: &Path) -> Vec<(u64, f64, u64)> {
-    std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
+    ferrotune_testing::metrics(output, "loss")
+        .into_iter()
         .map(|v| {
             (
                 v["step"].as_u64().unwrap(),

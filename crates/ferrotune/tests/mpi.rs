@@ -109,11 +109,8 @@ fn config(dir: &Path, model: &Path, name: &str, extra: &str) -> PathBuf {
 
 /// (step, loss, gradient norm) of every logged step.
 fn steps(output: &Path) -> Vec<(u64, f64, f64)> {
-    std::fs::read_to_string(output.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
+    ferrotune_testing::metrics(output, "loss")
+        .into_iter()
         .map(|v| {
             (
                 v["step"].as_u64().unwrap(),
@@ -131,7 +128,12 @@ fn weights(output: &Path) -> BTreeMap<String, Vec<f32>> {
         .map(|f| output.join(f))
         .find(|p| p.is_file())
         .expect("trained weights");
-    let bytes = std::fs::read(&file).unwrap();
+    f32_tensors(&file)
+}
+
+/// Every tensor of an f32 safetensors file, by name.
+fn f32_tensors(file: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(file).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     tensors
         .tensors()
@@ -419,11 +421,8 @@ fn evaluation_and_the_fisher_match_one_process() {
         "two processes",
     );
     let evals = |dir: &Path| -> Vec<(u64, f64)> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v.get("eval_loss").is_some())
+        ferrotune_testing::metrics(dir, "eval_loss")
+            .into_iter()
             .map(|v| {
                 (
                     v["step"].as_u64().unwrap(),
@@ -443,20 +442,9 @@ fn evaluation_and_the_fisher_match_one_process() {
         assert!(x.0 == y.0 && relative(x.1, y.1) < 1e-5, "{x:?} {y:?}");
     }
     let fisher = |dir: &Path| {
-        let bytes = std::fs::read(dir.join("ewc_fisher.safetensors")).unwrap();
-        let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        t.tensors()
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("fisher."))
-            .map(|(name, view)| {
-                let v: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
-                (name, v)
-            })
-            .collect::<BTreeMap<_, _>>()
+        let mut all = f32_tensors(&dir.join("ewc_fisher.safetensors"));
+        all.retain(|name, _| name.starts_with("fisher."));
+        all
     };
     let (f1, f2) = (fisher(&one), fisher(&two));
     assert!(!f1.is_empty());
