@@ -25,6 +25,7 @@ pub mod gemm;
 pub mod lanes;
 mod linear;
 pub mod mask;
+pub mod preference;
 mod rms_norm;
 mod rope;
 mod stored;

@@ -1,0 +1,163 @@
+//! Preference losses over sequence log-probabilities: DPO (sigmoid, with label
+//! smoothing), hinge (SLiC), IPO, ORPO and SimPO, with LLaMA-Factory's `pref_ftx` term
+//! and the metrics TRL logs. The formulas are LLaMA-Factory 0.9.5's CustomDPOTrainer
+//! (ORPO, SimPO, `pref_ftx`) and TRL 0.24's `DPOTrainer.dpo_loss` (sigmoid, hinge, IPO);
+//! tests/preference_losses.rs checks values and gradients against torch
+//! (scripts/make_preference_loss_fixture.py).
+//!
+//! Shapes: B pairs. `chosen`, `rejected`: [B], each the sum of its response tokens'
+//! log-probabilities under the policy (differentiable); `reference`: the same under the
+//! reference model ([B] each, constants; none for ORPO and SimPO); `chosen_tokens`,
+//! `rejected_tokens`: [B], the responses' supervised token counts. IPO, ORPO and SimPO
+//! work on mean log-probabilities (sums over counts), as LLaMA-Factory does.
+//!
+//! Composed from candle ops, so autograd gives the backward pass on every device and
+//! dtype: the tensors are B values, nothing here is worth a fused kernel.
+
+use candle_core::{Result, Tensor};
+
+/// `pref_loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefLoss {
+    Sigmoid,
+    Hinge,
+    Ipo,
+    Orpo,
+    Simpo,
+}
+
+impl PrefLoss {
+    /// Whether the loss works on mean log-probabilities rather than sums.
+    pub fn averaged(self) -> bool {
+        matches!(self, PrefLoss::Ipo | PrefLoss::Orpo | PrefLoss::Simpo)
+    }
+
+    /// Whether the loss compares against a reference model.
+    pub fn needs_reference(self) -> bool {
+        !matches!(self, PrefLoss::Orpo | PrefLoss::Simpo)
+    }
+}
+
+/// The loss's settings, under LLaMA-Factory's key names.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefConfig {
+    pub loss: PrefLoss,
+    /// `pref_beta`.
+    pub beta: f64,
+    /// `dpo_label_smoothing` (sigmoid only).
+    pub label_smoothing: f64,
+    /// `simpo_gamma`.
+    pub simpo_gamma: f64,
+    /// `pref_ftx`: the weight of an added SFT term (the chosen response's mean negative
+    /// log-probability).
+    pub ftx: f64,
+}
+
+/// A batch's sequence log-probabilities.
+pub struct PairLogps<'a> {
+    pub chosen: &'a Tensor,
+    pub rejected: &'a Tensor,
+    pub chosen_tokens: &'a Tensor,
+    pub rejected_tokens: &'a Tensor,
+    /// (chosen, rejected) under the reference model.
+    pub reference: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// The mean loss over the pairs (differentiable) and TRL's metrics (means over pairs).
+pub struct PrefOutput {
+    pub loss: Tensor,
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub rewards_accuracies: f64,
+    pub rewards_margins: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+}
+
+/// log(sigmoid(x)) = -softplus(-x), computed without overflow: -(relu(-x) + log(1 + e^-|x|)).
+fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    (x.neg()?.relu()? + tail)?.neg()
+}
+
+fn mean(t: &Tensor) -> Result<f64> {
+    t.to_dtype(candle_core::DType::F64)?
+        .mean_all()?
+        .to_scalar::<f64>()
+}
+
+pub fn preference_loss(cfg: &PrefConfig, p: &PairLogps) -> Result<PrefOutput> {
+    let beta = cfg.beta;
+    let per_token = |sum: &Tensor, tokens: &Tensor| sum.div(&tokens.to_dtype(sum.dtype())?);
+    let (c, r) = if cfg.loss.averaged() {
+        (
+            per_token(p.chosen, p.chosen_tokens)?,
+            per_token(p.rejected, p.rejected_tokens)?,
+        )
+    } else {
+        (p.chosen.clone(), p.rejected.clone())
+    };
+    let (losses, chosen_rewards, rejected_rewards) = match cfg.loss {
+        PrefLoss::Orpo => {
+            // log odds(c) - log odds(r), with log odds(p) = log p - log(1 - e^log p).
+            let log1m_exp = |t: &Tensor| (t.exp()?.neg()? + 1.0)?.log();
+            let log_odds = ((&c - &r)? - (log1m_exp(&c)? - log1m_exp(&r)?)?)?;
+            let losses = (c.neg()? - log_sigmoid(&log_odds)?.affine(beta, 0.0)?)?;
+            (losses, c.affine(beta, 0.0)?, r.affine(beta, 0.0)?)
+        }
+        PrefLoss::Simpo => {
+            let x = (&c - &r)?.affine(beta, -cfg.simpo_gamma)?;
+            let losses = log_sigmoid(&x)?.neg()?;
+            (losses, c.affine(beta, 0.0)?, r.affine(beta, 0.0)?)
+        }
+        PrefLoss::Sigmoid | PrefLoss::Hinge | PrefLoss::Ipo => {
+            let (rc, rr) = p.reference.ok_or_else(|| {
+                candle_core::Error::Msg(format!("{:?} needs reference log-probabilities", cfg.loss))
+            })?;
+            let (rc, rr) = if cfg.loss.averaged() {
+                (
+                    per_token(rc, p.chosen_tokens)?,
+                    per_token(rr, p.rejected_tokens)?,
+                )
+            } else {
+                (rc.clone(), rr.clone())
+            };
+            let logits = ((&c - &r)? - (&rc - &rr)?)?;
+            let losses = match cfg.loss {
+                PrefLoss::Sigmoid => {
+                    let ls = cfg.label_smoothing;
+                    let toward =
+                        log_sigmoid(&logits.affine(beta, 0.0)?)?.affine(-(1.0 - ls), 0.0)?;
+                    let away = log_sigmoid(&logits.affine(-beta, 0.0)?)?.affine(-ls, 0.0)?;
+                    (toward + away)?
+                }
+                PrefLoss::Hinge => logits.affine(-beta, 1.0)?.relu()?,
+                _ => logits.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?,
+            };
+            let chosen_rewards = (&c - &rc)?.affine(beta, 0.0)?;
+            let rejected_rewards = (&r - &rr)?.affine(beta, 0.0)?;
+            (losses, chosen_rewards, rejected_rewards)
+        }
+    };
+    let losses = if cfg.ftx > 1e-6 {
+        let chosen_mean = if cfg.loss.averaged() {
+            c.clone()
+        } else {
+            per_token(&c, p.chosen_tokens)?
+        };
+        (losses - chosen_mean.affine(cfg.ftx, 0.0)?)?
+    } else {
+        losses
+    };
+    let (chosen_rewards, rejected_rewards) = (chosen_rewards.detach(), rejected_rewards.detach());
+    let wins = chosen_rewards.gt(&rejected_rewards)?;
+    Ok(PrefOutput {
+        loss: losses.mean_all()?,
+        rewards_chosen: mean(&chosen_rewards)?,
+        rewards_rejected: mean(&rejected_rewards)?,
+        rewards_accuracies: mean(&wins)?,
+        rewards_margins: mean(&(&chosen_rewards - &rejected_rewards)?)?,
+        logps_chosen: mean(&c.detach())?,
+        logps_rejected: mean(&r.detach())?,
+    })
+}
