@@ -27,10 +27,11 @@ fn dist_err(e: ferrotune_dist::DistError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// Sums `grads` and `loss_sum` over the processes, in place. Tensors are packed into
-/// buckets of up to [`BUCKET`] elements (a larger tensor is a bucket of its own), so a
-/// LoRA step's hundreds of small gradients travel in one call.
-pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], loss_sum: &mut f64) -> Result<()> {
+/// Sums `grads` and one number beside them (a step's loss sum, EWC's batch count) over
+/// the processes, in place. Tensors are packed into buckets of up to [`BUCKET`] elements
+/// (a larger tensor is a bucket of its own), so a LoRA step's hundreds of small gradients
+/// travel in one call.
+pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], sum: &mut f64) -> Result<()> {
     if world.size() < 2 {
         return Ok(());
     }
@@ -56,9 +57,9 @@ pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], loss_sum: &mut f
         }
         start = end;
     }
-    let mut loss = [*loss_sum];
-    world.all_reduce_sum_f64(&mut loss).map_err(dist_err)?;
-    *loss_sum = loss[0];
+    let mut number = [*sum];
+    world.all_reduce_sum_f64(&mut number).map_err(dist_err)?;
+    *sum = number[0];
     Ok(())
 }
 

@@ -52,6 +52,24 @@ pub struct Gradients {
     pub backward_s: f64,
 }
 
+impl Gradients {
+    /// No loss and no gradient yet: adding a part to it gives that part exactly.
+    fn none(params: usize) -> Self {
+        Gradients {
+            loss_sum: 0.0,
+            grads: Accumulated::new(params),
+            forward_s: 0.0,
+            backward_s: 0.0,
+        }
+    }
+
+    /// Adds another part's loss sum and gradients (not its times).
+    fn add(&mut self, part: Gradients) -> Result<()> {
+        self.loss_sum += part.loss_sum;
+        self.grads.merge(part.grads)
+    }
+}
+
 /// The worker threads; none when the model runs on one thread or off the CPU.
 pub struct Workers {
     pools: Vec<rayon::ThreadPool>,
@@ -142,11 +160,13 @@ impl Workers {
         share: Share,
     ) -> Result<Gradients> {
         let threads = self.count();
-        let total = threads * share.processes.max(1);
-        let mut sums: Vec<Option<Gradients>> = (0..threads).map(|_| None).collect();
-        let (mut forward_s, mut backward_s) = (0f64, 0f64);
+        let shards = threads * share.processes.max(1);
+        let mut sums: Vec<Gradients> = (0..threads)
+            .map(|_| Gradients::none(params.len()))
+            .collect();
+        let mut total = Gradients::none(params.len());
         for batch in micro {
-            let split = self.split(model, batch, total)?;
+            let split = self.split(model, batch, shards)?;
             let all: Vec<&Batch> = if split.is_empty() {
                 vec![batch]
             } else {
@@ -158,30 +178,18 @@ impl Workers {
                 .take(threads)
                 .collect();
             let parts = self.run_shards(model, &mine, params, scale, pass)?;
+            // The slowest shard of each micro-batch sets its time.
             let (mut f, mut b) = (0f64, 0f64);
             for (sum, part) in sums.iter_mut().zip(parts) {
                 f = f.max(part.forward_s);
                 b = b.max(part.backward_s);
-                match sum {
-                    None => *sum = Some(part),
-                    Some(sum) => {
-                        sum.loss_sum += part.loss_sum;
-                        sum.grads.merge(part.grads)?;
-                    }
-                }
+                sum.add(part)?;
             }
-            forward_s += f;
-            backward_s += b;
+            total.forward_s += f;
+            total.backward_s += b;
         }
-        let mut total = Gradients {
-            loss_sum: 0.0,
-            grads: Accumulated::new(params.len()),
-            forward_s,
-            backward_s,
-        };
-        for part in sums.into_iter().flatten() {
-            total.loss_sum += part.loss_sum;
-            total.grads.merge(part.grads)?;
+        for sum in sums {
+            total.add(sum)?;
         }
         Ok(total)
     }

@@ -85,6 +85,11 @@ fn quiet_unless_main(launch: Option<&Launch>) -> Option<std::fs::File> {
     }
 }
 
+#[cfg(not(unix))]
+fn quiet_unless_main(_: Option<&Launch>) -> Option<std::fs::File> {
+    None
+}
+
 /// An error line, to the stream errors go to.
 fn report(errors: Option<&mut std::fs::File>, message: &str) {
     match errors {
@@ -94,11 +99,6 @@ fn report(errors: Option<&mut std::fs::File>, message: &str) {
         }
         None => eprintln!("{message}"),
     }
-}
-
-#[cfg(not(unix))]
-fn quiet_unless_main(_: Option<&Launch>) -> Option<std::fs::File> {
-    None
 }
 
 fn main() -> ExitCode {

@@ -80,7 +80,22 @@ fn mpirun(bin: &Path) -> Command {
     c
 }
 
-fn ok(o: Output, what: &str) -> Output {
+/// `train CFG output_dir=OUT OVERRIDES...` by `launcher` (one process or mpirun); fails
+/// the test, saying `what` ran, unless it succeeds.
+fn train(
+    mut launcher: Command,
+    cfg: &Path,
+    out: &Path,
+    overrides: &[String],
+    what: &str,
+) -> Output {
+    let o = launcher
+        .arg("train")
+        .arg(cfg)
+        .arg(format!("output_dir={}", out.display()))
+        .args(overrides)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "{what} failed: {}\n{}",
@@ -185,32 +200,23 @@ fn two_processes_equal_two_threads_bit_for_bit() {
                 &format!("finetuning_type: {method}\npacking: {packing}\nfreeze_trainable_layers: 1\nsave_steps: 100000\n"),
             );
             let out = |run: &str| tmp.path().join(format!("{name}-{run}"));
-            let arg = |run: &str, batch: usize| {
-                [
-                    format!("output_dir={}", out(run).display()),
-                    format!("per_device_train_batch_size={batch}"),
-                ]
-            };
+            let batch = |rows: usize| [format!("per_device_train_batch_size={rows}")];
             // One process of two threads, and of one, each micro-batch 4 rows.
             for (run, threads) in [("threads2", 2), ("threads1", 1)] {
-                ok(
-                    command(&mpi_bin, threads)
-                        .arg("train")
-                        .arg(&cfg)
-                        .args(arg(run, 4))
-                        .output()
-                        .unwrap(),
+                train(
+                    command(&mpi_bin, threads),
+                    &cfg,
+                    &out(run),
+                    &batch(4),
                     &format!("{name} with {threads} thread(s)"),
                 );
             }
             // Two processes of 2 rows each: the same global batch.
-            let o = ok(
-                mpirun(&mpi_bin)
-                    .arg("train")
-                    .arg(&cfg)
-                    .args(arg("mpi2", 2))
-                    .output()
-                    .unwrap(),
+            let o = train(
+                mpirun(&mpi_bin),
+                &cfg,
+                &out("mpi2"),
+                &batch(2),
                 &format!("{name} under mpirun -np 2"),
             );
             let err = String::from_utf8_lossy(&o.stderr);
@@ -287,13 +293,11 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_resumes_it() {
         "finetuning_type: full\nper_device_train_batch_size: 2\nsave_steps: 4\n",
     );
     let straight = tmp.path().join("straight");
-    ok(
-        mpirun(&mpi_bin)
-            .arg("train")
-            .arg(&cfg)
-            .arg(format!("output_dir={}", straight.display()))
-            .output()
-            .unwrap(),
+    train(
+        mpirun(&mpi_bin),
+        &cfg,
+        &straight,
+        &[],
         "the uninterrupted run",
     );
     // A long run (the learning rate is constant, so its first steps are the short run's),
@@ -342,14 +346,11 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_resumes_it() {
     );
     assert!(said.contains("rank 1"), "the dead rank is named: {said}");
     // Resumed on two processes from the last complete checkpoint, to the short run's end.
-    let o = ok(
-        mpirun(&mpi_bin)
-            .arg("train")
-            .arg(&cfg)
-            .arg(format!("output_dir={}", broken.display()))
-            .arg("resume_from_checkpoint=auto")
-            .output()
-            .unwrap(),
+    let o = train(
+        mpirun(&mpi_bin),
+        &cfg,
+        &broken,
+        &["resume_from_checkpoint=auto".into()],
         "the resumed run",
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("resumed from"));
@@ -363,18 +364,17 @@ fn a_killed_rank_ends_the_job_and_the_checkpoint_resumes_it() {
     // The same checkpoint resumed by one process of two threads with the same global
     // batch (4 rows a micro-batch): the data position is global, so the same steps.
     let moved = tmp.path().join("moved");
-    ok(
-        command(&mpi_bin, 2)
-            .arg("train")
-            .arg(&cfg)
-            .arg(format!("output_dir={}", moved.display()))
-            .arg("per_device_train_batch_size=4")
-            .arg(format!(
+    train(
+        command(&mpi_bin, 2),
+        &cfg,
+        &moved,
+        &[
+            "per_device_train_batch_size=4".into(),
+            format!(
                 "resume_from_checkpoint={}",
                 broken.join("checkpoint-4").display()
-            ))
-            .output()
-            .unwrap(),
+            ),
+        ],
         "the checkpoint resumed on one process",
     );
     let later: Vec<_> = a.iter().filter(|s| s.0 > 4).cloned().collect();
@@ -400,24 +400,18 @@ fn evaluation_and_the_fisher_match_one_process() {
     );
     let one = tmp.path().join("one");
     let two = tmp.path().join("two");
-    ok(
-        command(&mpi_bin, 2)
-            .arg("train")
-            .arg(&cfg)
-            .arg(format!("output_dir={}", one.display()))
-            .arg("per_device_train_batch_size=4")
-            .output()
-            .unwrap(),
+    train(
+        command(&mpi_bin, 2),
+        &cfg,
+        &one,
+        &["per_device_train_batch_size=4".into()],
         "one process",
     );
-    ok(
-        mpirun(&mpi_bin)
-            .arg("train")
-            .arg(&cfg)
-            .arg(format!("output_dir={}", two.display()))
-            .arg("per_device_train_batch_size=2")
-            .output()
-            .unwrap(),
+    train(
+        mpirun(&mpi_bin),
+        &cfg,
+        &two,
+        &["per_device_train_batch_size=2".into()],
         "two processes",
     );
     let evals = |dir: &Path| -> Vec<(u64, f64)> {

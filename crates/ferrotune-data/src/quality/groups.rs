@@ -221,24 +221,21 @@ impl<'d> Keys<'d> {
     pub fn add(&mut self, facts: &Facts) -> Result<()> {
         let item = self.count;
         self.count += 1;
-        let signature = match (facts.exact, facts.signature) {
-            (Some(key), signature) => {
-                self.exact
-                    .push((key >> 64) as u64, &ExactRow { key, item })?;
-                if let Some((prompt, answer)) = facts.prompt_answer {
-                    self.prompts.push(
+        if let Some(key) = facts.exact {
+            self.exact
+                .push((key >> 64) as u64, &ExactRow { key, item })?;
+            if let Some((prompt, answer)) = facts.prompt_answer {
+                self.prompts.push(
+                    prompt,
+                    &PromptRow {
                         prompt,
-                        &PromptRow {
-                            prompt,
-                            item,
-                            answer,
-                        },
-                    )?;
-                }
-                signature
+                        item,
+                        answer,
+                    },
+                )?;
             }
-            (None, _) => None,
-        };
+        }
+        let signature = facts.exact.and(facts.signature);
         if signature.is_some() {
             self.has_signature.set(item as usize);
         }

@@ -46,8 +46,12 @@ pub struct SpillDir {
     dir: OnceLock<tempfile::TempDir>,
 }
 
+/// A spill file being written.
+type Writer = (PathBuf, BufWriter<File>);
+
 impl SpillDir {
-    fn create(&self, name: &str) -> Result<(PathBuf, File)> {
+    /// A new file `name` in the folder, written through a buffer.
+    fn create(&self, name: &str) -> Result<Writer> {
         let dir = match self.dir.get() {
             Some(dir) => dir,
             None => {
@@ -73,8 +77,36 @@ impl SpillDir {
             .write(true)
             .open(&path)
             .map_err(|e| DataError::file(&path, format!("cannot create a spill file: {e}")))?;
-        Ok((path, file))
+        Ok((path, BufWriter::with_capacity(1 << 16, file)))
     }
+}
+
+/// The file behind `writer`, everything written.
+fn finished((path, writer): Writer) -> Result<(PathBuf, File)> {
+    let file = writer
+        .into_inner()
+        .map_err(|e| write_err(&path, e.into_error()))?;
+    Ok((path, file))
+}
+
+/// The first `count` rows of `file`, read in order through a buffer.
+fn read_rows<T: Fixed>(
+    path: &Path,
+    mut file: &File,
+    count: usize,
+    mut each: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| read_err(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut bytes = vec![0u8; T::SIZE];
+    for _ in 0..count {
+        reader
+            .read_exact(&mut bytes)
+            .map_err(|e| read_err(path, e))?;
+        each(T::get(&bytes))?;
+    }
+    Ok(())
 }
 
 fn write_err(path: &Path, e: std::io::Error) -> DataError {
@@ -93,7 +125,7 @@ pub struct Partitions<'d, T> {
     dir: &'d SpillDir,
     name: &'static str,
     memory: Vec<Vec<u8>>,
-    files: Vec<Option<(PathBuf, BufWriter<File>)>>,
+    files: Vec<Option<Writer>>,
     buffered: usize,
     budget: usize,
     _rows: std::marker::PhantomData<T>,
@@ -130,8 +162,7 @@ impl<'d, T: Fixed + Ord> Partitions<'d, T> {
                 continue;
             }
             if self.files[part].is_none() {
-                let (path, file) = self.dir.create(&format!("{}-{part}.bin", self.name))?;
-                self.files[part] = Some((path, BufWriter::with_capacity(1 << 16, file)));
+                self.files[part] = Some(self.dir.create(&format!("{}-{part}.bin", self.name))?);
             }
             let (path, file) = self.files[part].as_mut().expect("opened above");
             file.write_all(rows).map_err(|e| write_err(path, e))?;
@@ -146,24 +177,15 @@ impl<'d, T: Fixed + Ord> Partitions<'d, T> {
     pub fn each_sorted(self, mut each: impl FnMut(Vec<T>) -> Result<()>) -> Result<()> {
         for (memory, file) in self.memory.into_iter().zip(self.files) {
             let mut rows: Vec<T> = Vec::new();
-            if let Some((path, writer)) = file {
-                let mut file = writer
-                    .into_inner()
-                    .map_err(|e| write_err(&path, e.into_error()))?;
-                let bytes = file
-                    .seek(SeekFrom::End(0))
-                    .and_then(|size| file.seek(SeekFrom::Start(0)).map(|_| size))
-                    .map_err(|e| read_err(&path, e))?;
-                rows.reserve(bytes as usize / T::SIZE + memory.len() / T::SIZE);
-                let mut reader = BufReader::with_capacity(1 << 20, file);
-                let mut row = vec![0u8; T::SIZE];
-                for _ in 0..bytes as usize / T::SIZE {
-                    reader
-                        .read_exact(&mut row)
-                        .map_err(|e| read_err(&path, e))?;
-                    rows.push(T::get(&row));
-                }
-                drop(reader);
+            if let Some(writer) = file {
+                let (path, file) = finished(writer)?;
+                let bytes = file.metadata().map_err(|e| read_err(&path, e))?.len() as usize;
+                rows.reserve(bytes / T::SIZE + memory.len() / T::SIZE);
+                read_rows(&path, &file, bytes / T::SIZE, |row| {
+                    rows.push(row);
+                    Ok(())
+                })?;
+                drop(file);
                 let _ = std::fs::remove_file(&path);
             }
             rows.extend(memory.chunks_exact(T::SIZE).map(T::get));
@@ -181,7 +203,7 @@ pub struct Column<'d, T> {
     dir: &'d SpillDir,
     name: &'static str,
     memory: Vec<T>,
-    file: Option<(PathBuf, BufWriter<File>)>,
+    file: Option<Writer>,
     /// Rows in the file.
     flushed: usize,
     budget_rows: usize,
@@ -213,8 +235,7 @@ impl<'d, T: Fixed + Clone> Column<'d, T> {
         self.memory.push(row);
         if self.memory.len() >= self.budget_rows {
             if self.file.is_none() {
-                let (path, file) = self.dir.create(self.name)?;
-                self.file = Some((path, BufWriter::with_capacity(1 << 16, file)));
+                self.file = Some(self.dir.create(self.name)?);
             }
             let (path, file) = self.file.as_mut().expect("opened above");
             self.scratch.clear();
@@ -230,17 +251,8 @@ impl<'d, T: Fixed + Clone> Column<'d, T> {
 
     /// Done writing: rows can now be read.
     pub fn finish(self) -> Result<Rows<T>> {
-        let file = match self.file {
-            Some((path, writer)) => {
-                let file = writer
-                    .into_inner()
-                    .map_err(|e| write_err(&path, e.into_error()))?;
-                Some((path, file))
-            }
-            None => None,
-        };
         Ok(Rows {
-            file,
+            file: self.file.map(finished).transpose()?,
             flushed: self.flushed,
             memory: self.memory,
         })
@@ -288,18 +300,14 @@ impl<T: Fixed + Clone> Rows<T> {
     }
 
     /// Every row in order, the file read through a buffer.
-    pub fn each(&mut self, mut each: impl FnMut(usize, T) -> Result<()>) -> Result<()> {
-        if let Some((path, file)) = self.file.as_mut() {
-            file.seek(SeekFrom::Start(0))
-                .map_err(|e| read_err(path, e))?;
-            let mut reader = BufReader::with_capacity(1 << 20, &*file);
-            let mut bytes = vec![0u8; T::SIZE];
-            for i in 0..self.flushed {
-                reader
-                    .read_exact(&mut bytes)
-                    .map_err(|e| read_err(path, e))?;
-                each(i, T::get(&bytes))?;
-            }
+    pub fn each(&self, mut each: impl FnMut(usize, T) -> Result<()>) -> Result<()> {
+        if let Some((path, file)) = &self.file {
+            let mut i = 0;
+            read_rows(path, file, self.flushed, |row| {
+                each(i, row)?;
+                i += 1;
+                Ok(())
+            })?;
         }
         for (i, row) in self.memory.iter().enumerate() {
             each(self.flushed + i, row.clone())?;

@@ -57,17 +57,14 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         eprintln!("note: {note}");
     }
     // Rank 0 makes (or clears) the folder and prepares the data's cache entries; the
-    // others wait, then find both ready.
-    let output_dir = if world.is_main() {
-        let dir = output_folder(t)?;
-        world.barrier().map_err(dist_error)?;
-        dir
-    } else {
-        world.barrier().map_err(dist_error)?;
-        t.output_dir
-            .clone()
-            .ok_or_else(|| ModelError::invalid("output_dir is not set"))?
-    };
+    // others find both ready.
+    let output_dir = main_first(world, || {
+        if world.is_main() {
+            output_folder(t)
+        } else {
+            configured_output_dir(t)
+        }
+    })?;
     let device = Device::Cpu;
     if t.bf16 && !has_avx512_bf16() {
         eprintln!(
@@ -85,13 +82,7 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         );
     }
     memory_check::check(t, &run.data, &source.dir, &quantization)?;
-    if !world.is_main() {
-        world.barrier().map_err(dist_error)?;
-    }
-    let data = TrainingData::prepare(&run.data, t, &source.dir)?;
-    if world.is_main() {
-        world.barrier().map_err(dist_error)?;
-    }
+    let data = main_first(world, || TrainingData::prepare(&run.data, t, &source.dir))?;
     let tuned = Tuned::load(
         source,
         t,
@@ -116,14 +107,30 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
     })
 }
 
+/// `work` on rank 0, then, once it is done, on the other processes (which find what rank
+/// 0 wrote); in a world of one, just `work`.
+fn main_first<T>(world: &World, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !world.is_main() {
+        world.barrier().map_err(dist_error)?;
+    }
+    let out = work()?;
+    if world.is_main() {
+        world.barrier().map_err(dist_error)?;
+    }
+    Ok(out)
+}
+
+fn configured_output_dir(t: &TrainArgs) -> Result<PathBuf> {
+    t.output_dir
+        .clone()
+        .ok_or_else(|| ModelError::invalid("output_dir is not set"))
+}
+
 /// Creates the output folder. A non-empty one is refused unless the config says to
 /// overwrite it or resume in it; a fresh run clears the old metrics and checkpoints so
 /// they cannot mix into its own.
 fn output_folder(t: &TrainArgs) -> Result<PathBuf> {
-    let output_dir = t
-        .output_dir
-        .clone()
-        .ok_or_else(|| ModelError::invalid("output_dir is not set"))?;
+    let output_dir = configured_output_dir(t)?;
     let resuming = t.resume_from_checkpoint.is_some();
     let has_content = std::fs::read_dir(&output_dir)
         .map(|mut d| d.next().is_some())
@@ -197,15 +204,14 @@ fn announce(run: &Run, data: &TrainingData, tuned: &Tuned, plan: &Plan, world: &
     if processes > 1 {
         eprintln!("data parallel: {}", world.describe());
     }
+    let es = if processes == 1 { "" } else { "es" };
     eprintln!(
-        "training {} rows ({} examples for evaluation); effective batch {} x {} accumulation x {processes} process{} = {} (each micro-batch split over {processes} process{} x {threads} thread{}); {} steps per epoch, {} steps; {:.2}M trainable parameters ({})",
+        "training {} rows ({} examples for evaluation); effective batch {} x {} accumulation x {processes} process{es} = {} (each micro-batch split over {processes} process{es} x {threads} thread{}); {} steps per epoch, {} steps; {:.2}M trainable parameters ({})",
         data.rows.len(),
         data.eval_examples.len(),
         plan.batch_size / processes.max(1),
         plan.accumulation,
-        if processes == 1 { "" } else { "es" },
         plan.batch_size * plan.accumulation,
-        if processes == 1 { "" } else { "es" },
         if threads == 1 { "" } else { "s" },
         plan.steps_per_epoch,
         plan.total_steps,
