@@ -12,8 +12,9 @@
 //! little-endian numbers, `trained.u8` a byte per token, 1 where the token is a target (a
 //! label is always its token's id or -100, so the labels need no file of their own: it
 //! would double the entry and the writing), `offsets.u64` where each example starts
-//! (and the total at the end), `records.u64` the (file, record, line, truncated) of each
-//! example, and `meta.json` the dataset's report and warnings. The token files are
+//! (and the total at the end), `records.u64` the (file, record, line, flags) of each
+//! example (flags: bit 0 truncated; bits 32-63, for a preference pair, where its rejected
+//! sequence starts), and `meta.json` the dataset's report and warnings. The token files are
 //! memory-mapped on load.
 
 use std::fs::File;
@@ -228,7 +229,11 @@ impl MappedEntry {
                 .weights
                 .as_ref()
                 .map(|w| (start..end).map(|t| f32::from_bits(u32_at(w, t))).collect()),
-            truncated: u64_at(&self.records, 4 * i + 3) != 0,
+            truncated: u64_at(&self.records, 4 * i + 3) & 1 != 0,
+            rejected_start: match u64_at(&self.records, 4 * i + 3) >> 32 {
+                0 => None,
+                k => Some(k as usize),
+            },
         }
     }
 
@@ -246,7 +251,7 @@ impl MappedEntry {
     }
 
     pub fn truncated(&self, i: usize) -> bool {
-        u64_at(&self.records, 4 * i + 3) != 0
+        u64_at(&self.records, 4 * i + 3) & 1 != 0
     }
 
     /// Example `i`'s supervised tokens.

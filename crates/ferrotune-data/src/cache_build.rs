@@ -289,7 +289,8 @@ impl ExampleSink for EntryBuilder {
         };
         let line = s.at.line.unwrap_or(0) as u64;
         let mut record = [0u8; 32];
-        for (k, v) in [file as u64, s.at.index as u64, line, u64::from(e.truncated)]
+        let flags = u64::from(e.truncated) | (e.rejected_start.unwrap_or(0) as u64) << 32;
+        for (k, v) in [file as u64, s.at.index as u64, line, flags]
             .into_iter()
             .enumerate()
         {

@@ -231,9 +231,73 @@ fn map_json_strings(value: &mut Value, f: &mut impl FnMut(&str) -> String) {
     }
 }
 
-/// A sample as read from a dataset: a conversation for `sft`, a document for `pt`.
+/// A sample as read from a dataset: a conversation for `sft`, a document for `pt`, a
+/// preference pair for `dpo`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sample {
     Chat(Conversation),
     Text(String),
+    Pair(PreferencePair),
+}
+
+impl Sample {
+    /// The conversation the per-record checks look at: the sample's own, or a pair's
+    /// prompt with its chosen answer.
+    pub fn conversation(&self) -> Option<&Conversation> {
+        match self {
+            Sample::Chat(c) => Some(c),
+            Sample::Pair(p) => Some(&p.chosen),
+            Sample::Text(_) => None,
+        }
+    }
+}
+
+/// Two answers to one prompt, the first preferred: held as two conversations that share
+/// every message but the last (the prompt is rendered once and shared when encoded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferencePair {
+    pub chosen: Conversation,
+    pub rejected: Conversation,
+}
+
+impl PreferencePair {
+    /// `prompt`'s messages followed by each answer.
+    pub fn new(prompt: Conversation, chosen: Message, rejected: Message) -> Self {
+        let with = |answer: Message| {
+            let mut c = prompt.clone();
+            c.messages.push(answer);
+            c
+        };
+        PreferencePair {
+            chosen: with(chosen),
+            rejected: with(rejected),
+        }
+    }
+
+    /// The prompt's messages (shared by both answers).
+    pub fn prompt(&self) -> &[crate::conversation::Message] {
+        let n = self.chosen.messages.len();
+        &self.chosen.messages[..n.saturating_sub(1)]
+    }
+
+    /// The chosen and rejected answers.
+    pub fn answers(&self) -> (&Message, &Message) {
+        (
+            self.chosen.messages.last().expect("a pair has answers"),
+            self.rejected.messages.last().expect("a pair has answers"),
+        )
+    }
+
+    /// Applies `f` to every piece of free text of both conversations.
+    pub fn map_text(&mut self, mut f: impl FnMut(&str) -> String) {
+        self.chosen.map_text(&mut f);
+        self.rejected.map_text(&mut f);
+    }
+
+    /// The prompt's texts and both answers.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.chosen
+            .texts()
+            .chain(self.rejected.messages.last().map(|m| m.content.as_str()))
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::conversation::{Conversation, Role, Sample};
+use crate::conversation::{Conversation, PreferencePair, Role, Sample};
 use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
@@ -68,6 +68,9 @@ pub struct Encoded {
     /// Per-token loss weights, present only when some supervised token's weight is not 1.
     pub weights: Option<Vec<f32>>,
     pub truncated: bool,
+    /// A preference pair laid end to end: the chosen sequence is `input_ids[..k]`, the
+    /// rejected one `input_ids[k..]`, each the shared prompt followed by its answer.
+    pub rejected_start: Option<usize>,
 }
 
 impl Encoded {
@@ -81,6 +84,15 @@ impl Encoded {
 
     pub fn supervised_tokens(&self) -> usize {
         self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+
+    /// The sequences this example holds, as ranges of its tokens: one, or a preference
+    /// pair's chosen and rejected.
+    pub fn sequences(&self) -> Vec<Range<usize>> {
+        match self.rejected_start {
+            Some(k) => vec![0..k, k..self.len()],
+            None => vec![0..self.len()],
+        }
     }
 
     /// Maximal runs of tokens that are all supervised or all not, as (supervised, range).
@@ -255,6 +267,7 @@ impl Encoder<'_> {
         match sample {
             Sample::Chat(conversation) => self.encode_chat(conversation),
             Sample::Text(text) => self.encode_text(text),
+            Sample::Pair(pair) => self.encode_pair(pair),
         }
     }
 
@@ -281,11 +294,88 @@ impl Encoder<'_> {
             labels,
             weights: None,
             truncated,
+            rejected_start: None,
         })
     }
 
     /// Renders, tokenizes and masks one conversation.
     pub fn encode_chat(&self, conversation: &Conversation) -> Result<Encoded, Skip> {
+        let (ids, pairs, tail) = self.turns(conversation)?;
+        self.assemble(&ids, &pairs, tail)
+    }
+
+    /// A preference pair: both conversations rendered and tokenized whole, the prompt
+    /// (every token before the last answer) checked to be the same in both, then
+    /// LLaMA-Factory's rule for pairs: `infer_seqlen(prompt, longer answer, cutoff_len)`
+    /// gives one prompt length and one answer length for both, so the two sequences stay
+    /// comparable. As for SFT, a cut keeps the assistant header at the prompt's end and
+    /// each answer's end-of-turn tokens. Labels: the answer's tokens (the prompt, earlier
+    /// turns included, is masked; `train_on_prompt` does not apply to pairs, as in
+    /// LLaMA-Factory).
+    pub fn encode_pair(&self, pair: &PreferencePair) -> Result<Encoded, Skip> {
+        let (ids_c, turns_c, tail_c) = self.turns(&pair.chosen)?;
+        let (ids_r, turns_r, tail_r) = self.turns(&pair.rejected)?;
+        let (Some(last_c), Some(last_r)) = (turns_c.last(), turns_r.last()) else {
+            return Err(Skip::NoSupervisedTokens);
+        };
+        let prompt_len = last_c.target.start;
+        if last_r.target.start != prompt_len || ids_c[..prompt_len] != ids_r[..prompt_len] {
+            return Err(Skip::RenderFailed(
+                "the template renders the prompt differently before the chosen and the rejected answer".into(),
+            ));
+        }
+        let answer_c = (prompt_len..ids_c.len(), last_c, tail_c.len());
+        let answer_r = (prompt_len..ids_r.len(), last_r, tail_r.len());
+        let longest = answer_c.0.len().max(answer_r.0.len());
+        let cutoff = self.options.cutoff_len;
+        let truncated = prompt_len + longest > cutoff;
+        let (source_len, target_len) = if truncated {
+            if self.options.overlong == Overlong::Drop {
+                return Err(Skip::TooLong {
+                    tokens: prompt_len + longest,
+                });
+            }
+            infer_seqlen(prompt_len, longest, cutoff)
+        } else {
+            (prompt_len, longest)
+        };
+        let prompt = keep_head_and_tail(&(0..prompt_len), source_len, last_c.header_tokens);
+        let mut input_ids = Vec::new();
+        let mut labels = Vec::new();
+        let mut rejected_start = 0;
+        for (ids, (range, last, tail)) in [(&ids_c, &answer_c), (&ids_r, &answer_r)] {
+            rejected_start = input_ids.len();
+            input_ids.extend(prompt.iter().map(|&k| ids[k]));
+            labels.extend(prompt.iter().map(|_| IGNORE_INDEX));
+            let keep = target_len.min(range.len());
+            for k in keep_head_and_tail(range, keep, last.eot_tokens + tail) {
+                input_ids.push(ids[k]);
+                labels.push(if last.target.contains(&k) {
+                    i64::from(ids[k])
+                } else {
+                    IGNORE_INDEX
+                });
+            }
+            if labels[rejected_start..].iter().all(|&l| l == IGNORE_INDEX) {
+                return Err(Skip::NoSupervisedTokens);
+            }
+        }
+        Ok(Encoded {
+            input_ids,
+            labels,
+            weights: None,
+            truncated,
+            rejected_start: Some(rejected_start),
+        })
+    }
+
+    /// Renders and tokenizes one conversation and locates its turns: the ids, each
+    /// assistant turn as a (source, target) pair of token ranges, and the tokens after
+    /// the last turn.
+    fn turns(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<(Vec<u32>, Vec<Pair>, Range<usize>), Skip> {
         let template = self
             .template
             .ok_or_else(|| Skip::RenderFailed("no chat template configured".into()))?;
@@ -297,7 +387,7 @@ impl Encoder<'_> {
             .tokenizer
             .encode_with_offsets(&text)
             .map_err(Skip::Tokenizer)?;
-        let (ids, offsets) = (ids.as_slice(), offsets.as_slice());
+        let offsets = offsets.as_slice();
         // First token whose text starts at or after `pos`.
         let token_at = |pos: usize| offsets.partition_point(|&(start, _)| start < pos);
         let header_len = template.markers.assistant_header.len();
@@ -325,7 +415,7 @@ impl Encoder<'_> {
             });
         }
         let tail = previous_end..ids.len();
-        self.assemble(ids, &pairs, tail)
+        Ok((ids, pairs, tail))
     }
 
     /// Builds labels and applies truncation.
@@ -428,6 +518,7 @@ impl Encoder<'_> {
             labels,
             weights: (!uniform).then_some(weights),
             truncated,
+            rejected_start: None,
         })
     }
 }

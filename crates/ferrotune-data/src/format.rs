@@ -10,7 +10,9 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-use crate::conversation::{wrap_tool, Conversation, Message, Role, Sample, ToolCall};
+use crate::conversation::{
+    wrap_tool, Conversation, Message, PreferencePair, Role, Sample, ToolCall,
+};
 use crate::error::{DataError, RecordRef, Result};
 use crate::source::RawRecord;
 
@@ -54,28 +56,37 @@ impl Formatting {
     }
 }
 
-/// Training stage: supervised fine-tuning on conversations, or (continued) pretraining on
-/// plain text.
+/// Training stage: supervised fine-tuning on conversations, (continued) pretraining on
+/// plain text, or preference tuning on pairs of answers (DPO and its variants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
     #[default]
     Sft,
     Pt,
+    Dpo,
 }
 
 impl Stage {
     /// The config's spellings.
-    pub const CHOICES: &'static [(&'static str, Stage)] = &[("sft", Stage::Sft), ("pt", Stage::Pt)];
+    pub const CHOICES: &'static [(&'static str, Stage)] =
+        &[("sft", Stage::Sft), ("pt", Stage::Pt), ("dpo", Stage::Dpo)];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sft => "sft",
+            Stage::Pt => "pt",
+            Stage::Dpo => "dpo",
+        }
+    }
 }
 
 impl FromStr for Stage {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "sft" => Ok(Stage::Sft),
-            "pt" => Ok(Stage::Pt),
-            other => Err(DataError::config(format!(
-                "unknown stage {other:?}; ferrotune supports sft and pt"
+        match Stage::CHOICES.iter().find(|(name, _)| *name == s) {
+            Some((_, stage)) => Ok(*stage),
+            None => Err(DataError::config(format!(
+                "unknown stage {s:?}; ferrotune supports sft, pt and dpo"
             ))),
         }
     }
@@ -91,6 +102,9 @@ pub struct Columns {
     pub messages: Option<String>,
     pub system: Option<String>,
     pub tools: Option<String>,
+    /// A preference pair's preferred and dispreferred answers.
+    pub chosen: Option<String>,
+    pub rejected: Option<String>,
     /// True when a `dataset_info.json` entry set the columns explicitly.
     pub explicit: bool,
 }
@@ -107,6 +121,8 @@ impl Columns {
             messages: None,
             system: None,
             tools: None,
+            chosen: Some("chosen".into()),
+            rejected: Some("rejected".into()),
             explicit: false,
         }
     }
@@ -124,6 +140,8 @@ impl Default for Columns {
             messages: None,
             system: Some("system".into()),
             tools: Some("tools".into()),
+            chosen: Some("chosen".into()),
+            rejected: Some("rejected".into()),
             explicit: false,
         }
     }
@@ -162,6 +180,8 @@ pub struct RecordFormat {
     pub formatting: Option<Formatting>,
     pub columns: Columns,
     pub tags: Tags,
+    /// Registered with `ranking: true`: records are preference pairs.
+    pub ranking: bool,
 }
 
 impl RecordFormat {
@@ -181,6 +201,31 @@ impl RecordFormat {
         if stage == Stage::Pt {
             return self.to_text(record, formatting, at).map(Sample::Text);
         }
+        let is_pair = self.ranking || self.has_pair_columns(record);
+        match (stage, is_pair) {
+            (Stage::Dpo, true) => return self.pair(record, formatting, at).map(Sample::Pair),
+            (Stage::Dpo, false) => {
+                return Err(DataError::record(
+                    at,
+                    "stage dpo needs preference pairs, and this record has no \"chosen\" and \"rejected\" columns; register the dataset with \"ranking\": true and its columns in dataset_info.json, or train it with stage: sft",
+                ))
+            }
+            (_, true) => {
+                return Err(DataError::record(
+                    at,
+                    format!(
+                        "this record is a preference pair ({}); use stage: dpo (--stage dpo for the data commands), not {}",
+                        if self.ranking {
+                            "the dataset is registered with \"ranking\": true"
+                        } else {
+                            "it has \"chosen\" and \"rejected\" columns"
+                        },
+                        stage.name()
+                    ),
+                ))
+            }
+            _ => {}
+        }
         let conversation = match formatting {
             Formatting::Alpaca => self.alpaca(record, at)?,
             Formatting::Sharegpt => self.sharegpt(record, at)?,
@@ -194,6 +239,105 @@ impl RecordFormat {
             .validate()
             .map_err(|p| DataError::record(at, p))?;
         Ok(Sample::Chat(conversation))
+    }
+
+    /// Whether a record given without a registry entry carries a preference pair.
+    fn has_pair_columns(&self, record: &Map<String, Value>) -> bool {
+        let has = |c: &Option<String>| c.as_deref().is_some_and(|c| record.contains_key(c));
+        has(&self.columns.chosen) && has(&self.columns.rejected)
+    }
+
+    /// A preference pair: the prompt turns (alpaca's instruction and input, or the
+    /// messages column) and the chosen and rejected answers, LLaMA-Factory's ranking
+    /// layout.
+    fn pair(
+        &self,
+        record: &Map<String, Value>,
+        formatting: Formatting,
+        at: &RecordRef,
+    ) -> Result<PreferencePair> {
+        let prompt = match formatting {
+            Formatting::Alpaca => self.alpaca_prompt(record, at)?,
+            Formatting::Sharegpt => self.sharegpt(record, at)?,
+            Formatting::Openai => self.openai(record, at)?,
+            Formatting::Text => {
+                return Err(DataError::record(
+                    at,
+                    "plain-text records have no prompt and answers to compare; stage dpo needs preference pairs",
+                ))
+            }
+        };
+        let answer = |which: &str, col: &Option<String>| -> Result<Message> {
+            let col = col.as_deref().ok_or_else(|| {
+                DataError::record(
+                    at,
+                    format!(
+                        "dataset_info.json maps no `{which}` column for this preference dataset"
+                    ),
+                )
+            })?;
+            let value = record.get(col).filter(|v| !v.is_null()).ok_or_else(|| {
+                DataError::record(
+                    at,
+                    format!("a preference pair needs both answers, and this record has no {which} answer (column {col:?})"),
+                )
+            })?;
+            let message = self.answer_message(value, formatting).map_err(|p| {
+                DataError::record(at, format!("the {which} answer (column {col:?}) {p}"))
+            })?;
+            if message.content.trim().is_empty() && message.tool_calls.is_empty() {
+                return Err(DataError::record(
+                    at,
+                    format!("the {which} answer (column {col:?}) is empty"),
+                ));
+            }
+            Ok(message)
+        };
+        let chosen = answer("chosen", &self.columns.chosen)?;
+        let rejected = answer("rejected", &self.columns.rejected)?;
+        let pair = PreferencePair::new(prompt, chosen, rejected);
+        for (which, c) in [("chosen", &pair.chosen), ("rejected", &pair.rejected)] {
+            c.validate()
+                .map_err(|p| DataError::record(at, format!("prompt + {which} answer: {p}")))?;
+        }
+        Ok(pair)
+    }
+
+    /// One answer of a pair: a message object in the dataset's tags (sharegpt
+    /// `{from, value}`, OpenAI `{role, content}`), or a plain string.
+    fn answer_message(&self, value: &Value, formatting: Formatting) -> Result<Message, String> {
+        if let Some(text) = value.as_str() {
+            return Ok(Message::new(Role::Assistant, text));
+        }
+        let obj = value.as_object().ok_or_else(|| {
+            format!(
+                "must be a string or a message object, found {}",
+                kind(value)
+            )
+        })?;
+        if formatting == Formatting::Openai || obj.contains_key("role") {
+            let message = openai_message(value)?;
+            if message.role != Role::Assistant {
+                return Err(format!("has role {}, expected assistant", message.role));
+            }
+            return Ok(message);
+        }
+        let t = &self.tags;
+        let role = obj.get(&t.role).and_then(Value::as_str);
+        let content = obj.get(&t.content).and_then(Value::as_str);
+        match (role, content) {
+            (Some(r), Some(c)) if t.assistant.as_deref() == Some(r) => {
+                Ok(Message::new(Role::Assistant, c))
+            }
+            (Some(r), Some(_)) => Err(format!(
+                "has role {r:?}, expected the assistant tag {:?}",
+                t.assistant.as_deref().unwrap_or("")
+            )),
+            _ => Err(format!(
+                "must have string {:?} and {:?} fields",
+                t.role, t.content
+            )),
+        }
     }
 
     fn to_text(
@@ -217,6 +361,22 @@ impl RecordFormat {
     }
 
     fn alpaca(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<Conversation> {
+        let response_col = self.columns.response.as_deref().ok_or_else(|| {
+            DataError::record(
+                at,
+                "dataset_info.json maps no `response` column for this alpaca dataset",
+            )
+        })?;
+        let output = required_str(record, response_col, at)?;
+        let mut conversation = self.alpaca_prompt(record, at)?;
+        conversation
+            .messages
+            .push(Message::new(Role::Assistant, output));
+        Ok(conversation)
+    }
+
+    /// An alpaca record's system, history and instruction turns, without its answer.
+    fn alpaca_prompt(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<Conversation> {
         let c = &self.columns;
         let prompt_col = c.prompt.as_deref().ok_or_else(|| {
             DataError::record(
@@ -224,18 +384,11 @@ impl RecordFormat {
                 "dataset_info.json maps no `prompt` column for this alpaca dataset",
             )
         })?;
-        let response_col = c.response.as_deref().ok_or_else(|| {
-            DataError::record(
-                at,
-                "dataset_info.json maps no `response` column for this alpaca dataset",
-            )
-        })?;
         let instruction = required_str(record, prompt_col, at)?;
         let input = match c.query.as_deref() {
             Some(col) => optional_str(record, col, at)?.unwrap_or(""),
             None => "",
         };
-        let output = required_str(record, response_col, at)?;
 
         let mut messages = Vec::new();
         messages.extend(self.system_message(record, at)?);
@@ -269,7 +422,6 @@ impl RecordFormat {
         user.extra
             .insert("input".into(), Value::String(input.into()));
         messages.push(user);
-        messages.push(Message::new(Role::Assistant, output));
         Ok(Conversation {
             messages,
             tools: self.tools(record, at)?,

@@ -260,6 +260,7 @@ fn read_example(o: &Opened, k: u64) -> Result<Encoded> {
             None => None,
         },
         truncated: false,
+        rejected_start: None,
     })
 }
 

@@ -125,6 +125,7 @@ fn empty_row(row_len: usize, weights: bool) -> Encoded {
         labels: Vec::with_capacity(row_len),
         weights: weights.then(|| Vec::with_capacity(row_len)),
         truncated: false,
+        rejected_start: None,
     }
 }
 
@@ -204,6 +205,7 @@ mod tests {
                 .collect(),
             weights: None,
             truncated: false,
+            rejected_start: None,
         }
     }
 

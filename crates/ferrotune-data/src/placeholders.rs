@@ -83,6 +83,12 @@ pub fn replace_in_sample(sample: &mut Sample, values: &BTreeMap<String, String>)
             }
             scan(t);
         }
+        Sample::Pair(p) => {
+            if !values.is_empty() {
+                p.map_text(|t| replace(t, values));
+            }
+            p.texts().for_each(&mut scan);
+        }
     }
     left
 }

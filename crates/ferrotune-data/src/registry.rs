@@ -136,11 +136,11 @@ fn from_entry(
         Some(f) => f.parse::<Formatting>().map_err(|e| bad(e.to_string()))?,
         None => Formatting::Alpaca,
     };
-    if entry.get("ranking").and_then(Value::as_bool) == Some(true) {
-        return Err(bad(
-            "is a ranking (preference) dataset; ferrotune trains sft and pt stages only".into(),
-        ));
-    }
+    let ranking = match entry.get("ranking") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("\"ranking\" must be true or false".into())),
+    };
     let columns = match entry.get("columns") {
         Some(Value::Object(c)) => explicit_columns(c),
         Some(_) => return Err(bad("\"columns\" must be an object".into())),
@@ -171,6 +171,7 @@ fn from_entry(
             formatting: Some(formatting),
             columns,
             tags,
+            ranking,
         },
         num_samples,
     })
@@ -187,6 +188,8 @@ fn explicit_columns(c: &Map<String, Value>) -> Columns {
         messages: get("messages"),
         system: get("system"),
         tools: get("tools"),
+        chosen: get("chosen"),
+        rejected: get("rejected"),
         explicit: true,
     }
 }

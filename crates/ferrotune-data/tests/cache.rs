@@ -125,6 +125,7 @@ fn labels_round_trip_through_the_trained_mask() {
             labels,
             weights: None,
             truncated: false,
+            rejected_start: None,
         },
     };
     let report = DatasetReport {

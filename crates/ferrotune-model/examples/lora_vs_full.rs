@@ -81,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 input_ids: ids,
                 labels,
                 weights: None,
+                reference_logp: None,
             }
         })
         .collect();

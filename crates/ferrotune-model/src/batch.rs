@@ -26,6 +26,10 @@ pub struct Batch {
     pub segment_ids: Vec<u32>,
     /// Number of targets that are not [`IGNORE_INDEX`].
     pub supervised_tokens: usize,
+    /// Per row, one value for each of its samples in order: the reference model's
+    /// sequence log-probability of each sequence of a preference pair. Empty when the
+    /// examples carry none.
+    pub reference: Vec<Vec<f64>>,
 }
 
 /// One sample: ids, labels and optional weights of equal length.
@@ -34,6 +38,9 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     pub labels: Vec<i64>,
     pub weights: Option<Vec<f32>>,
+    /// The reference model's log-probability of this sequence's supervised tokens
+    /// (preference tuning).
+    pub reference_logp: Option<f64>,
 }
 
 impl Batch {
@@ -100,7 +107,7 @@ impl Batch {
                 at += n;
             }
         }
-        Self::from_parts(
+        let mut batch = Self::from_parts(
             ids,
             labels,
             any_weights.then_some(weights),
@@ -109,7 +116,14 @@ impl Batch {
             b,
             seq,
             device,
-        )
+        )?;
+        if rows.iter().flatten().all(|e| e.reference_logp.is_some()) {
+            batch.reference = rows
+                .iter()
+                .map(|r| r.iter().filter_map(|e| e.reference_logp).collect())
+                .collect();
+        }
+        Ok(batch)
     }
 
     /// From row-major vectors; `segment_ids` 0 marks padding.
@@ -150,6 +164,7 @@ impl Batch {
             position_ids,
             segment_ids,
             supervised_tokens,
+            reference: Vec::new(),
         })
     }
 
@@ -252,6 +267,7 @@ impl Batch {
             position_ids: columns(&self.position_ids),
             segment_ids: columns(&self.segment_ids),
             supervised_tokens,
+            reference: pick_rows(&self.reference, rows),
         })
     }
 
@@ -294,7 +310,30 @@ impl Batch {
             position_ids: keep.iter().map(|&i| self.position_ids[i]).collect(),
             segment_ids,
             supervised_tokens: self.supervised_tokens,
+            reference: match self.reference.is_empty() {
+                true => Vec::new(),
+                false => vec![self.reference.concat()],
+            },
         })
+    }
+
+    /// The samples of the batch in order (row-major, each row's in segment order) and,
+    /// for every position, the sample it belongs to (`None` on padding).
+    pub fn sample_of_positions(&self) -> (usize, Vec<Option<u32>>) {
+        let mut samples = 0u32;
+        let mut owner = Vec::with_capacity(self.segment_ids.len());
+        for row in self.segment_ids.chunks(self.seq_len.max(1)) {
+            let base = samples;
+            for &s in row {
+                if s == 0 {
+                    owner.push(None);
+                } else {
+                    owner.push(Some(base + s - 1));
+                    samples = samples.max(base + s);
+                }
+            }
+        }
+        (samples as usize, owner)
     }
 
     /// Ids only, for inference: one unpadded row.
@@ -309,6 +348,15 @@ impl Batch {
             position_ids: (0..n as u32).collect(),
             segment_ids: vec![1; n],
             supervised_tokens: 0,
+            reference: Vec::new(),
         })
     }
+}
+
+/// `values[r]` for each of `rows` (nothing when `values` is empty).
+fn pick_rows(values: &[Vec<f64>], rows: &[usize]) -> Vec<Vec<f64>> {
+    if values.is_empty() {
+        return Vec::new();
+    }
+    rows.iter().map(|&r| values[r].clone()).collect()
 }

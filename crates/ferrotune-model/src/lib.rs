@@ -25,5 +25,5 @@ pub use batch::{Batch, Example, IGNORE_INDEX};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use llama::{CausalLm, KvCache};
-pub use loss::LossSum;
+pub use loss::{LossSum, SequenceLogps};
 pub use param::Param;

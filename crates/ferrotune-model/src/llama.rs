@@ -13,8 +13,8 @@ use crate::batch::{Batch, Example, IGNORE_INDEX};
 use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::loss::{
-    causal_lm_loss, causal_lm_loss_chunked, chunked_loss_applies, HeadWeight, LossSum,
-    LOGITS_BUDGET,
+    causal_lm_loss, causal_lm_token_losses, causal_lm_token_losses_chunked, chunked_loss_applies,
+    sequence_logps, HeadWeight, LossSum, SequenceLogps, LOGITS_BUDGET,
 };
 use crate::ops::dropout::{pass_seed, with_layer_masks};
 use crate::ops::mask::attention_bias;
@@ -584,13 +584,45 @@ impl CausalLm {
 
     /// The summed loss from the final hidden states.
     fn head_loss(&self, x: &Tensor, batch: &Batch, train: bool) -> Result<LossSum> {
+        let (values, _) = self.head_token_losses(x, batch, train)?;
+        Ok(LossSum {
+            sum: values.sum_all()?,
+            tokens: batch.supervised_tokens,
+        })
+    }
+
+    /// Sequence log-probabilities of every sample of `batch` from the final hidden states.
+    fn head_sequence_logps(&self, x: &Tensor, batch: &Batch, train: bool) -> Result<SequenceLogps> {
+        let (values, positions) = self.head_token_losses(x, batch, train)?;
+        let (samples, owner) = batch.sample_of_positions();
+        let targets = batch
+            .targets
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?
+            .flatten_all()?
+            .to_vec1::<i64>()?;
+        let counted: Vec<bool> = positions
+            .iter()
+            .map(|&p| targets[p as usize] != IGNORE_INDEX)
+            .collect();
+        sequence_logps(&values, &positions, &owner, samples, &counted)
+    }
+
+    /// Each supervised position's weighted cross-entropy from the final hidden states,
+    /// with the flat positions (into the batch) the values belong to.
+    fn head_token_losses(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<(Tensor, Vec<u32>)> {
         let targets = batch
             .targets
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("batch has no targets".into()))?;
         // Only the supervised positions need logits: a prompt or padding position adds
         // nothing to the loss or its gradient, and in SFT it is often half the batch.
-        let (x, targets, weights) =
+        let (x, targets, weights, positions) =
             &supervised_positions(x, targets, batch.target_weights.as_ref())?;
         let weights = weights.as_ref();
         // A plain head weight: the tied embeddings, or an untied head without bias.
@@ -604,19 +636,16 @@ impl CausalLm {
             Some(p) => Some(HeadWeight::Frozen(p.frozen_weight())),
             None => None,
         };
-        if let Some(w) = w.filter(|w| chunked_loss_applies(x, w, LOGITS_BUDGET)) {
-            return causal_lm_loss_chunked(
-                x,
-                &w,
-                targets,
-                weights,
-                batch.supervised_tokens,
-                LOGITS_BUDGET,
-                train,
-            );
-        }
-        let logits = self.head(x)?.to_dtype(DType::F32)?;
-        causal_lm_loss(&logits, targets, weights, batch.supervised_tokens)
+        let values = match w.filter(|w| chunked_loss_applies(x, w, LOGITS_BUDGET)) {
+            Some(w) => {
+                causal_lm_token_losses_chunked(x, &w, targets, weights, LOGITS_BUDGET, train)?
+            }
+            None => {
+                let logits = self.head(x)?.to_dtype(DType::F32)?;
+                causal_lm_token_losses(&logits, targets, weights)?
+            }
+        };
+        Ok((values, positions.clone()))
     }
 
     /// Logits (batch, seq, vocab) in f32. `train` enables LoRA dropout.
@@ -664,8 +693,64 @@ impl CausalLm {
         batch: &Batch,
         scale: f64,
         train: bool,
-        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+        on_grads: impl FnMut(&GradStore) -> Result<()>,
     ) -> Result<LossSum> {
+        let loss = self.backward_checkpointed_with(
+            batch,
+            train,
+            |model, x| {
+                let loss = model.head_loss(x, batch, true)?;
+                Ok((loss.sum.affine(scale, 0.0)?, loss))
+            },
+            on_grads,
+        )?;
+        Ok(LossSum {
+            sum: loss.sum.detach(),
+            tokens: loss.tokens,
+        })
+    }
+
+    /// Sequence log-probabilities of every sample of `batch` (see [`SequenceLogps`]); with
+    /// tracked weights, differentiable.
+    pub fn sequence_logps(&self, batch: &Batch, train: bool) -> Result<SequenceLogps> {
+        let x = self.hidden_states(
+            &batch.input_ids,
+            &batch.position_ids,
+            &batch.segment_ids,
+            &batch.segment_ids,
+            None,
+            train,
+        )?;
+        self.head_sequence_logps(&x, batch, train)
+    }
+
+    /// [`Self::backward_checkpointed`] for an objective of the batch's sequence
+    /// log-probabilities (preference tuning): `objective` takes them and returns the
+    /// scalar to differentiate (already scaled) and what the caller keeps.
+    pub fn backward_sequences_checkpointed<T>(
+        &self,
+        batch: &Batch,
+        train: bool,
+        objective: impl FnOnce(&SequenceLogps) -> Result<(Tensor, T)>,
+        on_grads: impl FnMut(&GradStore) -> Result<()>,
+    ) -> Result<T> {
+        self.backward_checkpointed_with(
+            batch,
+            train,
+            |model, x| objective(&model.head_sequence_logps(x, batch, true)?),
+            on_grads,
+        )
+    }
+
+    /// The checkpointed forward and backward passes around `head`, which maps the final
+    /// hidden states to the scalar to differentiate and a value returned to the caller.
+    fn backward_checkpointed_with<T>(
+        &self,
+        batch: &Batch,
+        train: bool,
+        head: impl FnOnce(&Self, &Tensor) -> Result<(Tensor, T)>,
+        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+    ) -> Result<T> {
         if batch.targets.is_none() {
             candle_core::bail!("batch has no targets");
         }
@@ -685,14 +770,14 @@ impl CausalLm {
             inputs.push(out.detach());
         }
 
-        // The head and the loss, from the last hidden state as a leaf with a gradient.
+        // The head and the objective, from the last hidden state as a leaf with a gradient.
         let last = Var::from_tensor(&inputs.pop().expect("one output per layer"))?;
         let x = rms_norm(last.as_tensor(), self.norm.tensor()?, eps)?;
-        let loss = self.head_loss(&x, batch, true)?;
-        let grads = loss.sum.affine(scale, 0.0)?.backward()?;
+        let (objective, kept) = head(self, &x)?;
+        let grads = objective.backward()?;
         on_grads(&grads)?;
         let mut d_out = take_grad(&grads, last.as_tensor())?;
-        drop((grads, x));
+        drop((grads, x, objective));
 
         // The layers from the last: recompute, then backward from the surrogate.
         for (i, (layer, input)) in self.layers.iter().zip(inputs).enumerate().rev() {
@@ -710,10 +795,7 @@ impl CausalLm {
             let x = self.embed(&batch.input_ids)?;
             on_grads(&(x * d_out)?.sum_all()?.backward()?)?;
         }
-        Ok(LossSum {
-            sum: loss.sum.detach(),
-            tokens: loss.tokens,
-        })
+        Ok(kept)
     }
 
     /// Runs new tokens (batch, n) through the model, appending to `cache`. `positions` and
@@ -749,7 +831,7 @@ fn supervised_positions(
     x: &Tensor,
     targets: &Tensor,
     weights: Option<&Tensor>,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Tensor, Option<Tensor>, Vec<u32>)> {
     let (b, s, h) = x.dims3()?;
     let keep: Vec<u32> = targets
         .flatten_all()?
@@ -760,10 +842,11 @@ fn supervised_positions(
         .map(|(i, _)| i as u32)
         .collect();
     if keep.is_empty() || keep.len() == b * s {
-        return Ok((x.clone(), targets.clone(), weights.cloned()));
+        let all = (0..(b * s) as u32).collect();
+        return Ok((x.clone(), targets.clone(), weights.cloned(), all));
     }
     let n = keep.len();
-    let index = Tensor::from_vec(keep, n, x.device())?;
+    let index = Tensor::from_vec(keep.clone(), n, x.device())?;
     let pick = |t: &Tensor| -> Result<Tensor> {
         t.flatten_all()?.index_select(&index, 0)?.reshape((1, n))
     };
@@ -773,6 +856,7 @@ fn supervised_positions(
             .reshape((1, n, h))?,
         pick(targets)?,
         weights.map(pick).transpose()?,
+        keep,
     ))
 }
 

@@ -11,6 +11,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use crate::batch::IGNORE_INDEX;
+use crate::ops::preference::{preference_loss, PairLogps, PrefConfig, PrefOutput};
 use crate::ops::{
     cross_entropy, fused_kernels_apply, linear_cross_entropy, linear_cross_entropy_frozen,
     FrozenWeight,
@@ -39,14 +40,23 @@ pub fn causal_lm_loss(
     weights: Option<&Tensor>,
     tokens: usize,
 ) -> Result<LossSum> {
+    Ok(LossSum {
+        sum: causal_lm_token_losses(logits, targets, weights)?.sum_all()?,
+        tokens,
+    })
+}
+
+/// Each position's weighted cross-entropy (batch * seq,), 0 where ignored: what
+/// `causal_lm_loss` sums.
+pub fn causal_lm_token_losses(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, s, v) = logits.dims3()?;
     let logits = logits.reshape((b * s, v))?.to_dtype(DType::F32)?;
     let (safe, coef) = targets_and_coef(targets, weights, b * s)?;
-    let per_token = cross_entropy(&logits, &safe, &coef)?;
-    Ok(LossSum {
-        sum: per_token.sum_all()?,
-        tokens,
-    })
+    cross_entropy(&logits, &safe, &coef)
 }
 
 /// The targets flattened with ignored positions pointing at 0, and the weight of each
@@ -119,15 +129,122 @@ pub fn causal_lm_loss_chunked(
     budget: usize,
     train: bool,
 ) -> Result<LossSum> {
+    Ok(LossSum {
+        sum: causal_lm_token_losses_chunked(hidden, w, targets, weights, budget, train)?
+            .sum_all()?,
+        tokens,
+    })
+}
+
+/// Each position's weighted cross-entropy (batch * seq,): what `causal_lm_loss_chunked`
+/// sums.
+pub fn causal_lm_token_losses_chunked(
+    hidden: &Tensor,
+    w: &HeadWeight<'_>,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+    budget: usize,
+    train: bool,
+) -> Result<Tensor> {
     let (b, s, h) = hidden.dims3()?;
     let (safe, coef) = targets_and_coef(targets, weights, b * s)?;
     let x = hidden.reshape((b * s, h))?;
-    let per_token = match w {
-        HeadWeight::Trainable(w) => linear_cross_entropy(&x, w, &safe, &coef, budget, train)?,
-        HeadWeight::Frozen(w) => linear_cross_entropy_frozen(&x, w, &safe, &coef, budget, train)?,
-    };
-    Ok(LossSum {
-        sum: per_token.sum_all()?,
+    match w {
+        HeadWeight::Trainable(w) => linear_cross_entropy(&x, w, &safe, &coef, budget, train),
+        HeadWeight::Frozen(w) => linear_cross_entropy_frozen(&x, w, &safe, &coef, budget, train),
+    }
+}
+
+/// Sequence log-probabilities: for each sample of a batch (row-major, each row's samples
+/// in order), the sum of its targets' log-probabilities, and how many targets it has.
+#[derive(Debug, Clone)]
+pub struct SequenceLogps {
+    /// (samples,) f32; differentiable when the model's weights are tracked.
+    pub logps: Tensor,
+    /// Supervised targets of each sample.
+    pub tokens: Vec<usize>,
+}
+
+/// Sums per-position cross-entropies into per-sample log-probabilities: `values` (n,)
+/// holds the cross-entropy of positions `positions` (flat indices into the batch), and
+/// `owner[p]` is the sample of position `p` (see `Batch::sample_of_positions`). The sum
+/// is a product with a (samples, n) 0/1 matrix, so its gradient flows back to every
+/// position of its sample unchanged.
+pub fn sequence_logps(
+    values: &Tensor,
+    positions: &[u32],
+    owner: &[Option<u32>],
+    samples: usize,
+    counted: &[bool],
+) -> Result<SequenceLogps> {
+    let n = positions.len();
+    let mut onehot = vec![0f32; samples * n];
+    let mut tokens = vec![0usize; samples];
+    for (k, &p) in positions.iter().enumerate() {
+        if let Some(s) = owner[p as usize] {
+            onehot[s as usize * n + k] = 1.0;
+            tokens[s as usize] += usize::from(counted[k]);
+        }
+    }
+    let onehot = Tensor::from_vec(onehot, (samples, n), values.device())?;
+    let sums = onehot.matmul(&values.reshape((n, 1))?)?.reshape(samples)?;
+    Ok(SequenceLogps {
+        logps: sums.neg()?,
         tokens,
     })
+}
+
+/// The preference loss of a batch of pairs: its samples alternate chosen, rejected (each
+/// row one pair, or the rows of pairs laid end to end), and `reference` holds the
+/// reference model's log-probability of each sample in the same order (empty for the
+/// losses that need none).
+pub fn pair_preference_loss(
+    cfg: &PrefConfig,
+    seq: &SequenceLogps,
+    reference: &[f64],
+) -> Result<PrefOutput> {
+    let samples = seq.tokens.len();
+    if samples % 2 != 0 {
+        candle_core::bail!(
+            "a batch of preference pairs has an odd number of sequences ({samples})"
+        );
+    }
+    let device = seq.logps.device();
+    let every_other = |first: usize| -> Result<Tensor> {
+        let index: Vec<u32> = (first..samples).step_by(2).map(|i| i as u32).collect();
+        Tensor::from_vec(index, samples / 2, device)
+    };
+    let (even, odd) = (every_other(0)?, every_other(1)?);
+    let pick = |t: &Tensor, index: &Tensor| t.index_select(index, 0);
+    let counts = Tensor::from_vec(
+        seq.tokens.iter().map(|&n| n as f32).collect::<Vec<_>>(),
+        samples,
+        device,
+    )?
+    .to_dtype(seq.logps.dtype())?;
+    let (chosen, rejected) = (pick(&seq.logps, &even)?, pick(&seq.logps, &odd)?);
+    let (chosen_tokens, rejected_tokens) = (pick(&counts, &even)?, pick(&counts, &odd)?);
+    let reference = if cfg.loss.needs_reference() {
+        if reference.len() != samples {
+            candle_core::bail!(
+                "{} reference log-probabilities for {samples} sequences",
+                reference.len()
+            );
+        }
+        let all =
+            Tensor::from_vec(reference.to_vec(), samples, device)?.to_dtype(seq.logps.dtype())?;
+        Some((pick(&all, &even)?, pick(&all, &odd)?))
+    } else {
+        None
+    };
+    preference_loss(
+        cfg,
+        &PairLogps {
+            chosen: &chosen,
+            rejected: &rejected,
+            chosen_tokens: &chosen_tokens,
+            rejected_tokens: &rejected_tokens,
+            reference: reference.as_ref().map(|(c, r)| (c, r)),
+        },
+    )
 }

@@ -24,6 +24,7 @@ fn example(ids: &[u32], prompt: usize) -> Example {
             .map(|(i, &t)| if i < prompt { IGNORE_INDEX } else { t as i64 })
             .collect(),
         weights: None,
+        reference_logp: None,
     }
 }
 
@@ -166,6 +167,7 @@ fn padding_never_masks_an_end_of_turn_that_equals_the_pad_id() {
         input_ids: vec![5, 6, eos],
         labels: vec![IGNORE_INDEX, 6, i64::from(eos)],
         weights: None,
+        reference_logp: None,
     };
     let b = example(&[7; 9], 0);
     let batch = Batch::padded(&[a, b], eos, 8, &Device::Cpu).unwrap();

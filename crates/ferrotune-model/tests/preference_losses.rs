@@ -4,7 +4,9 @@
 //! (tests/data/preference_losses.json, from scripts/make_preference_loss_fixture.py).
 
 use candle_core::{DType, Device, Tensor, Var};
-use ferrotune_model::ops::preference::{preference_loss, PairLogps, PrefConfig, PrefLoss};
+use ferrotune_model::ops::preference::{
+    preference_loss, PairLogps, PrefConfig, PrefLoss, PREF_METRICS,
+};
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -67,8 +69,8 @@ fn check(dtype: DType, tolerance: f64) {
         )
         .unwrap();
         let what = format!("{name} {cfg:?} ({dtype:?})");
-        let value = out
-            .loss
+        let loss_mean = out.loss_sum.affine(1.0 / out.pairs as f64, 0.0).unwrap();
+        let value = loss_mean
             .to_dtype(DType::F64)
             .unwrap()
             .to_scalar::<f64>()
@@ -78,21 +80,14 @@ fn check(dtype: DType, tolerance: f64) {
             "{what}: loss {value} against {}",
             case["loss"]
         );
-        for (got, key) in [
-            (out.rewards_chosen, "rewards/chosen"),
-            (out.rewards_rejected, "rewards/rejected"),
-            (out.rewards_accuracies, "rewards/accuracies"),
-            (out.rewards_margins, "rewards/margins"),
-            (out.logps_chosen, "logps/chosen"),
-            (out.logps_rejected, "logps/rejected"),
-        ] {
+        for (got, key) in out.metric_means().into_iter().zip(PREF_METRICS) {
             let want = case[key].as_f64().unwrap();
             assert!(
                 close(got, want, tolerance),
                 "{what}: {key} {got} against {want}"
             );
         }
-        let grads = out.loss.backward().unwrap();
+        let grads = loss_mean.backward().unwrap();
         for (var, key) in [(&chosen, "grad_chosen"), (&rejected, "grad_rejected")] {
             let got: Vec<f64> = grads
                 .get(var.as_tensor())

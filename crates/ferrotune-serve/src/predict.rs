@@ -267,6 +267,7 @@ fn item(
         input_ids: e.input_ids,
         labels: e.labels,
         weights: e.weights,
+        reference_logp: None,
     });
     Ok(Item {
         at,

@@ -27,11 +27,11 @@ fn dist_err(e: ferrotune_dist::DistError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// Sums `grads` and one number beside them (a step's loss sum, EWC's batch count) over
-/// the processes, in place. Tensors are packed into buckets of up to [`BUCKET`] elements
+/// Sums `grads` and the numbers beside them (a step's loss sum and metric sums, EWC's
+/// batch count) over the processes, in place. Tensors are packed into buckets of up to [`BUCKET`] elements
 /// (a larger tensor is a bucket of its own), so a LoRA step's hundreds of small gradients
 /// travel in one call.
-pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], sum: &mut f64) -> Result<()> {
+pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], numbers: &mut [f64]) -> Result<()> {
     if world.size() < 2 {
         return Ok(());
     }
@@ -57,9 +57,7 @@ pub fn all_reduce(world: &dyn Collective, grads: &mut [Tensor], sum: &mut f64) -
         }
         start = end;
     }
-    let mut number = [*sum];
-    world.all_reduce_sum_f64(&mut number).map_err(dist_err)?;
-    *sum = number[0];
+    world.all_reduce_sum_f64(numbers).map_err(dist_err)?;
     Ok(())
 }
 
@@ -111,7 +109,7 @@ mod tests {
         let g = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
         let mut grads = vec![g.clone()];
         let mut loss = 2.5;
-        all_reduce(&Solo, &mut grads, &mut loss).unwrap();
+        all_reduce(&Solo, &mut grads, std::slice::from_mut(&mut loss)).unwrap();
         assert_eq!(grads[0].to_vec1::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
         assert_eq!(loss, 2.5);
     }

@@ -56,7 +56,7 @@ impl Ewc {
             used += 1;
         }
         let mut count = used as f64;
-        crate::distributed::all_reduce(world, &mut fisher, &mut count)?;
+        crate::distributed::all_reduce(world, &mut fisher, std::slice::from_mut(&mut count))?;
         let used = count as usize;
         if used == 0 {
             candle_core::bail!("EWC: the reference data has no supervised token");

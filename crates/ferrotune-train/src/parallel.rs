@@ -25,8 +25,10 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Result};
-use ferrotune_model::{Batch, CausalLm, Param};
+use candle_core::{Device, Result, Tensor};
+use ferrotune_model::loss::pair_preference_loss;
+use ferrotune_model::ops::preference::PrefConfig;
+use ferrotune_model::{Batch, CausalLm, Param, SequenceLogps};
 
 use crate::grads::Accumulated;
 
@@ -41,12 +43,26 @@ pub enum Pass {
     Checkpointed,
 }
 
+/// What the backward pass differentiates.
+#[derive(Debug, Clone, Copy)]
+pub enum Objective<'a> {
+    /// The summed token cross-entropy (SFT, pretraining).
+    Tokens,
+    /// A preference loss summed over pairs: each row of a batch is one pair (chosen,
+    /// rejected), and the batch carries the reference log-probabilities the loss needs.
+    Preference(&'a PrefConfig),
+}
+
 /// One micro-batch's summed loss and gradients, with the time the passes took (for
 /// several shards, those of the slowest shard).
 #[derive(Debug)]
 pub struct Gradients {
-    /// Sum over the supervised targets of weight * cross-entropy (not scaled).
+    /// Sum over the supervised targets of weight * cross-entropy, or over the pairs of
+    /// their preference loss (not scaled).
     pub loss_sum: f64,
+    /// For a preference objective, the sums over the pairs of its metrics
+    /// (`ferrotune_model::ops::preference::PREF_METRICS`); empty otherwise.
+    pub metric_sums: Vec<f64>,
     pub grads: Accumulated,
     pub forward_s: f64,
     pub backward_s: f64,
@@ -57,6 +73,7 @@ impl Gradients {
     fn none(params: usize) -> Self {
         Gradients {
             loss_sum: 0.0,
+            metric_sums: Vec::new(),
             grads: Accumulated::new(params),
             forward_s: 0.0,
             backward_s: 0.0,
@@ -66,6 +83,12 @@ impl Gradients {
     /// Adds another part's loss sum and gradients (not its times).
     fn add(&mut self, part: Gradients) -> Result<()> {
         self.loss_sum += part.loss_sum;
+        if self.metric_sums.len() < part.metric_sums.len() {
+            self.metric_sums.resize(part.metric_sums.len(), 0.0);
+        }
+        for (sum, v) in self.metric_sums.iter_mut().zip(&part.metric_sums) {
+            *sum += v;
+        }
         self.grads.merge(part.grads)
     }
 }
@@ -137,7 +160,7 @@ impl Workers {
             model,
             std::slice::from_ref(batch),
             params,
-            scale,
+            (scale, Objective::Tokens),
             pass,
             Share::WHOLE,
         )
@@ -155,7 +178,7 @@ impl Workers {
         model: &CausalLm,
         micro: &[Batch],
         params: &[&Param],
-        scale: f64,
+        (scale, objective): (f64, Objective),
         pass: Pass,
         share: Share,
     ) -> Result<Gradients> {
@@ -177,7 +200,7 @@ impl Workers {
                 .skip(share.process * threads)
                 .take(threads)
                 .collect();
-            let parts = self.run_shards(model, &mine, params, scale, pass)?;
+            let parts = self.run_shards(model, &mine, params, (scale, objective), pass)?;
             // The slowest shard of each micro-batch sets its time.
             let (mut f, mut b) = (0f64, 0f64);
             for (sum, part) in sums.iter_mut().zip(parts) {
@@ -214,13 +237,13 @@ impl Workers {
         model: &CausalLm,
         shards: &[&Batch],
         params: &[&Param],
-        scale: f64,
+        objective: (f64, Objective),
         pass: Pass,
     ) -> Result<Vec<Gradients>> {
         if shards.len() < 2 || self.pools.len() < 2 {
             return shards
                 .iter()
-                .map(|shard| shard_gradients(model, shard, params, scale, pass))
+                .map(|shard| shard_gradients(model, shard, params, objective, pass))
                 .collect();
         }
         let results: Vec<Result<Gradients>> = std::thread::scope(|s| {
@@ -229,7 +252,7 @@ impl Workers {
                 .zip(&self.pools)
                 .map(|(shard, pool)| {
                     s.spawn(move || {
-                        pool.install(|| shard_gradients(model, shard, params, scale, pass))
+                        pool.install(|| shard_gradients(model, shard, params, objective, pass))
                     })
                 })
                 .collect();
@@ -311,9 +334,12 @@ fn shard_gradients(
     model: &CausalLm,
     batch: &Batch,
     params: &[&Param],
-    scale: f64,
+    (scale, objective): (f64, Objective),
     pass: Pass,
 ) -> Result<Gradients> {
+    if let Objective::Preference(cfg) = objective {
+        return shard_preference_gradients(model, batch, params, scale, cfg, pass);
+    }
     let mut grads = Accumulated::new(params.len());
     let started = Instant::now();
     let (loss, forward_s) = match pass {
@@ -336,6 +362,55 @@ fn shard_gradients(
     };
     Ok(Gradients {
         loss_sum: loss.sum.to_scalar::<f32>()? as f64,
+        metric_sums: Vec::new(),
+        grads,
+        forward_s,
+        backward_s: started.elapsed().as_secs_f64() - forward_s,
+    })
+}
+
+/// [`shard_gradients`] for a preference loss: the shard's sequence log-probabilities,
+/// the loss of its pairs against the reference log-probabilities the batch carries, and
+/// its backward pass.
+fn shard_preference_gradients(
+    model: &CausalLm,
+    batch: &Batch,
+    params: &[&Param],
+    scale: f64,
+    cfg: &PrefConfig,
+    pass: Pass,
+) -> Result<Gradients> {
+    let mut grads = Accumulated::new(params.len());
+    let started = Instant::now();
+    let reference = batch.reference.concat();
+    let objective = |seq: &SequenceLogps| -> Result<(Tensor, (f64, Vec<f64>))> {
+        let out = pair_preference_loss(cfg, seq, &reference)?;
+        let loss_sum = out
+            .loss_sum
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        Ok((
+            out.loss_sum.affine(scale, 0.0)?,
+            (loss_sum, out.metric_sums.to_vec()),
+        ))
+    };
+    let ((loss_sum, metric_sums), forward_s) = match pass {
+        Pass::Checkpointed => {
+            let kept = model.backward_sequences_checkpointed(batch, true, objective, |g| {
+                grads.add(params, g)
+            })?;
+            (kept, 0.0)
+        }
+        Pass::Plain | Pass::WholeLogits => {
+            let (scaled, kept) = objective(&model.sequence_logps(batch, true)?)?;
+            let forward_s = started.elapsed().as_secs_f64();
+            grads.add(params, &scaled.backward()?)?;
+            (kept, forward_s)
+        }
+    };
+    Ok(Gradients {
+        loss_sum,
+        metric_sums,
         grads,
         forward_s,
         backward_s: started.elapsed().as_secs_f64() - forward_s,

@@ -34,6 +34,10 @@ enum Layout {
         row_len: usize,
         weighted: bool,
     },
+    /// Preference pairs: row r is example r's chosen and rejected sequences, packed into
+    /// one row and kept apart by attention; `reference` holds the reference model's
+    /// log-probability of each (2 per example), once computed.
+    Pairs { reference: Option<Vec<f64>> },
     /// `streaming: true`: row r is the r-th example of the shuffle buffer's order over
     /// the examples as they arrive (`rows` of them planned).
     Live {
@@ -86,6 +90,36 @@ impl Rows {
         }
     }
 
+    /// Rows of one preference pair each (examples with a rejected sequence).
+    pub fn pairs(samples: Samples) -> Rows {
+        Rows {
+            samples,
+            layout: Layout::Pairs { reference: None },
+            packing: Packing::None,
+            report: None,
+        }
+    }
+
+    /// The examples behind the rows (pairs: one a row).
+    pub fn samples(&self) -> &Samples {
+        &self.samples
+    }
+
+    /// Sets the reference log-probabilities of a pair layout: two per example (chosen,
+    /// rejected), in the examples' order.
+    pub fn set_reference(&mut self, values: Vec<f64>) -> Result<()> {
+        match &mut self.layout {
+            Layout::Pairs { reference } if values.len() == 2 * self.samples.len() => {
+                *reference = Some(values);
+                Ok(())
+            }
+            _ => candle_core::bail!(
+                "reference log-probabilities for {} sequences do not fit these rows",
+                values.len()
+            ),
+        }
+    }
+
     /// Rows of one example each, taken from `data` in the shuffle buffer's order as they
     /// arrive (arrivals from `first` on; the ones before are held out).
     pub fn live(
@@ -110,7 +144,7 @@ impl Rows {
     pub fn len(&self) -> usize {
         match &self.layout {
             Layout::Live { rows, .. } => *rows,
-            Layout::OnePerRow => self.samples.len(),
+            Layout::OnePerRow | Layout::Pairs { .. } => self.samples.len(),
             Layout::Neat { starts, .. } => starts.len() - 1,
             Layout::Greedy { ends, row_len, .. } => {
                 let total = ends.last().copied().unwrap_or(0) as usize;
@@ -135,7 +169,7 @@ impl Rows {
     fn row_tokens(&self, row: usize) -> usize {
         match &self.layout {
             Layout::Live { .. } => self.row(row).map_or(0, |r| r[0].input_ids.len()),
-            Layout::OnePerRow => self.samples.length(row),
+            Layout::OnePerRow | Layout::Pairs { .. } => self.samples.length(row),
             Layout::Neat { .. } => self
                 .members(row)
                 .iter()
@@ -156,6 +190,7 @@ impl Rows {
             input_ids: Vec::with_capacity(row_len),
             labels: Vec::with_capacity(row_len),
             weights: weighted.then(|| Vec::with_capacity(row_len)),
+            reference_logp: None,
         };
         let mut i = ends.partition_point(|&e| e <= start);
         let mut at = start;
@@ -197,6 +232,14 @@ impl Rows {
                 vec![to_example(&e)]
             }
             Layout::OnePerRow => vec![to_example(&self.samples.encoded(row))],
+            Layout::Pairs { reference } => {
+                let mut pair = pair_examples(&self.samples.encoded(row))?;
+                if let Some(values) = reference {
+                    pair[0].reference_logp = Some(values[2 * row]);
+                    pair[1].reference_logp = Some(values[2 * row + 1]);
+                }
+                pair.to_vec()
+            }
             Layout::Neat { .. } => self
                 .members(row)
                 .iter()
@@ -215,7 +258,7 @@ impl Rows {
     pub fn batch(&self, rows: &[usize], pad: u32, device: &Device) -> Result<Batch> {
         let examples: Vec<Vec<Example>> =
             rows.iter().map(|&r| self.row(r)).collect::<Result<_>>()?;
-        if let Layout::Neat { .. } = self.layout {
+        if let Layout::Neat { .. } | Layout::Pairs { .. } = self.layout {
             let refs: Vec<Vec<&Example>> =
                 examples.iter().map(|row| row.iter().collect()).collect();
             Batch::packed(&refs, pad, 8, device)
@@ -278,7 +321,22 @@ pub fn to_example(e: &Encoded) -> Example {
         input_ids: e.input_ids.clone(),
         labels: e.labels.clone(),
         weights: e.weights.clone(),
+        reference_logp: None,
     }
+}
+
+/// A preference pair's chosen and rejected sequences as two examples.
+pub fn pair_examples(e: &Encoded) -> Result<[Example; 2]> {
+    let Some(k) = e.rejected_start.filter(|&k| k > 0 && k < e.len()) else {
+        candle_core::bail!("an example of a preference run is not a pair (no rejected sequence)");
+    };
+    let part = |range: std::ops::Range<usize>| Example {
+        input_ids: e.input_ids[range.clone()].to_vec(),
+        labels: e.labels[range.clone()].to_vec(),
+        weights: e.weights.as_ref().map(|w| w[range].to_vec()),
+        reference_logp: None,
+    };
+    Ok([part(0..k), part(k..e.len())])
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn examples(vocab: u32, n: usize) -> Vec<Encoded> {
                 labels,
                 weights: None,
                 truncated: false,
+                rejected_start: None,
             }
         })
         .collect()

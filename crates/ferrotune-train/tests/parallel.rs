@@ -33,6 +33,7 @@ fn batch(vocab: u32) -> Batch {
                 input_ids: ids,
                 labels,
                 weights: None,
+                reference_logp: None,
             }
         })
         .collect();
@@ -100,6 +101,7 @@ fn shards_keep_every_row_once_drop_only_padding_and_even_out_the_tokens() {
             input_ids: vec![7; n],
             labels: vec![7; n],
             weights: None,
+            reference_logp: None,
         })
         .collect();
     let rows = Batch::padded(&examples, 0, 1, &Device::Cpu).unwrap();

@@ -64,6 +64,7 @@ fn batch(vocab: usize) -> Batch {
                 input_ids: ids,
                 labels,
                 weights: None,
+                reference_logp: None,
             }
         })
         .collect();

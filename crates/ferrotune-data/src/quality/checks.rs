@@ -7,7 +7,7 @@ use super::load::{Measure, Record};
 use super::minhash::{MinHasher, Signature};
 use super::text::{excerpt_around, hash64, normalize, shorten, units, ScriptProfile};
 use super::{Check, CheckOptions, Severity};
-use crate::conversation::{Conversation, Message, Role, Sample};
+use crate::conversation::{Conversation, Message, PreferencePair, Role, Sample};
 use crate::stats::percentile_of_counts;
 
 /// Markers of the common chat templates: in the data they either break rendering or
@@ -69,7 +69,7 @@ pub struct Facts {
 pub fn headline(record: &Record) -> String {
     match &record.sample {
         Ok(Sample::Text(t)) => shorten(t, 100),
-        Ok(Sample::Chat(c)) => shorten(
+        Ok(Sample::Chat(c) | Sample::Pair(PreferencePair { chosen: c, .. })) => shorten(
             c.messages
                 .iter()
                 .find(|m| m.role == Role::User)
@@ -133,10 +133,24 @@ impl Scanner {
             }
         };
         let mut hits = Vec::new();
+        // A pair is checked as its prompt with the chosen answer, and for answers that
+        // do not differ.
+        let chosen;
+        let sample = match sample {
+            Sample::Pair(pair) => {
+                hits.extend(identical_answers(pair));
+                chosen = Sample::Chat(pair.chosen.clone());
+                &chosen
+            }
+            other => other,
+        };
         // (what the text is, the text): a role, or `document` for pretraining text.
-        let texts: Vec<(&str, &str)> = match sample {
-            Sample::Text(t) => vec![("document", t.as_str())],
-            Sample::Chat(c) => c
+        let texts: Vec<(&str, &str)> = match sample.conversation() {
+            None => match sample {
+                Sample::Text(t) => vec![("document", t.as_str())],
+                _ => Vec::new(),
+            },
+            Some(c) => c
                 .messages
                 .iter()
                 .map(|m| (m.role.as_str(), m.content.as_str()))
@@ -184,6 +198,7 @@ impl Scanner {
             ..Facts::default()
         };
         match sample {
+            Sample::Pair(_) => unreachable!("a pair is checked as its chosen conversation"),
             Sample::Text(t) => {
                 facts.exact = Some(key128(&joined));
                 facts.instruction = Some(normalized[0].clone());
@@ -364,6 +379,20 @@ fn unreadable(record: &Record, problem: &str) -> Hit {
         example,
         detail: format!("{}: {problem}", record.at),
     }
+}
+
+/// A preference pair whose answers are the same after normalization: it teaches nothing
+/// (the DPO loss of such a pair is constant) and usually means a column was mapped twice.
+fn identical_answers(pair: &PreferencePair) -> Option<Hit> {
+    let (chosen, rejected) = pair.answers();
+    let same = normalize(&chosen.content) == normalize(&rejected.content)
+        && chosen.tool_calls == rejected.tool_calls;
+    same.then(|| Hit {
+        check: Check::IdenticalAnswers,
+        severity: Severity::Error,
+        example: shorten(&chosen.content, 100),
+        detail: "the chosen and the rejected answer are the same".into(),
+    })
 }
 
 fn blocked(text: &str, at: usize, term: &str) -> Hit {

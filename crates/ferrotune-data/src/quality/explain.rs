@@ -106,6 +106,12 @@ fn explain_one(check: Check, o: &CheckOptions) -> Explanation {
             "warning: prompt (3+ words) and answer (5+) each at least 60% one script, the scripts differ, the answer has under 10% of the prompt's script, and the prompt neither names the answer's language nor asks for a translation. Info: a text of 20+ words where no script reaches 70%. Code blocks are left out".into(),
             KEPT,
         ),
+        Check::IdenticalAnswers => (
+            "error",
+            "a preference pair whose chosen and rejected answers are the same: the pair teaches nothing (its DPO loss is a constant), and usually a column is mapped twice",
+            "the two answers equal after the normalization of exact duplicates (and the same tool calls)".into(),
+            DROPPED,
+        ),
         Check::Blocklist => (
             "error",
             "words or phrases of your --blocklist file (a safety screen)",

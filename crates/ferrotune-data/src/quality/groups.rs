@@ -341,10 +341,10 @@ fn distinct_answers(rows: &[AnswerRow], threshold: f64) -> usize {
 
 /// A sample's final answer, normalized, as the conflict check compares it.
 pub fn final_answer(sample: &Sample) -> Option<String> {
-    match sample {
-        Sample::Chat(c) => c.messages.last().map(|m| normalize(&m.content)),
-        Sample::Text(_) => None,
-    }
+    sample
+        .conversation()
+        .and_then(|c| c.messages.last())
+        .map(|m| normalize(&m.content))
 }
 
 /// Exact and near-duplicate groups, and the prompt groups whose answers the second pass

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::config::DataArgs;
-use crate::conversation::Sample;
+use crate::conversation::{PreferencePair, Sample};
 use crate::error::{DataError, RecordRef, Result};
 use crate::format::{self, Formatting, RecordFormat, Stage};
 use crate::mix;
@@ -188,6 +188,7 @@ impl Measure<'_> {
         let joined = || match sample {
             Sample::Text(t) => t.clone(),
             Sample::Chat(c) => c.texts().collect::<Vec<_>>().join("\n"),
+            Sample::Pair(p) => p.texts().collect::<Vec<_>>().join("\n"),
         };
         match self {
             Measure::Chars => joined().chars().count(),
@@ -196,7 +197,9 @@ impl Measure<'_> {
                 template,
             } => {
                 let rendered = match (sample, template) {
-                    (Sample::Chat(c), Some(t)) => t.render(&c.messages, &c.tools, false).ok(),
+                    (Sample::Chat(c) | Sample::Pair(PreferencePair { chosen: c, .. }), Some(t)) => {
+                        t.render(&c.messages, &c.tools, false).ok()
+                    }
                     _ => None,
                 };
                 let text = rendered.unwrap_or_else(joined);

@@ -63,12 +63,14 @@ pub enum Check {
     LengthOutlier,
     LanguageMix,
     Blocklist,
+    /// A preference pair whose chosen and rejected answers are the same.
+    IdenticalAnswers,
     /// A record the format cannot read at all (malformed JSON line, missing column).
     InvalidRecord,
 }
 
 impl Check {
-    pub const ALL: [Check; 13] = [
+    pub const ALL: [Check; 14] = [
         Check::ExactDuplicate,
         Check::NearDuplicate,
         Check::ConflictingAnswer,
@@ -81,6 +83,7 @@ impl Check {
         Check::LengthOutlier,
         Check::LanguageMix,
         Check::Blocklist,
+        Check::IdenticalAnswers,
         Check::InvalidRecord,
     ];
 
@@ -98,6 +101,7 @@ impl Check {
             Check::LengthOutlier => "length_outlier",
             Check::LanguageMix => "language_mix",
             Check::Blocklist => "blocklist",
+            Check::IdenticalAnswers => "identical_answers",
             Check::InvalidRecord => "invalid_record",
         }
     }

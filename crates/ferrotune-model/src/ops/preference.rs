@@ -63,15 +63,31 @@ pub struct PairLogps<'a> {
     pub reference: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// The mean loss over the pairs (differentiable) and TRL's metrics (means over pairs).
+/// The metrics TRL logs for a batch of pairs, in the order of [`PrefOutput::metric_sums`].
+pub const PREF_METRICS: [&str; 6] = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+];
+
+/// The loss summed over the pairs (differentiable) and TRL's metrics summed over the
+/// pairs: sums, so that shards and processes add them up and the caller divides once by
+/// all the pairs of a step.
 pub struct PrefOutput {
-    pub loss: Tensor,
-    pub rewards_chosen: f64,
-    pub rewards_rejected: f64,
-    pub rewards_accuracies: f64,
-    pub rewards_margins: f64,
-    pub logps_chosen: f64,
-    pub logps_rejected: f64,
+    pub loss_sum: Tensor,
+    /// Sums over the pairs of each of [`PREF_METRICS`].
+    pub metric_sums: [f64; 6],
+    pub pairs: usize,
+}
+
+impl PrefOutput {
+    /// The metrics' means over the pairs.
+    pub fn metric_means(&self) -> [f64; 6] {
+        self.metric_sums.map(|s| s / self.pairs.max(1) as f64)
+    }
 }
 
 /// log(sigmoid(x)) = -softplus(-x), computed without overflow: -(relu(-x) + log(1 + e^-|x|)).
@@ -80,9 +96,9 @@ fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     (x.neg()?.relu()? + tail)?.neg()
 }
 
-fn mean(t: &Tensor) -> Result<f64> {
+fn sum(t: &Tensor) -> Result<f64> {
     t.to_dtype(candle_core::DType::F64)?
-        .mean_all()?
+        .sum_all()?
         .to_scalar::<f64>()
 }
 
@@ -152,12 +168,15 @@ pub fn preference_loss(cfg: &PrefConfig, p: &PairLogps) -> Result<PrefOutput> {
     let (chosen_rewards, rejected_rewards) = (chosen_rewards.detach(), rejected_rewards.detach());
     let wins = chosen_rewards.gt(&rejected_rewards)?;
     Ok(PrefOutput {
-        loss: losses.mean_all()?,
-        rewards_chosen: mean(&chosen_rewards)?,
-        rewards_rejected: mean(&rejected_rewards)?,
-        rewards_accuracies: mean(&wins)?,
-        rewards_margins: mean(&(&chosen_rewards - &rejected_rewards)?)?,
-        logps_chosen: mean(&c.detach())?,
-        logps_rejected: mean(&r.detach())?,
+        loss_sum: losses.sum_all()?,
+        metric_sums: [
+            sum(&chosen_rewards)?,
+            sum(&rejected_rewards)?,
+            sum(&wins)?,
+            sum(&(&chosen_rewards - &rejected_rewards)?)?,
+            sum(&c.detach())?,
+            sum(&r.detach())?,
+        ],
+        pairs: p.chosen.elem_count(),
     })
 }

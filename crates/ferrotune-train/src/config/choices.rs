@@ -55,6 +55,50 @@ impl Choice for FinetuningType {
     }
 }
 
+/// `pref_loss`: the preference loss of `stage: dpo`, with LLaMA-Factory's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefLossChoice {
+    Sigmoid,
+    Hinge,
+    Ipo,
+    Orpo,
+    Simpo,
+}
+
+impl Choice for PrefLossChoice {
+    const KEY: &'static str = "pref_loss";
+    const ALL: &'static [Self] = &[
+        Self::Sigmoid,
+        Self::Hinge,
+        Self::Ipo,
+        Self::Orpo,
+        Self::Simpo,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sigmoid => "sigmoid",
+            Self::Hinge => "hinge",
+            Self::Ipo => "ipo",
+            Self::Orpo => "orpo",
+            Self::Simpo => "simpo",
+        }
+    }
+}
+
+impl PrefLossChoice {
+    pub fn loss(self) -> ferrotune_model::ops::preference::PrefLoss {
+        use ferrotune_model::ops::preference::PrefLoss;
+        match self {
+            Self::Sigmoid => PrefLoss::Sigmoid,
+            Self::Hinge => PrefLoss::Hinge,
+            Self::Ipo => PrefLoss::Ipo,
+            Self::Orpo => PrefLoss::Orpo,
+            Self::Simpo => PrefLoss::Simpo,
+        }
+    }
+}
+
 /// `lr_scheduler_type`, with transformers' names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LrSchedulerType {

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use choices::{Choice, EvalStrategy, FinetuningType, LrSchedulerType, SaveStrategy};
+pub use choices::{
+    Choice, EvalStrategy, FinetuningType, LrSchedulerType, PrefLossChoice, SaveStrategy,
+};
 
 /// Keys the trainer reads (the data keys are `ferrotune_data::config::DATA_KEYS`).
 pub const TRAIN_ARG_KEYS: &[&str] = &[
@@ -59,6 +61,17 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "quantization_method",
     "memory_limit",
     "ignore_memory_plan",
+    "pref_loss",
+    "pref_beta",
+    "pref_ftx",
+    "simpo_gamma",
+    "dpo_label_smoothing",
+    "pref_bco_weight",
+    "ld_alpha",
+    "ref_model",
+    "ref_model_adapters",
+    "ref_model_quantization_bit",
+    "use_ref_model",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -151,6 +164,25 @@ pub struct TrainArgs {
     pub memory_limit: Option<String>,
     /// Train even when the memory plan does not fit (`train --ignore-memory-plan`).
     pub ignore_memory_plan: bool,
+    /// `stage: dpo`'s loss (LLaMA-Factory's keys from here on).
+    #[serde(deserialize_with = "choices::read", serialize_with = "choices::write")]
+    pub pref_loss: PrefLossChoice,
+    pub pref_beta: f64,
+    /// The weight of an added SFT term on the chosen answers.
+    pub pref_ftx: f64,
+    pub simpo_gamma: f64,
+    pub dpo_label_smoothing: f64,
+    /// BCO's term mixed into DPO: refused unless 0.
+    pub pref_bco_weight: f64,
+    /// LD-DPO's weight of the tokens past the shorter answer: refused unless unset or 1.
+    pub ld_alpha: Option<f64>,
+    /// A model of its own as the reference: refused (the reference is the model as it
+    /// stands before the first step, see docs/PREFERENCE.md).
+    pub ref_model: Option<PathBuf>,
+    pub ref_model_adapters: Option<PathBuf>,
+    pub ref_model_quantization_bit: Option<u32>,
+    /// TRL's switch for a reference-free sigmoid loss: refused when false.
+    pub use_ref_model: Option<bool>,
 }
 
 impl Default for TrainArgs {
@@ -202,6 +234,17 @@ impl Default for TrainArgs {
             quantization_method: None,
             memory_limit: None,
             ignore_memory_plan: false,
+            pref_loss: PrefLossChoice::Sigmoid,
+            pref_beta: 0.1,
+            pref_ftx: 0.0,
+            simpo_gamma: 0.5,
+            dpo_label_smoothing: 0.0,
+            pref_bco_weight: 0.0,
+            ld_alpha: None,
+            ref_model: None,
+            ref_model_adapters: None,
+            ref_model_quantization_bit: None,
+            use_ref_model: None,
         }
     }
 }
@@ -214,7 +257,36 @@ impl TrainArgs {
         if self.fp16 {
             out.push("fp16 (use bf16, or neither for f32)".to_string());
         }
+        if self.pref_bco_weight != 0.0 {
+            out.push(format!(
+                "pref_bco_weight {} (BCO mixed into DPO; set it to 0)",
+                self.pref_bco_weight
+            ));
+        }
+        if self.ld_alpha.is_some_and(|a| a != 1.0) {
+            out.push("ld_alpha (LD-DPO's length weighting; remove the key)".to_string());
+        }
+        if self.ref_model.is_some()
+            || self.ref_model_adapters.is_some()
+            || self.ref_model_quantization_bit.is_some()
+        {
+            out.push("ref_model / ref_model_adapters / ref_model_quantization_bit: the reference is the model as it stands before the first step (the base, or the base with the adapter of adapter_name_or_path); to start from an SFT adapter, give it as adapter_name_or_path".to_string());
+        }
+        if self.use_ref_model == Some(false) {
+            out.push("use_ref_model: false (for a loss without a reference, use pref_loss: orpo or simpo)".to_string());
+        }
         out
+    }
+
+    /// The preference loss's settings.
+    pub fn pref_config(&self) -> ferrotune_model::ops::preference::PrefConfig {
+        ferrotune_model::ops::preference::PrefConfig {
+            loss: self.pref_loss.loss(),
+            beta: self.pref_beta,
+            label_smoothing: self.dpo_label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            ftx: self.pref_ftx,
+        }
     }
 
     /// Whether decoder layers are recomputed in the backward pass.

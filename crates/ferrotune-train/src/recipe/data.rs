@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
+use ferrotune_data::format::Stage;
 use ferrotune_data::live::LiveData;
+use ferrotune_data::pack::Packing;
 use ferrotune_data::pipeline::{self, Prepared};
 use ferrotune_data::samples::Samples;
 use ferrotune_data::stats::percentile;
@@ -13,7 +15,7 @@ use ferrotune_model::{Example, ModelError};
 
 use super::Result;
 use crate::config::{FinetuningType, TrainArgs};
-use crate::rows::{epoch_order, to_example, Rows};
+use crate::rows::{epoch_order, pair_examples, to_example, Rows};
 
 pub(super) struct TrainingData {
     /// The data keys, with the model's tokenizer when no other is named.
@@ -32,6 +34,17 @@ impl TrainingData {
         if args.tokenizer_name_or_path.is_none() {
             args.tokenizer_name_or_path = Some(model_dir.to_path_buf());
         }
+        let pairs = args.stage == Stage::Dpo;
+        if pairs && args.streaming {
+            return Err(ModelError::invalid(
+                "streaming: true with stage dpo: the reference log-probabilities are computed over the prepared pairs before training; prepare the data first (streaming: false)",
+            ));
+        }
+        if pairs && args.packing() != Packing::None {
+            return Err(ModelError::invalid(
+                "packing / neat_packing with stage dpo: each row holds one pair (its chosen and rejected sequences, kept apart by attention); remove packing and neat_packing",
+            ));
+        }
         if args.streaming {
             return Self::live(args, t);
         }
@@ -42,10 +55,15 @@ impl TrainingData {
                 "no training examples: check the data with `ferrotune data stats`",
             ));
         }
-        let (train_set, mut eval_examples) = hold_out(&prepared.samples, t.val_size, data.seed);
-        let rows = lay_into_rows(train_set, &args);
+        let (train_set, mut eval_examples) =
+            hold_out(&prepared.samples, t.val_size, data.seed, pairs)?;
+        let rows = if pairs {
+            Rows::pairs(train_set)
+        } else {
+            lay_into_rows(train_set, &args)
+        };
         if let Some(names) = &t.eval_dataset {
-            eval_examples.extend(eval_dataset(&args, names)?);
+            eval_examples.extend(eval_dataset(&args, names, pairs)?);
         }
         Ok(TrainingData {
             args,
@@ -111,7 +129,7 @@ impl TrainingData {
             * t.gradient_accumulation_steps.max(1);
         let rows = Rows::live(data, args.buffer_size, args.seed, held, rows);
         if let Some(names) = &t.eval_dataset {
-            eval_examples.extend(eval_dataset(&args, names)?);
+            eval_examples.extend(eval_dataset(&args, names, false)?);
         }
         Ok(TrainingData {
             args,
@@ -121,6 +139,15 @@ impl TrainingData {
             pad,
         })
     }
+}
+
+/// An example as the evaluation takes it: one sequence, or a pair's two.
+fn eval_examples(e: &ferrotune_data::Encoded, pairs: bool) -> Result<Vec<Example>> {
+    Ok(if pairs {
+        pair_examples(e)?.to_vec()
+    } else {
+        vec![to_example(e)]
+    })
 }
 
 fn read_and_tokenize(args: &DataArgs) -> Result<Prepared> {
@@ -141,8 +168,14 @@ fn read_and_tokenize(args: &DataArgs) -> Result<Prepared> {
 
 /// Splits off `val_size` examples (a fraction below 1, else a count) for evaluation, in a
 /// seeded order of their own; at least one example is left to train on. The training
-/// examples stay where they are (an order over them).
-fn hold_out(all: &Samples, val_size: f64, seed: u64) -> (Samples, Vec<Example>) {
+/// examples stay where they are (an order over them). A held-out pair gives two
+/// examples, chosen then rejected.
+fn hold_out(
+    all: &Samples,
+    val_size: f64,
+    seed: u64,
+    pairs: bool,
+) -> Result<(Samples, Vec<Example>)> {
     let n = all.len();
     let count = if val_size >= 1.0 {
         val_size as usize
@@ -150,19 +183,19 @@ fn hold_out(all: &Samples, val_size: f64, seed: u64) -> (Samples, Vec<Example>) 
         (val_size * n as f64).round() as usize
     };
     if count == 0 {
-        return (all.clone(), Vec::new());
+        return Ok((all.clone(), Vec::new()));
     }
     let order = epoch_order(n, seed ^ 0x5eed, 0);
     let mut held = vec![false; n];
     for &i in &order[..count.min(n - 1)] {
         held[i] = true;
     }
-    let eval = (0..n)
-        .filter(|&i| held[i])
-        .map(|i| to_example(&all.encoded(i)))
-        .collect();
+    let mut eval = Vec::new();
+    for i in (0..n).filter(|&i| held[i]) {
+        eval.extend(eval_examples(&all.encoded(i), pairs)?);
+    }
     let train = all.select((0..n).filter(|&i| !held[i]));
-    (train, eval)
+    Ok((train, eval))
 }
 
 /// One example per row, or packed rows, as the data keys say; reports the packing.
@@ -193,16 +226,16 @@ fn lay_into_rows(train_set: Samples, args: &DataArgs) -> Rows {
 }
 
 /// The examples of `eval_dataset`, read with the run's data keys.
-fn eval_dataset(args: &DataArgs, names: &[String]) -> Result<Vec<Example>> {
+fn eval_dataset(args: &DataArgs, names: &[String], pairs: bool) -> Result<Vec<Example>> {
     let mut eval_args = args.only_datasets();
     eval_args.dataset = names.to_vec();
     let eval = pipeline::prepare(&eval_args, None)
         .map_err(|e| ModelError::invalid(format!("eval_dataset: {e}")))?;
-    Ok(eval
-        .samples
-        .iter()
-        .map(|s| to_example(&s.encoded))
-        .collect())
+    let mut out = Vec::new();
+    for s in eval.samples.iter() {
+        out.extend(eval_examples(&s.encoded, pairs)?);
+    }
+    Ok(out)
 }
 
 /// Warnings for settings outside the usual SFT ranges.

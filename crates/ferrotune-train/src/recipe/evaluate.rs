@@ -3,11 +3,13 @@
 //! after the last step.
 
 use ferrotune_dist::Collective;
+use ferrotune_model::ops::preference::{PrefConfig, PREF_METRICS};
 use ferrotune_model::{CausalLm, Example};
 use serde_json::json;
 
 use super::metrics::{Metrics, StepPoint};
 use super::progress::Progress;
+use super::reference;
 use super::Result;
 use crate::config::EvalStrategy;
 
@@ -18,11 +20,16 @@ pub(super) struct Evaluation<'a> {
     pub pad: u32,
     /// The processes split the evaluation batches and add their sums.
     pub world: &'a dyn Collective,
+    /// `stage: dpo`: the examples are pairs (chosen, rejected), evaluated with this loss.
+    pub preference: Option<&'a PrefConfig>,
 }
 
 impl Evaluation<'_> {
     /// Evaluates, writes the record for `step`, returns the eval loss.
     fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<f64> {
+        if let Some(cfg) = self.preference {
+            return self.log_preference(cfg, step, epoch, metrics);
+        }
         let (sum, tokens) = self.model.eval_loss_part(
             self.examples,
             self.batch_size,
@@ -36,6 +43,40 @@ impl Evaluation<'_> {
         let (sum, tokens) = (both[0], both[1] as usize);
         let loss = sum / tokens.max(1) as f64;
         metrics.write(&json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens}))?;
+        Ok(loss)
+    }
+
+    /// A preference loss's evaluation: the mean loss over the held-out pairs and TRL's
+    /// metrics, as `eval_`-prefixed keys.
+    fn log_preference(
+        &self,
+        cfg: &PrefConfig,
+        step: usize,
+        epoch: f64,
+        metrics: &mut Metrics,
+    ) -> Result<f64> {
+        let part = (self.world.rank(), self.world.size());
+        let (loss, sums, pairs) = reference::eval_sums(
+            self.model,
+            self.examples,
+            cfg,
+            self.batch_size,
+            self.pad,
+            part,
+        )?;
+        let mut all = vec![loss, pairs as f64];
+        all.extend(sums);
+        self.world
+            .all_reduce_sum_f64(&mut all)
+            .map_err(super::dist_error)?;
+        let pairs = all[1].max(1.0);
+        let loss = all[0] / pairs;
+        let mut record =
+            json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_pairs": all[1]});
+        for (name, sum) in PREF_METRICS.iter().zip(&all[2..]) {
+            record[format!("eval_{name}")] = json!(sum / pairs);
+        }
+        metrics.write(&record)?;
         Ok(loss)
     }
 

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ferrotune_model::ops::preference::PREF_METRICS;
 use ferrotune_model::ModelError;
 use serde_json::json;
 
@@ -82,6 +83,9 @@ pub(super) struct StepPoint {
 /// over its supervised tokens, its rate the window's tokens over its wall time.
 pub(super) struct LogWindow {
     loss_sum: f64,
+    /// What the loss is a mean over (supervised tokens, or pairs).
+    units: usize,
+    metric_sums: Vec<f64>,
     supervised_tokens: usize,
     seq_tokens: usize,
     started: Instant,
@@ -91,6 +95,8 @@ impl LogWindow {
     pub(super) fn new() -> Self {
         LogWindow {
             loss_sum: 0.0,
+            units: 0,
+            metric_sums: Vec::new(),
             supervised_tokens: 0,
             seq_tokens: 0,
             started: Instant::now(),
@@ -99,6 +105,11 @@ impl LogWindow {
 
     pub(super) fn add(&mut self, step: &Taken) {
         self.loss_sum += step.loss_sum;
+        self.units += step.units;
+        self.metric_sums.resize(step.metric_sums.len(), 0.0);
+        for (sum, v) in self.metric_sums.iter_mut().zip(&step.metric_sums) {
+            *sum += v;
+        }
         self.supervised_tokens += step.supervised_tokens;
         self.seq_tokens += step.seq_tokens;
     }
@@ -122,7 +133,7 @@ impl LogWindow {
         } = *at;
         let norm = step.grad_norm;
         let elapsed = self.started.elapsed().as_secs_f64();
-        let train_loss = self.loss_sum / self.supervised_tokens.max(1) as f64;
+        let train_loss = self.loss_sum / self.units.max(1) as f64;
         let rate = self.seq_tokens as f64 / elapsed.max(1e-9);
         let eta = run_started.elapsed().as_secs_f64() / done as f64 * (total - done) as f64;
         let mut record = json!({"step": done, "epoch": epoch, "loss": train_loss, "lr": lr, "grad_norm": norm,
@@ -130,8 +141,16 @@ impl LogWindow {
         if let Some(p) = step.ewc_penalty {
             record["ewc_penalty"] = json!(p);
         }
+        let mut preference = String::new();
+        for (name, sum) in PREF_METRICS.iter().zip(&self.metric_sums) {
+            record[*name] = json!(sum / self.units.max(1) as f64);
+        }
+        if !self.metric_sums.is_empty() {
+            let mean = |k: usize| self.metric_sums[k] / self.units.max(1) as f64;
+            preference = format!(" · reward accuracy {:.2} · margin {:.3}", mean(2), mean(3));
+        }
         metrics.write(&record)?;
-        progress.line(&format!("step {done}/{total} · epoch {epoch:.2} · loss {train_loss:.4} · lr {lr:.2e} · grad norm {norm:.3} · {rate:.0} tokens/s · ETA {eta:.0} s"));
+        progress.line(&format!("step {done}/{total} · epoch {epoch:.2} · loss {train_loss:.4}{preference} · lr {lr:.2e} · grad norm {norm:.3} · {rate:.0} tokens/s · ETA {eta:.0} s"));
         *self = LogWindow::new();
         Ok(train_loss)
     }

@@ -18,6 +18,7 @@ mod evaluate;
 mod memory_check;
 mod metrics;
 mod progress;
+mod reference;
 mod save;
 mod setup;
 mod step;

@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use ferrotune_data::Stage;
 use ferrotune_dist::World;
 use ferrotune_model::ops::bf16::has_avx512_bf16;
+use ferrotune_model::ops::preference::PrefConfig;
 use ferrotune_model::ModelError;
 
 use super::data::{sanity_warnings, TrainingData};
 use super::memory_check;
+use super::reference;
 use super::tuning::{ModelSource, Tuned};
 use super::{dist_error, metrics, Result, Run};
 use crate::checkpoint::{self, TrainerState};
@@ -27,6 +30,8 @@ pub(super) struct Setup {
     pub optimizer: AdamW,
     /// The position: steps taken and micro-batches consumed (from a checkpoint on resume).
     pub state: TrainerState,
+    /// `stage: dpo`: the preference loss (each row is then one pair).
+    pub preference: Option<PrefConfig>,
 }
 
 pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
@@ -82,7 +87,7 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         );
     }
     memory_check::check(t, &run.data, &source.dir, &quantization)?;
-    let data = main_first(world, || TrainingData::prepare(&run.data, t, &source.dir))?;
+    let mut data = main_first(world, || TrainingData::prepare(&run.data, t, &source.dir))?;
     let tuned = Tuned::load(
         source,
         t,
@@ -92,6 +97,32 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         &quantization,
         world,
     )?;
+    let preference = (data.args.stage == Stage::Dpo).then(|| t.pref_config());
+    if let Some(cfg) = preference.filter(|c| c.loss.needs_reference()) {
+        // Before a checkpoint's weights are loaded: the reference is the starting model.
+        let mut identity = Vec::new();
+        reference::files_identity(&tuned.source.dir, &mut identity);
+        if let Some(adapter) = &t.adapter_name_or_path {
+            reference::files_identity(adapter, &mut identity);
+        }
+        identity.extend(
+            format!(
+                "{:?} bf16 {} {:?}",
+                quantization.quantization, t.bf16, cfg.loss
+            )
+            .bytes(),
+        );
+        reference::attach(
+            &tuned.model,
+            &mut data.rows,
+            &mut data.eval_examples,
+            &identity,
+            data.args.data_cache_dir.as_deref(),
+            t.per_device_eval_batch_size,
+            data.pad,
+            &**world,
+        )?;
+    }
     let plan = Plan::new(t, data.rows.len(), world.size());
     announce(run, &data, &tuned, &plan, world);
     let (optimizer, state) =
@@ -104,6 +135,7 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         plan,
         optimizer,
         state,
+        preference,
     })
 }
 

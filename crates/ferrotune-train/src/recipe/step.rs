@@ -12,7 +12,7 @@ use crate::distributed;
 use crate::ewc::Ewc;
 use crate::grads::clip;
 use crate::optim::AdamW;
-use crate::parallel::{Pass, Workers};
+use crate::parallel::{Objective, Pass, Workers};
 use crate::rows::Rows;
 
 /// The micro-batches of each step, from the deterministic data order: a pure function of
@@ -77,6 +77,7 @@ pub(super) struct TrainStep<'a> {
     pub workers: &'a Workers,
     /// Whether decoder layers are recomputed in the backward pass.
     pub pass: Pass,
+    pub objective: Objective<'a>,
     pub max_grad_norm: f64,
     /// The processes this one shares each step with.
     pub world: &'a dyn Collective,
@@ -96,10 +97,16 @@ pub(super) enum StepOutcome {
 
 /// A step that updated the weights.
 pub(super) struct Taken {
-    /// The loss summed over the step's supervised tokens.
+    /// The loss summed over the step's supervised tokens (or pairs).
     pub loss_sum: f64,
-    /// The mean loss per supervised token.
+    /// The mean loss per supervised token (or pair).
     pub loss: f64,
+    /// What the loss is a mean over: the supervised tokens, or for a preference loss the
+    /// pairs.
+    pub units: usize,
+    /// A preference loss's metric sums over the step's pairs (`PREF_METRICS`); empty
+    /// otherwise.
+    pub metric_sums: Vec<f64>,
     pub supervised_tokens: usize,
     /// Every position of the step's batches, padding included: the throughput's count.
     pub seq_tokens: usize,
@@ -125,25 +132,33 @@ impl TrainStep<'_> {
         // accumulated gradient is that of the mean over the step, however it is split.
         // Every process builds the whole micro-batches, so each knows that count; each
         // computes its shards, and one all-reduce adds the processes' sums.
-        let scale = 1.0 / supervised_tokens as f64;
+        // A preference loss is a mean over the step's pairs instead (one a row).
+        let units = match self.objective {
+            Objective::Tokens => supervised_tokens,
+            Objective::Preference(_) => micro.iter().map(|b| b.batch).sum(),
+        };
+        let scale = 1.0 / units as f64;
         let part = self.workers.step_gradients(
             self.model,
             micro,
             &params,
-            scale,
+            (scale, self.objective),
             self.pass,
             distributed::share(self.world),
         )?;
-        let mut loss_sum = part.loss_sum;
+        let mut sums = vec![part.loss_sum];
+        sums.extend(&part.metric_sums);
         let mut grads = part.grads.finish(&params)?;
-        distributed::all_reduce(self.world, &mut grads, &mut loss_sum)?;
+        distributed::all_reduce(self.world, &mut grads, &mut sums)?;
+        let loss_sum = sums[0];
+        let metric_sums = sums[1..].to_vec();
         let mut ewc_penalty = None;
         if let Some(ewc) = self.ewc {
             ewc.add_gradient(&params, &mut grads)?;
             ewc_penalty = Some(ewc.penalty(&params)?);
         }
         let grad_norm = clip(&mut grads, self.max_grad_norm)?;
-        let loss = loss_sum / supervised_tokens as f64;
+        let loss = loss_sum / units as f64;
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Ok(StepOutcome::NotFinite { loss, grad_norm });
         }
@@ -151,6 +166,8 @@ impl TrainStep<'_> {
         Ok(StepOutcome::Taken(Taken {
             loss_sum,
             loss,
+            units,
+            metric_sums,
             supervised_tokens,
             seq_tokens,
             grad_norm,

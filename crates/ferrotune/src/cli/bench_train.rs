@@ -428,6 +428,7 @@ fn batches(a: &BenchTrainArgs, n: usize, device: &Device) -> Result<Vec<Batch>> 
                         labels: ids.iter().map(|&t| t as i64).collect(),
                         input_ids: ids,
                         weights: None,
+                        reference_logp: None,
                     }
                 })
                 .collect();

@@ -56,7 +56,7 @@ pub(super) struct DataSelection {
     #[arg(long, value_parser = ["alpaca", "sharegpt", "openai", "text"])]
     format: Option<String>,
     /// sft: conversations with the loss on replies; pt: plain text, every token trained.
-    #[arg(long, value_parser = ["sft", "pt"])]
+    #[arg(long, value_parser = ["sft", "pt", "dpo"])]
     stage: Option<String>,
     /// Chat template: a built-in name (default, empty, alpaca, alpaca_zh, chatml, llama2,
     /// llama3, mistral, qwen, qwen3, qwen3_nothink) or one defined in the config; the
@@ -249,6 +249,9 @@ fn preview(args: PreviewArgs) -> Result<()> {
             if let Some(w) = &e.weights {
                 line["weights"] = json!(w);
             }
+            if let Some(k) = e.rejected_start {
+                line["rejected_start"] = json!(k);
+            }
             writeln!(out, "{line}")?;
         }
         return Ok(());
@@ -282,16 +285,27 @@ fn preview(args: PreviewArgs) -> Result<()> {
             e.supervised_tokens(),
             if e.truncated { ", truncated" } else { "" }
         )?;
-        for (supervised, range) in e.runs() {
-            let text = decode(&e.input_ids[range])?;
-            match (supervised, colour) {
-                (true, true) => write!(out, "\x1b[1;32m{text}\x1b[0m")?,
-                (true, false) => write!(out, "[[{text}]]")?,
-                (false, true) => write!(out, "\x1b[2m{text}\x1b[0m")?,
-                (false, false) => write!(out, "{text}")?,
+        let sequences = e.sequences();
+        for (k, sequence) in sequences.iter().enumerate() {
+            if sequences.len() == 2 {
+                let which = if k == 0 { "chosen" } else { "rejected" };
+                writeln!(out, "── {which} · {} tokens ──", sequence.len())?;
             }
+            for (supervised, range) in e.runs() {
+                let range = range.start.max(sequence.start)..range.end.min(sequence.end);
+                if range.is_empty() {
+                    continue;
+                }
+                let text = decode(&e.input_ids[range])?;
+                match (supervised, colour) {
+                    (true, true) => write!(out, "\x1b[1;32m{text}\x1b[0m")?,
+                    (true, false) => write!(out, "[[{text}]]")?,
+                    (false, true) => write!(out, "\x1b[2m{text}\x1b[0m")?,
+                    (false, false) => write!(out, "{text}")?,
+                }
+            }
+            writeln!(out)?;
         }
-        writeln!(out)?;
     }
     if prepared.samples.is_empty() {
         writeln!(out, "\nno samples")?;
@@ -356,7 +370,7 @@ fn stats(args: StatsArgs) -> Result<()> {
     let mut out = stdout.lock();
     if args.json {
         let doc = json!({
-            "stage": match data.stage { Stage::Sft => "sft", Stage::Pt => "pt" },
+            "stage": data.stage.name(),
             "cutoff_len": data.cutoff_len,
             "template": prepared.template.as_ref().map(|t| json!({
                 "name": t.name(),

@@ -1,0 +1,204 @@
+//! Preference tuning's reference log-probabilities (`stage: dpo` with a loss that
+//! compares against a reference: sigmoid, hinge, ipo). The reference is the model as it
+//! stands before the first step: the base for a fresh LoRA adapter (whose product with
+//! B = 0 adds exactly nothing, so this is the base with the adapters switched off), the
+//! base with the adapter of `adapter_name_or_path` when one continues, the loaded model
+//! for full and freeze tuning. Its log-probability of every chosen and rejected sequence
+//! is computed once, without gradients, before training, and kept with the rows: no
+//! second copy of the model is ever held.
+//!
+//! The values are stored in the tokenized cache (`reference/<key>.f64`), keyed by the
+//! model's files (names, sizes, modification times), the adapter's, the settings that
+//! change the products (storage type, bf16) and every token of the sequences, so a
+//! resumed or repeated run reads them back instead of recomputing.
+
+use std::path::Path;
+
+use ferrotune_dist::Collective;
+use ferrotune_model::loss::pair_preference_loss;
+use ferrotune_model::ops::preference::PrefConfig;
+use ferrotune_model::{Batch, CausalLm, Example, ModelError};
+use sha2::{Digest, Sha256};
+
+use super::{dist_error, Result};
+use crate::rows::{pair_examples, Rows};
+
+/// The reference log-probabilities of the training rows and the evaluation pairs, from
+/// the cache or computed with `model` (split over the processes of `world`); set on
+/// `rows` and the `eval` examples.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attach(
+    model: &CausalLm,
+    rows: &mut Rows,
+    eval: &mut [Example],
+    identity: &[u8],
+    cache_root: Option<&Path>,
+    batch_pairs: usize,
+    pad: u32,
+    world: &dyn Collective,
+) -> Result<()> {
+    let samples = rows.samples();
+    let mut sequences: Vec<Example> = Vec::with_capacity(2 * samples.len() + eval.len());
+    for i in 0..samples.len() {
+        sequences.extend(pair_examples(&samples.encoded(i))?);
+    }
+    sequences.extend(eval.iter().cloned());
+    let key = cache_key(identity, &sequences);
+    let file = cache_root.map(|root| root.join("reference").join(format!("{key}.f64")));
+    let values = match file
+        .as_deref()
+        .and_then(|f| read_values(f, sequences.len()))
+    {
+        Some(values) => {
+            eprintln!(
+                "reference: read the log-probabilities of {} sequences from the cache",
+                sequences.len()
+            );
+            values
+        }
+        None => {
+            let started = std::time::Instant::now();
+            let values = sequence_logps(model, &sequences, batch_pairs, pad, world)?;
+            eprintln!(
+                "reference: log-probabilities of {} sequences computed in {:.1} s (the model before training, no gradients)",
+                sequences.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if let (Some(file), 0) = (&file, world.rank()) {
+                write_values(file, &values)?;
+            }
+            values
+        }
+    };
+    let train = 2 * samples.len();
+    for (e, v) in eval.iter_mut().zip(&values[train..]) {
+        e.reference_logp = Some(*v);
+    }
+    rows.set_reference(values[..train].to_vec())?;
+    Ok(())
+}
+
+/// The log-probability of each sequence (consecutive pairs packed into rows, as in
+/// training), without gradients; each process computes every `size`-th batch and the
+/// processes add their parts.
+fn sequence_logps(
+    model: &CausalLm,
+    sequences: &[Example],
+    batch_pairs: usize,
+    pad: u32,
+    world: &dyn Collective,
+) -> Result<Vec<f64>> {
+    let model = model.detached()?;
+    let mut values = vec![0f64; sequences.len()];
+    let per_batch = 2 * batch_pairs.max(1);
+    for (k, chunk) in sequences.chunks(per_batch).enumerate() {
+        if k % world.size() != world.rank() {
+            continue;
+        }
+        let rows: Vec<Vec<&Example>> = chunk.chunks(2).map(|p| p.iter().collect()).collect();
+        let batch = Batch::packed(&rows, pad, 8, model.device())?;
+        let logps = model
+            .sequence_logps(&batch, false)?
+            .logps
+            .to_vec1::<f32>()?;
+        for (slot, v) in values[k * per_batch..].iter_mut().zip(logps) {
+            *slot = f64::from(v);
+        }
+    }
+    world.all_reduce_sum_f64(&mut values).map_err(dist_error)?;
+    Ok(values)
+}
+
+/// The evaluation of a preference loss over `pairs` (chosen, rejected, ... with their
+/// reference log-probabilities): its loss sum and metric sums over this process's part
+/// of the batches (`part`: index, parts), and the pairs they cover.
+pub(super) fn eval_sums(
+    model: &CausalLm,
+    pairs: &[Example],
+    cfg: &PrefConfig,
+    batch_pairs: usize,
+    pad: u32,
+    part: (usize, usize),
+) -> Result<(f64, Vec<f64>, usize)> {
+    let model = model.detached()?;
+    let (mut loss, mut metrics, mut count) = (0f64, vec![0f64; 6], 0usize);
+    for chunk in pairs
+        .chunks(2 * batch_pairs.max(1))
+        .skip(part.0)
+        .step_by(part.1.max(1))
+    {
+        let rows: Vec<Vec<&Example>> = chunk.chunks(2).map(|p| p.iter().collect()).collect();
+        let batch = Batch::packed(&rows, pad, 8, model.device())?;
+        let seq = model.sequence_logps(&batch, false)?;
+        let out = pair_preference_loss(cfg, &seq, &batch.reference.concat())?;
+        loss += out
+            .loss_sum
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        for (m, v) in metrics.iter_mut().zip(out.metric_sums) {
+            *m += v;
+        }
+        count += out.pairs;
+    }
+    Ok((loss, metrics, count))
+}
+
+/// What identifies a model's files: each file's name, size and modification time.
+pub(super) fn files_identity(dir: &Path, out: &mut Vec<u8>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        out.extend(e.file_name().as_encoded_bytes());
+        out.extend(meta.len().to_le_bytes());
+        out.extend(modified.to_le_bytes());
+    }
+}
+
+fn cache_key(identity: &[u8], sequences: &[Example]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"ferrotune reference log-probabilities v1\0");
+    h.update((identity.len() as u64).to_le_bytes());
+    h.update(identity);
+    for e in sequences {
+        h.update((e.input_ids.len() as u64).to_le_bytes());
+        for (id, label) in e.input_ids.iter().zip(&e.labels) {
+            h.update(id.to_le_bytes());
+            h.update([u8::from(*label != ferrotune_model::IGNORE_INDEX)]);
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn read_values(file: &Path, n: usize) -> Option<Vec<f64>> {
+    let bytes = std::fs::read(file).ok()?;
+    (bytes.len() == 8 * n).then(|| {
+        bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    })
+}
+
+fn write_values(file: &Path, values: &[f64]) -> Result<()> {
+    let dir = file.parent().expect("a file in the cache");
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e.to_string()))?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::file(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, file).map_err(|e| ModelError::file(file, e.to_string()))
+}
