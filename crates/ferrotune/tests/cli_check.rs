@@ -157,6 +157,7 @@ fn explain_documents_every_check_that_a_report_can_name() {
         ("length_outlier", "warning"),
         ("language_mix", "warning"),
         ("blocklist", "error"),
+        ("identical_answers", "error"),
         ("invalid_record", "error"),
     ] {
         assert!(
@@ -164,7 +165,7 @@ fn explain_documents_every_check_that_a_report_can_name() {
             "{name}: {text}"
         );
     }
-    assert_eq!(text.matches("  rule:  ").count(), 13);
-    assert_eq!(text.matches("  fix:   ").count(), 13);
+    assert_eq!(text.matches("  rule:  ").count(), 14);
+    assert_eq!(text.matches("  fix:   ").count(), 14);
     assert!(text.contains(">= 0.9 (--near-threshold)"), "{text}");
 }

@@ -63,14 +63,17 @@ pub struct PairLogps<'a> {
     pub reference: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// The metrics TRL logs for a batch of pairs, in the order of [`PrefOutput::metric_sums`].
-pub const PREF_METRICS: [&str; 6] = [
+/// The metrics TRL logs for a batch of pairs, in the order of [`PrefOutput::metric_sums`],
+/// and one of ferrotune's: the share of pairs whose chosen answer has the higher mean
+/// log-probability per token (what a model's own likelihood prefers, with no reference).
+pub const PREF_METRICS: [&str; 7] = [
     "rewards/chosen",
     "rewards/rejected",
     "rewards/accuracies",
     "rewards/margins",
     "logps/chosen",
     "logps/rejected",
+    "mean_logps/accuracies",
 ];
 
 /// The loss summed over the pairs (differentiable) and TRL's metrics summed over the
@@ -79,13 +82,13 @@ pub const PREF_METRICS: [&str; 6] = [
 pub struct PrefOutput {
     pub loss_sum: Tensor,
     /// Sums over the pairs of each of [`PREF_METRICS`].
-    pub metric_sums: [f64; 6],
+    pub metric_sums: [f64; 7],
     pub pairs: usize,
 }
 
 impl PrefOutput {
     /// The metrics' means over the pairs.
-    pub fn metric_means(&self) -> [f64; 6] {
+    pub fn metric_means(&self) -> [f64; 7] {
         self.metric_sums.map(|s| s / self.pairs.max(1) as f64)
     }
 }
@@ -167,6 +170,8 @@ pub fn preference_loss(cfg: &PrefConfig, p: &PairLogps) -> Result<PrefOutput> {
     };
     let (chosen_rewards, rejected_rewards) = (chosen_rewards.detach(), rejected_rewards.detach());
     let wins = chosen_rewards.gt(&rejected_rewards)?;
+    let mean_wins = per_token(&p.chosen.detach(), p.chosen_tokens)?
+        .gt(&per_token(&p.rejected.detach(), p.rejected_tokens)?)?;
     Ok(PrefOutput {
         loss_sum: losses.sum_all()?,
         metric_sums: [
@@ -176,6 +181,7 @@ pub fn preference_loss(cfg: &PrefConfig, p: &PairLogps) -> Result<PrefOutput> {
             sum(&(&chosen_rewards - &rejected_rewards)?)?,
             sum(&c.detach())?,
             sum(&r.detach())?,
+            sum(&mean_wins)?,
         ],
         pairs: p.chosen.elem_count(),
     })

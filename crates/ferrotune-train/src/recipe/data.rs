@@ -241,11 +241,19 @@ fn eval_dataset(args: &DataArgs, names: &[String], pairs: bool) -> Result<Vec<Ex
 /// Warnings for settings outside the usual SFT ranges.
 pub(super) fn sanity_warnings(
     t: &TrainArgs,
+    stage: Stage,
     cutoff_len: usize,
     prepared: &Prepared,
 ) -> Vec<String> {
     let mut w = Vec::new();
     let lr = t.learning_rate;
+    if stage == Stage::Dpo {
+        // Preference tuning's usual ranges differ (lower rates, one epoch or more of
+        // pairs); only the data's truncation is checked.
+        return truncation_warning(cutoff_len, prepared)
+            .into_iter()
+            .collect();
+    }
     let (lo, hi, what) = if t.finetuning_type == FinetuningType::Lora {
         (1e-4, 5e-4, "LoRA")
     } else {
@@ -268,6 +276,11 @@ pub(super) fn sanity_warnings(
             t.warmup_ratio
         ));
     }
+    w.extend(truncation_warning(cutoff_len, prepared));
+    w
+}
+
+fn truncation_warning(cutoff_len: usize, prepared: &Prepared) -> Option<String> {
     let mut lengths: Vec<usize> = prepared
         .reports
         .iter()
@@ -275,10 +288,7 @@ pub(super) fn sanity_warnings(
         .collect();
     lengths.sort_unstable();
     let truncated: usize = prepared.reports.iter().map(|r| r.truncated).sum();
-    if truncated > 0 && percentile(&lengths, 99.0) >= cutoff_len {
-        w.push(format!(
-            "cutoff_len {cutoff_len} is below the data's 99th percentile length; {truncated} samples were truncated"
-        ));
-    }
-    w
+    (truncated > 0 && percentile(&lengths, 99.0) >= cutoff_len).then(|| format!(
+        "cutoff_len {cutoff_len} is below the data's 99th percentile length; {truncated} samples were truncated"
+    ))
 }

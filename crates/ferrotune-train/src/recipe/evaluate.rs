@@ -25,8 +25,8 @@ pub(super) struct Evaluation<'a> {
 }
 
 impl Evaluation<'_> {
-    /// Evaluates, writes the record for `step`, returns the eval loss.
-    fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<f64> {
+    /// Evaluates, writes the record for `step`, returns the eval loss and how to show it.
+    fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<(f64, String)> {
         if let Some(cfg) = self.preference {
             return self.log_preference(cfg, step, epoch, metrics);
         }
@@ -43,7 +43,10 @@ impl Evaluation<'_> {
         let (sum, tokens) = (both[0], both[1] as usize);
         let loss = sum / tokens.max(1) as f64;
         metrics.write(&json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_perplexity": loss.exp(), "eval_tokens": tokens}))?;
-        Ok(loss)
+        Ok((
+            loss,
+            format!("eval loss {loss:.4} (perplexity {:.2})", loss.exp()),
+        ))
     }
 
     /// A preference loss's evaluation: the mean loss over the held-out pairs and TRL's
@@ -54,7 +57,7 @@ impl Evaluation<'_> {
         step: usize,
         epoch: f64,
         metrics: &mut Metrics,
-    ) -> Result<f64> {
+    ) -> Result<(f64, String)> {
         let part = (self.world.rank(), self.world.size());
         let (loss, sums, pairs) = reference::eval_sums(
             self.model,
@@ -77,7 +80,14 @@ impl Evaluation<'_> {
             record[format!("eval_{name}")] = json!(sum / pairs);
         }
         metrics.write(&record)?;
-        Ok(loss)
+        let mean = |k: usize| all[2 + k] / pairs;
+        let shown = format!(
+            "eval loss {loss:.4} · reward accuracy {:.3} · margin {:.3} · mean log-prob prefers chosen {:.3}",
+            mean(2),
+            mean(3),
+            mean(6)
+        );
+        Ok((loss, shown))
     }
 
     /// The loss before the first step, when there is held-out data.
@@ -85,11 +95,8 @@ impl Evaluation<'_> {
         if self.examples.is_empty() {
             return Ok(());
         }
-        let eval_loss = self.log(0, 0.0, metrics)?;
-        eprintln!(
-            "before training: eval loss {eval_loss:.4} (perplexity {:.2})",
-            eval_loss.exp()
-        );
+        let (_, shown) = self.log(0, 0.0, metrics)?;
+        eprintln!("before training: {shown}");
         Ok(())
     }
 
@@ -106,12 +113,8 @@ impl Evaluation<'_> {
         if !due || self.examples.is_empty() {
             return Ok(None);
         }
-        let eval_loss = self.log(at.done, at.epoch, metrics)?;
-        progress.line(&format!(
-            "step {}: eval loss {eval_loss:.4} (perplexity {:.2})",
-            at.done,
-            eval_loss.exp()
-        ));
+        let (eval_loss, shown) = self.log(at.done, at.epoch, metrics)?;
+        progress.line(&format!("step {}: {shown}", at.done));
         Ok(Some(eval_loss))
     }
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use ferrotune_dist::Collective;
 use ferrotune_model::loss::pair_preference_loss;
-use ferrotune_model::ops::preference::PrefConfig;
+use ferrotune_model::ops::preference::{PrefConfig, PREF_METRICS};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 use sha2::{Digest, Sha256};
 
@@ -121,7 +121,7 @@ pub(super) fn eval_sums(
     part: (usize, usize),
 ) -> Result<(f64, Vec<f64>, usize)> {
     let model = model.detached()?;
-    let (mut loss, mut metrics, mut count) = (0f64, vec![0f64; 6], 0usize);
+    let (mut loss, mut metrics, mut count) = (0f64, vec![0f64; PREF_METRICS.len()], 0usize);
     for chunk in pairs
         .chunks(2 * batch_pairs.max(1))
         .skip(part.0)

@@ -250,7 +250,7 @@ fn announce(run: &Run, data: &TrainingData, tuned: &Tuned, plan: &Plan, world: &
         tuned.model.trainable_count() as f64 / 1e6,
         t.finetuning_type.name()
     );
-    for w in sanity_warnings(t, run.data.cutoff_len, &data.prepared) {
+    for w in sanity_warnings(t, data.args.stage, run.data.cutoff_len, &data.prepared) {
         eprintln!("warning: {w}");
     }
 }
