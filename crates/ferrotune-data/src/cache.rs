@@ -13,8 +13,8 @@
 //! label is always its token's id or -100, so the labels need no file of their own: it
 //! would double the entry and the writing), `offsets.u64` where each example starts
 //! (and the total at the end), `records.u64` the (file, record, line, flags) of each
-//! example (flags: bit 0 truncated; bits 32-63, for a preference pair, where its rejected
-//! sequence starts), and `meta.json` the dataset's report and warnings. The token files are
+//! example (flags: bit 0 truncated; bit 1 a KTO example, bit 2 its answer desirable;
+//! bits 32-63, for two sequences end to end, where the second starts), and `meta.json` the dataset's report and warnings. The token files are
 //! memory-mapped on load.
 
 use std::fs::File;
@@ -230,9 +230,14 @@ impl MappedEntry {
                 .as_ref()
                 .map(|w| (start..end).map(|t| f32::from_bits(u32_at(w, t))).collect()),
             truncated: u64_at(&self.records, 4 * i + 3) & 1 != 0,
-            rejected_start: match u64_at(&self.records, 4 * i + 3) >> 32 {
+            second_start: match u64_at(&self.records, 4 * i + 3) >> 32 {
                 0 => None,
                 k => Some(k as usize),
+            },
+            desirable: match u64_at(&self.records, 4 * i + 3) & 0b110 {
+                0b010 => Some(false),
+                0b110 => Some(true),
+                _ => None,
             },
         }
     }

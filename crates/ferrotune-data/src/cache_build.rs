@@ -289,7 +289,12 @@ impl ExampleSink for EntryBuilder {
         };
         let line = s.at.line.unwrap_or(0) as u64;
         let mut record = [0u8; 32];
-        let flags = u64::from(e.truncated) | (e.rejected_start.unwrap_or(0) as u64) << 32;
+        let desirable = match e.desirable {
+            None => 0,
+            Some(false) => 0b010,
+            Some(true) => 0b110,
+        };
+        let flags = u64::from(e.truncated) | desirable | (e.second_start.unwrap_or(0) as u64) << 32;
         for (k, v) in [file as u64, s.at.index as u64, line, flags]
             .into_iter()
             .enumerate()

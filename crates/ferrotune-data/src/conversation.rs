@@ -238,6 +238,28 @@ pub enum Sample {
     Chat(Conversation),
     Text(String),
     Pair(PreferencePair),
+    Feedback(Feedback),
+}
+
+/// KTO's sample: one conversation whose last answer is labelled desirable or not, and the
+/// answer its KL (mismatched) sequence puts after the same prompt: another record's,
+/// filled in when the records of a batch are known (`dataset::process`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    pub conversation: Conversation,
+    pub desirable: bool,
+    pub kl_answer: Option<Message>,
+}
+
+impl Feedback {
+    /// The prompt followed by the KL answer (the record's own answer when none is set).
+    pub fn kl_conversation(&self) -> Conversation {
+        let mut c = self.conversation.clone();
+        if let (Some(answer), Some(last)) = (&self.kl_answer, c.messages.last_mut()) {
+            *last = answer.clone();
+        }
+        c
+    }
 }
 
 impl Sample {
@@ -247,6 +269,7 @@ impl Sample {
         match self {
             Sample::Chat(c) => Some(c),
             Sample::Pair(p) => Some(&p.chosen),
+            Sample::Feedback(f) => Some(&f.conversation),
             Sample::Text(_) => None,
         }
     }

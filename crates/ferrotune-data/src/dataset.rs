@@ -11,6 +11,7 @@ use crate::config::DataArgs;
 use crate::conversation::Sample;
 use crate::encode::{Encoded, Encoder, Skip};
 use crate::error::{DataError, Result};
+use crate::format::Stage;
 use crate::pipeline::{DatasetReport, PreparedSample};
 use crate::records::{self, Formatted};
 use crate::registry::DatasetSpec;
@@ -113,6 +114,10 @@ pub fn process(
 ) -> Result<()> {
     let chunk = if limits.examples.is_some() {
         256
+    } else if args.stage == Stage::Kto {
+        // KTO's KL sequences pair each record with the previous one of its batch of
+        // LLaMA-Factory's `preprocessing_batch_size` (see `fill_kl_answers`).
+        KTO_BATCH_RECORDS
     } else {
         CHUNK_RECORDS
     };
@@ -131,12 +136,19 @@ pub fn process(
         }
         let (outcomes, ahead) = rayon::join(
             || -> Vec<(crate::error::RecordRef, Result<Outcome>)> {
-                records
+                let mut formatted: Vec<_> = records
                     .into_par_iter()
                     .map(|pending| {
                         let at = pending.at.clone();
-                        (at, process_record(args, spec, encoder, pending))
+                        (at, format_record(args, spec, pending))
                     })
+                    .collect();
+                if args.stage == Stage::Kto {
+                    fill_kl_answers(&mut formatted);
+                }
+                formatted
+                    .into_par_iter()
+                    .map(|(at, outcome)| (at, outcome.map(|o| o.encoded(encoder))))
                     .collect()
             },
             || read(source),
@@ -167,6 +179,7 @@ pub fn process(
                     warning,
                     encoded,
                 } => (unreplaced, warning, encoded),
+                Outcome::Formatted { .. } => unreachable!("every formatted record is encoded"),
             };
             report.count_record(&at.file);
             for key in unreplaced {
@@ -217,6 +230,11 @@ enum Outcome {
     Unparsable(DataError),
     /// A record of the wrong shape, skipped under `--skip-invalid`.
     Invalid(DataError),
+    /// Read and formatted, not yet encoded.
+    Formatted {
+        unreplaced: Vec<String>,
+        sample: Sample,
+    },
     Done {
         /// Placeholders left unreplaced.
         unreplaced: Vec<String>,
@@ -226,14 +244,63 @@ enum Outcome {
     },
 }
 
-/// parse -> format -> placeholders -> template -> tokenize -> mask, for one record. Errors
-/// that are not about the record (a broken template, say) stop the run.
-fn process_record(
-    args: &DataArgs,
-    spec: &DatasetSpec,
-    encoder: &Encoder,
-    pending: PendingRecord,
-) -> Result<Outcome> {
+impl Outcome {
+    /// template -> tokenize -> mask, for a formatted record.
+    fn encoded(self, encoder: &Encoder) -> Outcome {
+        let Outcome::Formatted { unreplaced, sample } = self else {
+            return self;
+        };
+        let warning = match (&sample, encoder.template) {
+            (Sample::Chat(c), Some(template)) => template.tool_loss(
+                c.has_tool_definitions(),
+                c.has_tool_calls(),
+                c.has_tool_results(),
+            ),
+            _ => None,
+        };
+        Outcome::Done {
+            unreplaced,
+            warning,
+            encoded: encoder.encode(&sample),
+        }
+    }
+}
+
+/// LLaMA-Factory's `preprocessing_batch_size`: KTO's KL pairing runs within batches of
+/// this many records.
+pub const KTO_BATCH_RECORDS: usize = 1000;
+
+/// KTO's KL (mismatched) answers, LLaMA-Factory's rule: within a batch of records, the
+/// KL sequence of example i is its own prompt followed by the answer of example i - 1
+/// (the first takes the last one's).
+fn fill_kl_answers(batch: &mut [(crate::error::RecordRef, Result<Outcome>)]) {
+    let answers: Vec<Option<crate::conversation::Message>> = batch
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Ok(Outcome::Formatted {
+                sample: Sample::Feedback(f),
+                ..
+            }) => Some(f.conversation.messages.last().cloned()),
+            _ => None,
+        })
+        .collect();
+    let n = answers.len();
+    let mut k = 0;
+    for (_, outcome) in batch.iter_mut() {
+        if let Ok(Outcome::Formatted {
+            sample: Sample::Feedback(f),
+            ..
+        }) = outcome
+        {
+            f.kl_answer = answers[(k + n - 1) % n].clone();
+            k += 1;
+        }
+    }
+}
+
+/// parse -> format -> placeholders, for one record. Errors that are not about the record
+/// stop the run.
+fn format_record(args: &DataArgs, spec: &DatasetSpec, pending: PendingRecord) -> Result<Outcome> {
     let skippable = |e: DataError, outcome: fn(DataError) -> Outcome| {
         if args.skip_invalid && e.is_record_error() {
             Ok(outcome(e))
@@ -245,22 +312,8 @@ fn process_record(
         Ok(raw) => raw,
         Err(e) => return skippable(e, Outcome::Unparsable),
     };
-    let Formatted { sample, unreplaced } =
-        match records::format(args, &spec.format, &raw, args.stage) {
-            Ok(formatted) => formatted,
-            Err(e) => return skippable(e, Outcome::Invalid),
-        };
-    let warning = match (&sample, encoder.template) {
-        (Sample::Chat(c), Some(template)) => template.tool_loss(
-            c.has_tool_definitions(),
-            c.has_tool_calls(),
-            c.has_tool_results(),
-        ),
-        _ => None,
-    };
-    Ok(Outcome::Done {
-        unreplaced,
-        warning,
-        encoded: encoder.encode(&sample),
-    })
+    match records::format(args, &spec.format, &raw, args.stage) {
+        Ok(Formatted { sample, unreplaced }) => Ok(Outcome::Formatted { unreplaced, sample }),
+        Err(e) => skippable(e, Outcome::Invalid),
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::conversation::{Conversation, PreferencePair, Role, Sample};
+use crate::conversation::{Conversation, Feedback, PreferencePair, Role, Sample};
 use crate::template::ChatTemplate;
 use crate::tokenizer::TokenizerBundle;
 
@@ -68,9 +68,12 @@ pub struct Encoded {
     /// Per-token loss weights, present only when some supervised token's weight is not 1.
     pub weights: Option<Vec<f32>>,
     pub truncated: bool,
-    /// A preference pair laid end to end: the chosen sequence is `input_ids[..k]`, the
-    /// rejected one `input_ids[k..]`, each the shared prompt followed by its answer.
-    pub rejected_start: Option<usize>,
+    /// Two sequences laid end to end, the second from `input_ids[k..]`: a preference
+    /// pair's chosen then rejected (each the shared prompt followed by its answer), or a
+    /// KTO example then its KL sequence (the same prompt with another record's answer).
+    pub second_start: Option<usize>,
+    /// KTO: whether the example's answer is desirable.
+    pub desirable: Option<bool>,
 }
 
 impl Encoded {
@@ -89,7 +92,7 @@ impl Encoded {
     /// The sequences this example holds, as ranges of its tokens: one, or a preference
     /// pair's chosen and rejected.
     pub fn sequences(&self) -> Vec<Range<usize>> {
-        match self.rejected_start {
+        match self.second_start {
             Some(k) => vec![0..k, k..self.len()],
             None => vec![0..self.len()],
         }
@@ -230,6 +233,54 @@ fn find(hay: &str, needle: &str) -> Option<usize> {
     memchr::memmem::find_iter(hay, &needle[..PREFIX]).find(|&p| hay[p..].starts_with(needle))
 }
 
+/// A rendered conversation of which only the last answer trains.
+struct LastTurn {
+    ids: Vec<u32>,
+    last: Pair,
+    /// Tokens after the last turn (kept with its end of turn).
+    tail: usize,
+}
+
+impl LastTurn {
+    fn prompt_len(&self) -> usize {
+        self.last.target.start
+    }
+
+    /// The answer with the tokens after it.
+    fn answer_len(&self) -> usize {
+        self.ids.len() - self.prompt_len()
+    }
+
+    /// The first `source_len` tokens of the prompt (keeping the assistant header at its
+    /// end) and `target_len` of the answer (keeping its end of turn), with labels on the
+    /// answer's own tokens.
+    fn cut(&self, source_len: usize, target_len: usize) -> Result<(Vec<u32>, Vec<i64>), Skip> {
+        let prompt =
+            keep_head_and_tail(&(0..self.prompt_len()), source_len, self.last.header_tokens);
+        let answer = self.prompt_len()..self.ids.len();
+        let keep = target_len.min(answer.len());
+        let answer = keep_head_and_tail(&answer, keep, self.last.eot_tokens + self.tail);
+        let mut ids = Vec::with_capacity(prompt.len() + answer.len());
+        let mut labels = Vec::with_capacity(prompt.len() + answer.len());
+        for &k in &prompt {
+            ids.push(self.ids[k]);
+            labels.push(IGNORE_INDEX);
+        }
+        for &k in &answer {
+            ids.push(self.ids[k]);
+            labels.push(if self.last.target.contains(&k) {
+                i64::from(self.ids[k])
+            } else {
+                IGNORE_INDEX
+            });
+        }
+        if labels.iter().all(|&l| l == IGNORE_INDEX) {
+            return Err(Skip::NoSupervisedTokens);
+        }
+        Ok((ids, labels))
+    }
+}
+
 /// One prompt/response pair in token positions.
 struct Pair {
     source: Range<usize>,
@@ -268,6 +319,7 @@ impl Encoder<'_> {
             Sample::Chat(conversation) => self.encode_chat(conversation),
             Sample::Text(text) => self.encode_text(text),
             Sample::Pair(pair) => self.encode_pair(pair),
+            Sample::Feedback(f) => self.encode_feedback(f),
         }
     }
 
@@ -294,7 +346,8 @@ impl Encoder<'_> {
             labels,
             weights: None,
             truncated,
-            rejected_start: None,
+            second_start: None,
+            desirable: None,
         })
     }
 
@@ -313,59 +366,85 @@ impl Encoder<'_> {
     /// turns included, is masked; `train_on_prompt` does not apply to pairs, as in
     /// LLaMA-Factory).
     pub fn encode_pair(&self, pair: &PreferencePair) -> Result<Encoded, Skip> {
-        let (ids_c, turns_c, tail_c) = self.turns(&pair.chosen)?;
-        let (ids_r, turns_r, tail_r) = self.turns(&pair.rejected)?;
-        let (Some(last_c), Some(last_r)) = (turns_c.last(), turns_r.last()) else {
-            return Err(Skip::NoSupervisedTokens);
-        };
-        let prompt_len = last_c.target.start;
-        if last_r.target.start != prompt_len || ids_c[..prompt_len] != ids_r[..prompt_len] {
+        let chosen = self.last_turn(&pair.chosen)?;
+        let rejected = self.last_turn(&pair.rejected)?;
+        let prompt_len = chosen.prompt_len();
+        if rejected.prompt_len() != prompt_len
+            || chosen.ids[..prompt_len] != rejected.ids[..prompt_len]
+        {
             return Err(Skip::RenderFailed(
                 "the template renders the prompt differently before the chosen and the rejected answer".into(),
             ));
         }
-        let answer_c = (prompt_len..ids_c.len(), last_c, tail_c.len());
-        let answer_r = (prompt_len..ids_r.len(), last_r, tail_r.len());
-        let longest = answer_c.0.len().max(answer_r.0.len());
-        let cutoff = self.options.cutoff_len;
-        let truncated = prompt_len + longest > cutoff;
-        let (source_len, target_len) = if truncated {
-            if self.options.overlong == Overlong::Drop {
-                return Err(Skip::TooLong {
-                    tokens: prompt_len + longest,
-                });
-            }
-            infer_seqlen(prompt_len, longest, cutoff)
-        } else {
-            (prompt_len, longest)
-        };
-        let prompt = keep_head_and_tail(&(0..prompt_len), source_len, last_c.header_tokens);
-        let mut input_ids = Vec::new();
-        let mut labels = Vec::new();
-        let mut rejected_start = 0;
-        for (ids, (range, last, tail)) in [(&ids_c, &answer_c), (&ids_r, &answer_r)] {
-            rejected_start = input_ids.len();
-            input_ids.extend(prompt.iter().map(|&k| ids[k]));
-            labels.extend(prompt.iter().map(|_| IGNORE_INDEX));
-            let keep = target_len.min(range.len());
-            for k in keep_head_and_tail(range, keep, last.eot_tokens + tail) {
-                input_ids.push(ids[k]);
-                labels.push(if last.target.contains(&k) {
-                    i64::from(ids[k])
-                } else {
-                    IGNORE_INDEX
-                });
-            }
-            if labels[rejected_start..].iter().all(|&l| l == IGNORE_INDEX) {
-                return Err(Skip::NoSupervisedTokens);
-            }
-        }
+        let longest = chosen.answer_len().max(rejected.answer_len());
+        let (source_len, target_len, truncated) = self.fit(prompt_len, longest)?;
+        let (mut input_ids, mut labels) = chosen.cut(source_len, target_len)?;
+        let second_start = input_ids.len();
+        let (ids, l) = rejected.cut(source_len, target_len)?;
+        input_ids.extend(ids);
+        labels.extend(l);
         Ok(Encoded {
             input_ids,
             labels,
             weights: None,
             truncated,
-            rejected_start: Some(rejected_start),
+            second_start: Some(second_start),
+            desirable: None,
+        })
+    }
+
+    /// A KTO example: its conversation (the last answer trained), then its KL sequence
+    /// (the prompt with the KL answer), each cut on its own by LLaMA-Factory's rule, as
+    /// its feedback processor does.
+    pub fn encode_feedback(&self, f: &Feedback) -> Result<Encoded, Skip> {
+        let mut parts = Vec::with_capacity(2);
+        let mut truncated = false;
+        for conversation in [&f.conversation, &f.kl_conversation()] {
+            let turn = self.last_turn(conversation)?;
+            let (source_len, target_len, cut) = self.fit(turn.prompt_len(), turn.answer_len())?;
+            truncated |= cut;
+            parts.push(turn.cut(source_len, target_len)?);
+        }
+        let (mut input_ids, mut labels) = parts.remove(0);
+        let second_start = input_ids.len();
+        let (ids, l) = parts.remove(0);
+        input_ids.extend(ids);
+        labels.extend(l);
+        Ok(Encoded {
+            input_ids,
+            labels,
+            weights: None,
+            truncated,
+            second_start: Some(second_start),
+            desirable: Some(f.desirable),
+        })
+    }
+
+    /// The prompt and answer lengths that fit `cutoff_len` (LLaMA-Factory's
+    /// `infer_seqlen`), and whether that cuts anything.
+    fn fit(&self, prompt_len: usize, answer_len: usize) -> Result<(usize, usize, bool), Skip> {
+        let cutoff = self.options.cutoff_len;
+        if prompt_len + answer_len <= cutoff {
+            return Ok((prompt_len, answer_len, false));
+        }
+        if self.options.overlong == Overlong::Drop {
+            return Err(Skip::TooLong {
+                tokens: prompt_len + answer_len,
+            });
+        }
+        let (s, t) = infer_seqlen(prompt_len, answer_len, cutoff);
+        Ok((s, t, true))
+    }
+
+    /// A conversation whose last answer alone is trained: everything before it is the
+    /// prompt.
+    fn last_turn(&self, conversation: &Conversation) -> Result<LastTurn, Skip> {
+        let (ids, turns, tail) = self.turns(conversation)?;
+        let last = turns.into_iter().last().ok_or(Skip::NoSupervisedTokens)?;
+        Ok(LastTurn {
+            ids,
+            tail: tail.len(),
+            last,
         })
     }
 
@@ -518,7 +597,8 @@ impl Encoder<'_> {
             labels,
             weights: (!uniform).then_some(weights),
             truncated,
-            rejected_start: None,
+            second_start: None,
+            desirable: None,
         })
     }
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use crate::conversation::{
-    wrap_tool, Conversation, Message, PreferencePair, Role, Sample, ToolCall,
+    wrap_tool, Conversation, Feedback, Message, PreferencePair, Role, Sample, ToolCall,
 };
 use crate::error::{DataError, RecordRef, Result};
 use crate::source::RawRecord;
@@ -64,18 +64,24 @@ pub enum Stage {
     Sft,
     Pt,
     Dpo,
+    Kto,
 }
 
 impl Stage {
     /// The config's spellings.
-    pub const CHOICES: &'static [(&'static str, Stage)] =
-        &[("sft", Stage::Sft), ("pt", Stage::Pt), ("dpo", Stage::Dpo)];
+    pub const CHOICES: &'static [(&'static str, Stage)] = &[
+        ("sft", Stage::Sft),
+        ("pt", Stage::Pt),
+        ("dpo", Stage::Dpo),
+        ("kto", Stage::Kto),
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Sft => "sft",
             Stage::Pt => "pt",
             Stage::Dpo => "dpo",
+            Stage::Kto => "kto",
         }
     }
 }
@@ -86,7 +92,7 @@ impl FromStr for Stage {
         match Stage::CHOICES.iter().find(|(name, _)| *name == s) {
             Some((_, stage)) => Ok(*stage),
             None => Err(DataError::config(format!(
-                "unknown stage {s:?}; ferrotune supports sft, pt and dpo"
+                "unknown stage {s:?}; ferrotune supports sft, pt, dpo and kto"
             ))),
         }
     }
@@ -105,6 +111,8 @@ pub struct Columns {
     /// A preference pair's preferred and dispreferred answers.
     pub chosen: Option<String>,
     pub rejected: Option<String>,
+    /// KTO's label: whether the record's answer is desirable.
+    pub kto_tag: Option<String>,
     /// True when a `dataset_info.json` entry set the columns explicitly.
     pub explicit: bool,
 }
@@ -123,6 +131,7 @@ impl Columns {
             tools: None,
             chosen: Some("chosen".into()),
             rejected: Some("rejected".into()),
+            kto_tag: Some("kto_tag".into()),
             explicit: false,
         }
     }
@@ -142,6 +151,7 @@ impl Default for Columns {
             tools: Some("tools".into()),
             chosen: Some("chosen".into()),
             rejected: Some("rejected".into()),
+            kto_tag: Some("kto_tag".into()),
             explicit: false,
         }
     }
@@ -202,6 +212,21 @@ impl RecordFormat {
             return self.to_text(record, formatting, at).map(Sample::Text);
         }
         let is_pair = self.ranking || self.has_pair_columns(record);
+        if stage == Stage::Kto {
+            if is_pair {
+                return Err(DataError::record(
+                    at,
+                    "this record is a preference pair (chosen and rejected); stage kto needs single answers with a boolean kto_tag column: train pairs with stage: dpo",
+                ));
+            }
+            let desirable = self.kto_tag(record, at)?;
+            let conversation = self.conversation(record, formatting, at)?;
+            return Ok(Sample::Feedback(Feedback {
+                conversation,
+                desirable,
+                kl_answer: None,
+            }));
+        }
         match (stage, is_pair) {
             (Stage::Dpo, true) => return self.pair(record, formatting, at).map(Sample::Pair),
             (Stage::Dpo, false) => {
@@ -226,19 +251,50 @@ impl RecordFormat {
             }
             _ => {}
         }
+        self.conversation(record, formatting, at).map(Sample::Chat)
+    }
+
+    /// A conversation ending with the answer to train on.
+    fn conversation(
+        &self,
+        record: &Map<String, Value>,
+        formatting: Formatting,
+        at: &RecordRef,
+    ) -> Result<Conversation> {
         let conversation = match formatting {
             Formatting::Alpaca => self.alpaca(record, at)?,
             Formatting::Sharegpt => self.sharegpt(record, at)?,
             Formatting::Openai => self.openai(record, at)?,
             Formatting::Text => return Err(DataError::record(
                 at,
-                "plain-text records have no conversation to train on in stage sft; use stage pt",
+                "plain-text records have no conversation to train on in this stage; use stage pt",
             )),
         };
         conversation
             .validate()
             .map_err(|p| DataError::record(at, p))?;
-        Ok(Sample::Chat(conversation))
+        Ok(conversation)
+    }
+
+    /// KTO's label of a record: its boolean `kto_tag` column.
+    fn kto_tag(&self, record: &Map<String, Value>, at: &RecordRef) -> Result<bool> {
+        let col = self.columns.kto_tag.as_deref().ok_or_else(|| {
+            DataError::record(
+                at,
+                "dataset_info.json maps no `kto_tag` column; stage kto needs one",
+            )
+        })?;
+        match record.get(col) {
+            Some(Value::Bool(b)) => Ok(*b),
+            None | Some(Value::Null) => Err(DataError::record(
+                at,
+                format!("stage kto needs each record's label: no boolean {col:?} column (true: a desirable answer, false: an undesirable one)"),
+            )),
+            Some(other) => Err(DataError::record(
+                at,
+                format!("column {col:?} must be true or false, found {}", kind(other)),
+            )),
+        }
     }
 
     /// Whether a record given without a registry entry carries a preference pair.

@@ -260,7 +260,8 @@ fn read_example(o: &Opened, k: u64) -> Result<Encoded> {
             None => None,
         },
         truncated: false,
-        rejected_start: None,
+        second_start: None,
+        desirable: None,
     })
 }
 

@@ -125,7 +125,8 @@ fn empty_row(row_len: usize, weights: bool) -> Encoded {
         labels: Vec::with_capacity(row_len),
         weights: weights.then(|| Vec::with_capacity(row_len)),
         truncated: false,
-        rejected_start: None,
+        second_start: None,
+        desirable: None,
     }
 }
 
@@ -205,7 +206,8 @@ mod tests {
                 .collect(),
             weights: None,
             truncated: false,
-            rejected_start: None,
+            second_start: None,
+            desirable: None,
         }
     }
 

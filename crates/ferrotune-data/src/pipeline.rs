@@ -143,13 +143,15 @@ pub fn load_tokenizer_and_template(
     let tokenizer = TokenizerBundle::load(dir)?;
     let template = match args.stage {
         crate::format::Stage::Pt => None,
-        crate::format::Stage::Sft | crate::format::Stage::Dpo => Some(ChatTemplate::choose(
-            &args.template_choice(),
-            tokenizer.chat_template.as_deref(),
-            &args.custom_templates,
-            &tokenizer.specials,
-            &args.template_kwargs(),
-        )?),
+        crate::format::Stage::Sft | crate::format::Stage::Dpo | crate::format::Stage::Kto => {
+            Some(ChatTemplate::choose(
+                &args.template_choice(),
+                tokenizer.chat_template.as_deref(),
+                &args.custom_templates,
+                &tokenizer.specials,
+                &args.template_kwargs(),
+            )?)
+        }
     };
     Ok((tokenizer, template))
 }

@@ -89,6 +89,12 @@ pub fn replace_in_sample(sample: &mut Sample, values: &BTreeMap<String, String>)
             }
             p.texts().for_each(&mut scan);
         }
+        Sample::Feedback(f) => {
+            if !values.is_empty() {
+                f.conversation.map_text(|t| replace(t, values));
+            }
+            f.conversation.texts().for_each(&mut scan);
+        }
     }
     left
 }

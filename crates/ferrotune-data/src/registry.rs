@@ -190,6 +190,7 @@ fn explicit_columns(c: &Map<String, Value>) -> Columns {
         tools: get("tools"),
         chosen: get("chosen"),
         rejected: get("rejected"),
+        kto_tag: get("kto_tag"),
         explicit: true,
     }
 }

@@ -125,7 +125,8 @@ fn labels_round_trip_through_the_trained_mask() {
             labels,
             weights: None,
             truncated: false,
-            rejected_start: None,
+            second_start: None,
+            desirable: None,
         },
     };
     let report = DatasetReport {

@@ -58,7 +58,7 @@ fn ints<T: serde::de::DeserializeOwned>(v: &Value) -> Vec<T> {
 
 /// (prompt, chosen answer, rejected answer) of an encoded pair.
 fn split(e: &Encoded) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    let k = e.rejected_start.expect("a pair");
+    let k = e.second_start.expect("a pair");
     let prompt = e.labels[..k]
         .iter()
         .take_while(|&&l| l == IGNORE_INDEX)
@@ -160,7 +160,7 @@ fn pairs_encode_as_llamafactory_encodes_them() {
             assert_eq!(ours[..head], lf_answer[..head], "{}: {lf_key}", s.at);
         }
         // Labels: the answers are supervised, the prompts not.
-        let k = e.rejected_start.unwrap();
+        let k = e.second_start.unwrap();
         let supervised: usize = e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
         assert_eq!(supervised, chosen.len() + rejected.len(), "{}", s.at);
         assert_eq!(
@@ -287,4 +287,102 @@ fn the_quality_report_flags_pairs_whose_answers_are_the_same() {
         .flat_map(|f| f.records.iter().copied())
         .collect();
     assert_eq!(flagged, vec![0], "{:?}", checked.report.findings);
+}
+
+#[test]
+fn kto_examples_and_their_kl_sequences_follow_llamafactory() {
+    let lf = lf_fixture();
+    let demo: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(shared("data/dpo_en_demo.json")).unwrap())
+            .unwrap();
+    // Record i: the prompt with the chosen answer (even i, desirable) or the rejected one.
+    let records: Vec<Value> = demo[..8]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let answer = if i % 2 == 0 {
+                &r["chosen"]
+            } else {
+                &r["rejected"]
+            };
+            let mut messages = r["conversations"].as_array().unwrap().clone();
+            messages.push(answer.clone());
+            json!({"messages": messages, "kto_tag": i % 2 == 0})
+        })
+        .collect();
+    let dir = registered(
+        &Value::Array(records),
+        json!({"formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "kto_tag"}}),
+    );
+    let mut args = dpo_args("pairs", dir.path());
+    args.stage = Stage::Kto;
+    args.cutoff_len = lf["cutoff_len"].as_u64().unwrap() as usize;
+    let p = pipeline::prepare(&args, None).unwrap();
+    assert_eq!(p.samples.len(), 8);
+    let header: Vec<u32> = vec![151644, 77091, 198];
+    let end_of_turn: Vec<u32> = vec![151645, 198];
+    for (s, k) in p.samples.iter().zip(lf["kto"].as_array().unwrap()) {
+        let e = &s.encoded;
+        assert_eq!(e.desirable, k["kto_tags"].as_bool(), "{}", s.at);
+        let second = e.second_start.unwrap();
+        let want = |key: &str| k[key].as_u64().unwrap() as usize;
+        for (range, prefix, ids_key) in [
+            (0..second, "", "input_ids"),
+            (second..e.len(), "kl_", "kl_input_ids"),
+        ] {
+            let ids = &e.input_ids[range.clone()];
+            let labels = &e.labels[range];
+            let prompt = labels.iter().take_while(|&&l| l == IGNORE_INDEX).count();
+            assert_eq!(
+                (prompt, ids.len() - prompt),
+                (
+                    want(&format!("{prefix}prompt_len")),
+                    want(&format!("{prefix}response_len"))
+                ),
+                "{} {ids_key}: prompt and answer lengths",
+                s.at
+            );
+            let lf_ids: Vec<u32> = ints(&k[ids_key]);
+            // Where a cut falls, the header and the end of turn stay (see the pairs).
+            let head = if ids[..prompt].ends_with(&header) && lf_ids[..prompt] != ids[..prompt] {
+                prompt - header.len()
+            } else {
+                prompt
+            };
+            assert_eq!(ids[..head], lf_ids[..head], "{} {ids_key}: prompt", s.at);
+            let answer_head = ids.len() - end_of_turn.len();
+            assert!(ids.ends_with(&end_of_turn), "{} {ids_key}", s.at);
+            assert_eq!(
+                ids[prompt..answer_head],
+                lf_ids[prompt..answer_head],
+                "{} {ids_key}: answer",
+                s.at
+            );
+        }
+    }
+    // Each KL answer is the previous record's (the first takes the last's).
+    let text = |ids: &[u32]| p.tokenizer.hf().unwrap().decode(ids, false).unwrap();
+    let answer = |e: &Encoded, range: std::ops::Range<usize>| {
+        let labels = &e.labels[range.clone()];
+        let prompt = labels.iter().take_while(|&&l| l == IGNORE_INDEX).count();
+        text(&e.input_ids[range.start + prompt..range.start + prompt + 20])
+    };
+    let all: Vec<Encoded> = p.samples.iter().map(|s| s.encoded).collect();
+    for i in 0..8 {
+        let e = &all[i];
+        let previous = &all[(i + 7) % 8];
+        assert_eq!(
+            answer(e, e.second_start.unwrap()..e.len()),
+            answer(previous, 0..previous.second_start.unwrap()),
+            "record {i}"
+        );
+    }
+
+    // Without a label, or with pairs: errors naming the record.
+    let e = error_of(
+        json!([{"messages": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]),
+        json!({"formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "kto_tag"}}),
+        Stage::Kto,
+    );
+    assert!(e.contains("record 0") && e.contains("kto_tag"), "{e}");
 }

@@ -39,7 +39,7 @@ fn outputs(args: &DataArgs, read: records::DatasetRecords) -> Vec<String> {
             {
                 Sample::Chat(c) => c.messages.last().unwrap().content.clone(),
                 Sample::Text(t) => t,
-                Sample::Pair(_) => unreachable!("stage sft gives no pairs"),
+                Sample::Pair(_) | Sample::Feedback(_) => unreachable!("stage sft gives neither"),
             }
         })
         .collect()

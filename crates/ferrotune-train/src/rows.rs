@@ -327,7 +327,7 @@ pub fn to_example(e: &Encoded) -> Example {
 
 /// A preference pair's chosen and rejected sequences as two examples.
 pub fn pair_examples(e: &Encoded) -> Result<[Example; 2]> {
-    let Some(k) = e.rejected_start.filter(|&k| k > 0 && k < e.len()) else {
+    let Some(k) = e.second_start.filter(|&k| k > 0 && k < e.len()) else {
         candle_core::bail!("an example of a preference run is not a pair (no rejected sequence)");
     };
     let part = |range: std::ops::Range<usize>| Example {

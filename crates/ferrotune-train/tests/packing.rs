@@ -37,7 +37,8 @@ fn examples(vocab: u32, n: usize) -> Vec<Encoded> {
                 labels,
                 weights: None,
                 truncated: false,
-                rejected_start: None,
+                second_start: None,
+                desirable: None,
             }
         })
         .collect()

@@ -7,7 +7,7 @@ use super::load::{Measure, Record};
 use super::minhash::{MinHasher, Signature};
 use super::text::{excerpt_around, hash64, normalize, shorten, units, ScriptProfile};
 use super::{Check, CheckOptions, Severity};
-use crate::conversation::{Conversation, Message, PreferencePair, Role, Sample};
+use crate::conversation::{Conversation, Feedback, Message, PreferencePair, Role, Sample};
 use crate::stats::percentile_of_counts;
 
 /// Markers of the common chat templates: in the data they either break rendering or
@@ -69,7 +69,13 @@ pub struct Facts {
 pub fn headline(record: &Record) -> String {
     match &record.sample {
         Ok(Sample::Text(t)) => shorten(t, 100),
-        Ok(Sample::Chat(c) | Sample::Pair(PreferencePair { chosen: c, .. })) => shorten(
+        Ok(
+            Sample::Chat(c)
+            | Sample::Pair(PreferencePair { chosen: c, .. })
+            | Sample::Feedback(Feedback {
+                conversation: c, ..
+            }),
+        ) => shorten(
             c.messages
                 .iter()
                 .find(|m| m.role == Role::User)
@@ -142,6 +148,10 @@ impl Scanner {
                 chosen = Sample::Chat(pair.chosen.clone());
                 &chosen
             }
+            Sample::Feedback(f) => {
+                chosen = Sample::Chat(f.conversation.clone());
+                &chosen
+            }
             other => other,
         };
         // (what the text is, the text): a role, or `document` for pretraining text.
@@ -198,7 +208,9 @@ impl Scanner {
             ..Facts::default()
         };
         match sample {
-            Sample::Pair(_) => unreachable!("a pair is checked as its chosen conversation"),
+            Sample::Pair(_) | Sample::Feedback(_) => {
+                unreachable!("pairs and KTO examples are checked as a conversation")
+            }
             Sample::Text(t) => {
                 facts.exact = Some(key128(&joined));
                 facts.instruction = Some(normalized[0].clone());

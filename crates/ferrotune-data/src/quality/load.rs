@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::config::DataArgs;
-use crate::conversation::{PreferencePair, Sample};
+use crate::conversation::{Feedback, PreferencePair, Sample};
 use crate::error::{DataError, RecordRef, Result};
 use crate::format::{self, Formatting, RecordFormat, Stage};
 use crate::mix;
@@ -189,6 +189,7 @@ impl Measure<'_> {
             Sample::Text(t) => t.clone(),
             Sample::Chat(c) => c.texts().collect::<Vec<_>>().join("\n"),
             Sample::Pair(p) => p.texts().collect::<Vec<_>>().join("\n"),
+            Sample::Feedback(f) => f.conversation.texts().collect::<Vec<_>>().join("\n"),
         };
         match self {
             Measure::Chars => joined().chars().count(),
@@ -197,9 +198,14 @@ impl Measure<'_> {
                 template,
             } => {
                 let rendered = match (sample, template) {
-                    (Sample::Chat(c) | Sample::Pair(PreferencePair { chosen: c, .. }), Some(t)) => {
-                        t.render(&c.messages, &c.tools, false).ok()
-                    }
+                    (
+                        Sample::Chat(c)
+                        | Sample::Pair(PreferencePair { chosen: c, .. })
+                        | Sample::Feedback(Feedback {
+                            conversation: c, ..
+                        }),
+                        Some(t),
+                    ) => t.render(&c.messages, &c.tools, false).ok(),
                     _ => None,
                 };
                 let text = rendered.unwrap_or_else(joined);

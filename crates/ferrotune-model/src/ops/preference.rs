@@ -186,3 +186,124 @@ pub fn preference_loss(cfg: &PrefConfig, p: &PairLogps) -> Result<PrefOutput> {
         pairs: p.chosen.elem_count(),
     })
 }
+
+/// KTO's settings (LLaMA-Factory's `stage: kto` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct KtoConfig {
+    /// `pref_beta`.
+    pub beta: f64,
+    /// `kto_chosen_weight`: the weight of a desirable example's loss.
+    pub desirable_weight: f64,
+    /// `kto_rejected_weight`: the weight of an undesirable example's loss.
+    pub undesirable_weight: f64,
+}
+
+/// The sums KTO's metrics are made from, in the order of [`KtoOutput::metric_sums`]:
+/// over the desirable examples the rewards, the log-probabilities and the count, the
+/// same over the undesirable ones, then the KL term summed over the batches it was
+/// estimated on and the number of those batches.
+pub const KTO_SUMS: [&str; 8] = [
+    "rewards/chosen_sum",
+    "logps/chosen_sum",
+    "count/chosen",
+    "rewards/rejected_sum",
+    "logps/rejected_sum",
+    "count/rejected",
+    "kl_sum",
+    "kl_batches",
+];
+
+/// KTO's loss summed over the examples (differentiable) and its metric sums.
+pub struct KtoOutput {
+    pub loss_sum: Tensor,
+    pub metric_sums: [f64; 8],
+    pub examples: usize,
+}
+
+/// The metrics LLaMA-Factory logs for KTO, from sums of [`KTO_SUMS`] over any number of
+/// batches: rewards and log-probabilities as means over the desirable ("chosen") and
+/// undesirable ("rejected") examples, the margin between the reward means, and the KL
+/// term's mean over its batches.
+pub fn kto_metrics(sums: &[f64]) -> Vec<(&'static str, f64)> {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let chosen = ratio(sums[0], sums[2]);
+    let rejected = ratio(sums[3], sums[5]);
+    vec![
+        ("rewards/chosen", chosen),
+        ("logps/chosen", ratio(sums[1], sums[2])),
+        ("rewards/rejected", rejected),
+        ("logps/rejected", ratio(sums[4], sums[5])),
+        ("rewards/margins", chosen - rejected),
+        ("kl", ratio(sums[6], sums[7])),
+    ]
+}
+
+/// The KL term of a batch: the mean over its mismatched (KL) sequences of the policy's
+/// log-probability less the reference's, at least 0; a constant (no gradient), as in
+/// TRL's KTO.
+pub fn kto_kl(policy_kl: &[f64], reference_kl: &[f64]) -> f64 {
+    let n = policy_kl.len().max(1) as f64;
+    let mean = policy_kl
+        .iter()
+        .zip(reference_kl)
+        .map(|(p, r)| p - r)
+        .sum::<f64>()
+        / n;
+    mean.max(0.0)
+}
+
+/// TRL 0.24's `kto_loss` as LLaMA-Factory 0.9.5 calls it: with log-ratios
+/// `policy - reference` (summed log-probabilities, [B]), a desirable example's loss is
+/// `w_d (1 - sigmoid(beta (ratio - kl)))`, an undesirable one's
+/// `w_u (1 - sigmoid(beta (kl - ratio)))`; rewards are `beta * ratio`.
+pub fn kto_loss(
+    cfg: &KtoConfig,
+    policy: &Tensor,
+    reference: &Tensor,
+    desirable: &[bool],
+    kl: f64,
+) -> Result<KtoOutput> {
+    let n = desirable.len();
+    let device = policy.device();
+    let ratio = (policy - reference.to_dtype(policy.dtype())?)?;
+    // +1 for desirable examples, -1 for undesirable: the sign inside the sigmoid.
+    let sign: Vec<f32> = desirable
+        .iter()
+        .map(|&d| if d { 1.0 } else { -1.0 })
+        .collect();
+    let weight: Vec<f32> = desirable
+        .iter()
+        .map(|&d| {
+            if d {
+                cfg.desirable_weight
+            } else {
+                cfg.undesirable_weight
+            }
+        })
+        .map(|w| w as f32)
+        .collect();
+    let sign = Tensor::from_vec(sign, n, device)?.to_dtype(policy.dtype())?;
+    let weight = Tensor::from_vec(weight, n, device)?.to_dtype(policy.dtype())?;
+    let x = (ratio.affine(1.0, -kl)? * &sign)?.affine(cfg.beta, 0.0)?;
+    // 1 - sigmoid(x) = sigmoid(-x) = exp(log_sigmoid(-x)).
+    let losses = (log_sigmoid(&x.neg()?)?.exp()? * weight)?;
+    let rewards: Vec<f64> = ratio
+        .affine(cfg.beta, 0.0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1()?;
+    let logps: Vec<f64> = policy.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    let mut sums = [0f64; 8];
+    for ((&d, r), l) in desirable.iter().zip(&rewards).zip(&logps) {
+        let at = if d { 0 } else { 3 };
+        sums[at] += r;
+        sums[at + 1] += l;
+        sums[at + 2] += 1.0;
+    }
+    sums[6] = kl;
+    sums[7] = 1.0;
+    Ok(KtoOutput {
+        loss_sum: losses.sum_all()?,
+        metric_sums: sums,
+        examples: n,
+    })
+}

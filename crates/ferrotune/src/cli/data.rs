@@ -249,8 +249,8 @@ fn preview(args: PreviewArgs) -> Result<()> {
             if let Some(w) = &e.weights {
                 line["weights"] = json!(w);
             }
-            if let Some(k) = e.rejected_start {
-                line["rejected_start"] = json!(k);
+            if let Some(k) = e.second_start {
+                line["second_start"] = json!(k);
             }
             writeln!(out, "{line}")?;
         }
