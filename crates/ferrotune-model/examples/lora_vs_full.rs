@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 labels,
                 weights: None,
                 reference_logp: None,
+                desirable: None,
             }
         })
         .collect();

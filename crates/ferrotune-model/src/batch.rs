@@ -30,6 +30,9 @@ pub struct Batch {
     /// sequence log-probability of each sequence of a preference pair. Empty when the
     /// examples carry none.
     pub reference: Vec<Vec<f64>>,
+    /// Per row, for each of its samples, whether it is a desirable answer (KTO). Empty
+    /// when the examples carry no label.
+    pub desirable: Vec<Vec<bool>>,
 }
 
 /// One sample: ids, labels and optional weights of equal length.
@@ -41,6 +44,8 @@ pub struct Example {
     /// The reference model's log-probability of this sequence's supervised tokens
     /// (preference tuning).
     pub reference_logp: Option<f64>,
+    /// KTO: whether this sequence's answer is desirable.
+    pub desirable: Option<bool>,
 }
 
 impl Batch {
@@ -123,6 +128,12 @@ impl Batch {
                 .map(|r| r.iter().filter_map(|e| e.reference_logp).collect())
                 .collect();
         }
+        if rows.iter().flatten().all(|e| e.desirable.is_some()) {
+            batch.desirable = rows
+                .iter()
+                .map(|r| r.iter().filter_map(|e| e.desirable).collect())
+                .collect();
+        }
         Ok(batch)
     }
 
@@ -165,6 +176,7 @@ impl Batch {
             segment_ids,
             supervised_tokens,
             reference: Vec::new(),
+            desirable: Vec::new(),
         })
     }
 
@@ -268,6 +280,7 @@ impl Batch {
             segment_ids: columns(&self.segment_ids),
             supervised_tokens,
             reference: pick_rows(&self.reference, rows),
+            desirable: pick_rows(&self.desirable, rows),
         })
     }
 
@@ -310,11 +323,47 @@ impl Batch {
             position_ids: keep.iter().map(|&i| self.position_ids[i]).collect(),
             segment_ids,
             supervised_tokens: self.supervised_tokens,
-            reference: match self.reference.is_empty() {
-                true => Vec::new(),
-                false => vec![self.reference.concat()],
-            },
+            reference: one_row(&self.reference),
+            desirable: one_row(&self.desirable),
         })
+    }
+
+    /// The `k`-th sample of every row (0-based), one a row, right-padded: e.g. a KTO
+    /// row's example (0) or its KL sequence (1). Its reference values and labels go with
+    /// it.
+    pub fn sample_batch(&self, k: usize) -> Result<Batch> {
+        let ids = self.input_ids.flatten_all()?.to_vec1::<u32>()?;
+        let targets = match &self.targets {
+            Some(t) => t.flatten_all()?.to_vec1::<i64>()?,
+            None => vec![IGNORE_INDEX; ids.len()],
+        };
+        let segment = k as u32 + 1;
+        let mut examples = Vec::with_capacity(self.batch);
+        for r in 0..self.batch {
+            let span = r * self.seq_len..(r + 1) * self.seq_len;
+            let picked: Vec<usize> = span.filter(|&i| self.segment_ids[i] == segment).collect();
+            if picked.is_empty() {
+                candle_core::bail!("sample_batch: row {r} has no sample {k}");
+            }
+            // A label is the target of the position before it, within the sample.
+            let labels = picked
+                .iter()
+                .enumerate()
+                .map(|(j, _)| match j {
+                    0 => IGNORE_INDEX,
+                    _ => targets[picked[j - 1]],
+                })
+                .collect();
+            examples.push(Example {
+                input_ids: picked.iter().map(|&i| ids[i]).collect(),
+                labels,
+                weights: None,
+                reference_logp: self.reference.get(r).and_then(|v| v.get(k)).copied(),
+                desirable: self.desirable.get(r).and_then(|v| v.get(k)).copied(),
+            });
+        }
+        let pad = ids.first().copied().unwrap_or(0);
+        Batch::padded(&examples, pad, 8, self.input_ids.device())
     }
 
     /// The samples of the batch in order (row-major, each row's in segment order) and,
@@ -349,12 +398,22 @@ impl Batch {
             segment_ids: vec![1; n],
             supervised_tokens: 0,
             reference: Vec::new(),
+            desirable: Vec::new(),
         })
     }
 }
 
+/// Per-row values as one row's (nothing when there are none).
+fn one_row<T: Clone>(values: &[Vec<T>]) -> Vec<Vec<T>> {
+    if values.is_empty() {
+        Vec::new()
+    } else {
+        vec![values.concat()]
+    }
+}
+
 /// `values[r]` for each of `rows` (nothing when `values` is empty).
-fn pick_rows(values: &[Vec<f64>], rows: &[usize]) -> Vec<Vec<f64>> {
+fn pick_rows<T: Clone>(values: &[Vec<T>], rows: &[usize]) -> Vec<Vec<T>> {
     if values.is_empty() {
         return Vec::new();
     }

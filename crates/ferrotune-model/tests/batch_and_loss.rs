@@ -25,6 +25,7 @@ fn example(ids: &[u32], prompt: usize) -> Example {
             .collect(),
         weights: None,
         reference_logp: None,
+        desirable: None,
     }
 }
 
@@ -168,6 +169,7 @@ fn padding_never_masks_an_end_of_turn_that_equals_the_pad_id() {
         labels: vec![IGNORE_INDEX, 6, i64::from(eos)],
         weights: None,
         reference_logp: None,
+        desirable: None,
     };
     let b = example(&[7; 9], 0);
     let batch = Batch::padded(&[a, b], eos, 8, &Device::Cpu).unwrap();

@@ -284,6 +284,7 @@ fn the_model_loss_takes_the_chunked_path_with_the_same_loss_and_gradients() {
         labels,
         weights: None,
         reference_logp: None,
+        desirable: None,
     };
     let batch = Batch::padded(&[example], 0, 1, &Device::Cpu).unwrap();
     for tied in [true, false] {

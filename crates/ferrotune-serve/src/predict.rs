@@ -268,6 +268,7 @@ fn item(
         labels: e.labels,
         weights: e.weights,
         reference_logp: None,
+        desirable: None,
     });
     Ok(Item {
         at,

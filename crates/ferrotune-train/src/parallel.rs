@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor};
 use ferrotune_model::loss::pair_preference_loss;
-use ferrotune_model::ops::preference::PrefConfig;
+use ferrotune_model::ops::preference::{kto_loss, KtoConfig, PrefConfig};
 use ferrotune_model::{Batch, CausalLm, Param, SequenceLogps};
 
 use crate::grads::Accumulated;
@@ -51,6 +51,20 @@ pub enum Objective<'a> {
     /// A preference loss summed over pairs: each row of a batch is one pair (chosen,
     /// rejected), and the batch carries the reference log-probabilities the loss needs.
     Preference(&'a PrefConfig),
+    /// KTO's loss summed over examples: each row one example with its reference
+    /// log-probability and label; the KL term of each micro-batch of the step, in order
+    /// (a constant, estimated before the step).
+    Kto(&'a KtoConfig, &'a [f64]),
+}
+
+impl Objective<'_> {
+    /// The objective of the step's `k`-th micro-batch.
+    fn for_micro(self, k: usize) -> Self {
+        match self {
+            Objective::Kto(cfg, kl) => Objective::Kto(cfg, &kl[k..k + 1]),
+            other => other,
+        }
+    }
 }
 
 /// One micro-batch's summed loss and gradients, with the time the passes took (for
@@ -188,7 +202,8 @@ impl Workers {
             .map(|_| Gradients::none(params.len()))
             .collect();
         let mut total = Gradients::none(params.len());
-        for batch in micro {
+        for (k, batch) in micro.iter().enumerate() {
+            let objective = objective.for_micro(k);
             let split = self.split(model, batch, shards)?;
             let all: Vec<&Batch> = if split.is_empty() {
                 vec![batch]
@@ -337,8 +352,23 @@ fn shard_gradients(
     (scale, objective): (f64, Objective),
     pass: Pass,
 ) -> Result<Gradients> {
-    if let Objective::Preference(cfg) = objective {
-        return shard_preference_gradients(model, batch, params, scale, cfg, pass);
+    match objective {
+        Objective::Preference(cfg) => {
+            let reference = batch.reference.concat();
+            return shard_sequence_gradients(model, batch, params, scale, pass, |seq| {
+                let out = pair_preference_loss(cfg, seq, &reference)?;
+                Ok((out.loss_sum, out.metric_sums.to_vec()))
+            });
+        }
+        Objective::Kto(cfg, kl) => {
+            let reference = Tensor::new(batch.reference.concat(), batch.input_ids.device())?;
+            let desirable = batch.desirable.concat();
+            return shard_sequence_gradients(model, batch, params, scale, pass, |seq| {
+                let out = kto_loss(cfg, &seq.logps, &reference, &desirable, kl[0])?;
+                Ok((out.loss_sum, out.metric_sums.to_vec()))
+            });
+        }
+        Objective::Tokens => {}
     }
     let mut grads = Accumulated::new(params.len());
     let started = Instant::now();
@@ -369,30 +399,25 @@ fn shard_gradients(
     })
 }
 
-/// [`shard_gradients`] for a preference loss: the shard's sequence log-probabilities,
-/// the loss of its pairs against the reference log-probabilities the batch carries, and
-/// its backward pass.
-fn shard_preference_gradients(
+/// [`shard_gradients`] for a loss of the shard's sequence log-probabilities (`loss`: its
+/// sum over the shard and its metric sums): the checkpointed or plain backward pass of
+/// the loss scaled by `scale`.
+fn shard_sequence_gradients(
     model: &CausalLm,
     batch: &Batch,
     params: &[&Param],
     scale: f64,
-    cfg: &PrefConfig,
     pass: Pass,
+    loss: impl Fn(&SequenceLogps) -> Result<(Tensor, Vec<f64>)>,
 ) -> Result<Gradients> {
     let mut grads = Accumulated::new(params.len());
     let started = Instant::now();
-    let reference = batch.reference.concat();
     let objective = |seq: &SequenceLogps| -> Result<(Tensor, (f64, Vec<f64>))> {
-        let out = pair_preference_loss(cfg, seq, &reference)?;
-        let loss_sum = out
-            .loss_sum
+        let (loss_sum, metric_sums) = loss(seq)?;
+        let value = loss_sum
             .to_dtype(candle_core::DType::F64)?
             .to_scalar::<f64>()?;
-        Ok((
-            out.loss_sum.affine(scale, 0.0)?,
-            (loss_sum, out.metric_sums.to_vec()),
-        ))
+        Ok((loss_sum.affine(scale, 0.0)?, (value, metric_sums)))
     };
     let ((loss_sum, metric_sums), forward_s) = match pass {
         Pass::Checkpointed => {

@@ -191,6 +191,7 @@ impl Rows {
             labels: Vec::with_capacity(row_len),
             weights: weighted.then(|| Vec::with_capacity(row_len)),
             reference_logp: None,
+            desirable: None,
         };
         let mut i = ends.partition_point(|&e| e <= start);
         let mut at = start;
@@ -322,10 +323,12 @@ pub fn to_example(e: &Encoded) -> Example {
         labels: e.labels.clone(),
         weights: e.weights.clone(),
         reference_logp: None,
+        desirable: None,
     }
 }
 
-/// A preference pair's chosen and rejected sequences as two examples.
+/// An example of two sequences as two examples: a preference pair's chosen and
+/// rejected, or a KTO example and its KL sequence (both carrying the example's label).
 pub fn pair_examples(e: &Encoded) -> Result<[Example; 2]> {
     let Some(k) = e.second_start.filter(|&k| k > 0 && k < e.len()) else {
         candle_core::bail!("an example of a preference run is not a pair (no rejected sequence)");
@@ -335,6 +338,7 @@ pub fn pair_examples(e: &Encoded) -> Result<[Example; 2]> {
         labels: e.labels[range.clone()].to_vec(),
         weights: e.weights.as_ref().map(|w| w[range].to_vec()),
         reference_logp: None,
+        desirable: e.desirable,
     };
     Ok([part(0..k), part(k..e.len())])
 }

@@ -34,6 +34,7 @@ fn batch(vocab: u32) -> Batch {
                 labels,
                 weights: None,
                 reference_logp: None,
+                desirable: None,
             }
         })
         .collect();
@@ -102,6 +103,7 @@ fn shards_keep_every_row_once_drop_only_padding_and_even_out_the_tokens() {
             labels: vec![7; n],
             weights: None,
             reference_logp: None,
+            desirable: None,
         })
         .collect();
     let rows = Batch::padded(&examples, 0, 1, &Device::Cpu).unwrap();

@@ -3,7 +3,7 @@
 //! Qwen2 fixture model with its PEFT LoRA adapter as the policy and the base (adapter
 //! off) as the reference, 8 pairs. Sequence log-probabilities, each `pref_loss`'s loss,
 //! metrics and LoRA gradients, and a 6-step trajectory (constant learning rate, 2 pairs a
-//! micro-batch, 2 micro-batches a step, fixed order).
+//! micro-batch, 2 micro-batches a step, fixed order); and KTO against CustomKTOTrainer.
 //!
 //! LLaMA-Factory 0.9.5 calls TRL's `dpo_loss` without its loss type, so its `hinge` and
 //! `ipo` compute the sigmoid loss (on mean log-probabilities for ipo). ferrotune computes
@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use ferrotune_model::ops::preference::{PrefConfig, PrefLoss, PREF_METRICS};
+use ferrotune_model::ops::preference::{
+    kto_kl, kto_metrics, KtoConfig, PrefConfig, PrefLoss, PREF_METRICS,
+};
 use ferrotune_model::tuning::load_peft_adapter;
 use ferrotune_model::weights::load_model;
 use ferrotune_model::{Batch, CausalLm, Example, Param};
@@ -77,6 +79,7 @@ fn pairs(d: &Value) -> Vec<[Example; 2]> {
             .collect(),
         weights: None,
         reference_logp: None,
+        desirable: None,
     };
     d["pairs"]
         .as_array()
@@ -322,4 +325,137 @@ fn six_step_trajectory_matches_llamafactory() {
         let err = relative_l2(p.tensor().unwrap(), &t[&key]);
         assert!(err <= 1e-4, "{key}: relative error {err}");
     }
+}
+
+fn kto() -> Value {
+    let text = std::fs::read_to_string(fixture_dir().join("kto.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// KTO against LLaMA-Factory's CustomKTOTrainer: 8 examples (4 desirable), each with its
+/// KL sequence, the reference the base model (adapter off): the KL term, the loss, the
+/// logged metrics and the LoRA gradients, for two weightings.
+#[test]
+fn kto_kl_term_loss_metrics_and_gradients_match_llamafactory() {
+    let d = kto();
+    let t = tensors();
+    let ints = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let example = |ids: &Value, labels: &Value, desirable: bool| Example {
+        input_ids: ints(ids).into_iter().map(|x| x as u32).collect(),
+        labels: ints(labels),
+        weights: None,
+        reference_logp: None,
+        desirable: Some(desirable),
+    };
+    let rows: Vec<[Example; 2]> = d["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let tag = e["kto_tags"].as_bool().unwrap();
+            [
+                example(&e["input_ids"], &e["labels"], tag),
+                example(&e["kl_input_ids"], &e["kl_labels"], tag),
+            ]
+        })
+        .collect();
+    let rows = with_reference(&rows);
+    let batch = batch(&rows);
+    let workers = Workers::with_threads(1).unwrap();
+    for name in ["kto", "kto_weighted"] {
+        let setting = &d["settings"][name];
+        let a = &setting["finetuning_args"];
+        let cfg = KtoConfig {
+            beta: a["pref_beta"].as_f64().unwrap(),
+            desirable_weight: a["kto_chosen_weight"].as_f64().unwrap(),
+            undesirable_weight: a["kto_rejected_weight"].as_f64().unwrap(),
+        };
+        let model = policy();
+        let targets = batch.sample_batch(0).unwrap();
+        let kl_sequences = batch.sample_batch(1).unwrap();
+        // Log-probabilities of the targets and KL sequences, policy and reference.
+        let got = sequence_logps_of(&model, &targets);
+        for (i, w) in floats(&setting["policy_logps"]).iter().enumerate() {
+            assert!(
+                close(got[i], *w, 1e-5),
+                "{name}: policy logp {i}: {} against {w}",
+                got[i]
+            );
+        }
+        let policy_kl = sequence_logps_of(&model, &kl_sequences);
+        for (i, w) in floats(&setting["policy_kl_logps"]).iter().enumerate() {
+            assert!(close(policy_kl[i], *w, 1e-5), "{name}: KL logp {i}");
+        }
+        let reference_kl = kl_sequences.reference.concat();
+        for (i, w) in floats(&setting["reference_kl_logps"]).iter().enumerate() {
+            assert!(
+                close(reference_kl[i], *w, 1e-5),
+                "{name}: reference KL logp {i}"
+            );
+        }
+        let kl = kto_kl(&policy_kl, &reference_kl);
+        let want_kl = setting["kl"].as_f64().unwrap();
+        assert!(
+            close(kl, want_kl, 1e-5),
+            "{name}: KL {kl} against {want_kl}"
+        );
+
+        let params: Vec<&Param> = model.trainable_params();
+        let n = targets.batch as f64;
+        let kls = [kl];
+        let part = workers
+            .step_gradients(
+                &model,
+                &[targets],
+                &params,
+                (1.0 / n, Objective::Kto(&cfg, &kls)),
+                Pass::Checkpointed,
+                Share::WHOLE,
+            )
+            .unwrap();
+        let loss = part.loss_sum / n;
+        let want = setting["loss"].as_f64().unwrap();
+        assert!(
+            close(loss, want, 1e-5),
+            "{name}: loss {loss} against {want}"
+        );
+        let metrics = kto_metrics(&part.metric_sums);
+        assert_eq!(metrics.len(), 6);
+        for (key, got) in metrics {
+            // Rewards are differences of log-probabilities near -100 (float32): compared
+            // to 1e-5 absolute as well.
+            let want = setting["logged"][key].as_f64().unwrap();
+            assert!(
+                close(got, want, 1e-5) || (got - want).abs() < 1e-5,
+                "{name}: {key} {got} against {want}"
+            );
+        }
+        let grads = part.grads.finish(&params).unwrap();
+        assert_eq!(grads.len(), 28);
+        for (p, g) in params.iter().zip(&grads) {
+            let key = format!("grad.{name}.{}", peft_name(p));
+            let err = relative_l2(g, &t[&key]);
+            assert!(err <= 1e-4, "{name}: {key} relative error {err}");
+        }
+    }
+}
+
+fn sequence_logps_of(model: &CausalLm, batch: &Batch) -> Vec<f64> {
+    model
+        .detached()
+        .unwrap()
+        .sequence_logps(batch, false)
+        .unwrap()
+        .logps
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }

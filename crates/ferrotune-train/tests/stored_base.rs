@@ -65,6 +65,7 @@ fn batch(vocab: usize) -> Batch {
                 labels,
                 weights: None,
                 reference_logp: None,
+                desirable: None,
             }
         })
         .collect();

@@ -250,3 +250,99 @@ fn misconfigured_preference_runs_are_refused_with_the_reason() {
     let e = refused("pref_bco_weight: 0.5\n");
     assert!(e.contains("pref_bco_weight"), "{e}");
 }
+
+/// 48 KTO records from dpo_en_demo: the prompt with the chosen answer (desirable) for
+/// even records, the rejected one (undesirable) for odd ones.
+fn kto_data(dir: &Path) -> PathBuf {
+    let demo: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(shared("data/dpo_en_demo.json")).unwrap())
+            .unwrap();
+    let records: Vec<Value> = demo[..48]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let answer = if i % 2 == 0 {
+                &r["chosen"]
+            } else {
+                &r["rejected"]
+            };
+            let mut messages = r["conversations"].as_array().unwrap().clone();
+            messages.push(answer.clone());
+            serde_json::json!({"messages": messages, "label": i % 2 == 0})
+        })
+        .collect();
+    let data = dir.join("kto-data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("kto.json"), Value::Array(records).to_string()).unwrap();
+    std::fs::write(
+        data.join("dataset_info.json"),
+        r#"{"kto_demo": {"file_name": "kto.json", "formatting": "sharegpt",
+            "columns": {"messages": "messages", "kto_tag": "label"}}}"#,
+    )
+    .unwrap();
+    data
+}
+
+#[test]
+fn kto_learns_its_labels_and_logs_its_metrics() {
+    let tmp = TempDir::new("kto");
+    let model = cli::tiny_model(BIN, tmp.path(), true);
+    let data = kto_data(tmp.path());
+    let out = tmp.path().join("kto");
+    let extra = format!(
+        "stage: kto\ndataset: kto_demo\ndataset_dir: {}\nkto_chosen_weight: 1.0\nkto_rejected_weight: 1.0\n",
+        data.display()
+    );
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &out, &extra).to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("reference: log-probabilities of 96 sequences computed"),
+        "{err}"
+    );
+    let all = records(&out);
+    let train: Vec<&Value> = all.iter().filter(|r| r.get("loss").is_some()).collect();
+    for key in [
+        "kl",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "logps/chosen",
+    ] {
+        assert!(train.iter().all(|r| r[key].is_f64()), "{key}: {train:?}");
+    }
+    // Policy = reference at the start: every example's loss is 1 - sigmoid(0) = 0.5.
+    let first = train[0]["loss"].as_f64().unwrap();
+    assert!((first - 0.5).abs() < 1e-4, "{first}");
+    let mean = |steps: &[&Value], key: &str| {
+        steps.iter().map(|r| r[key].as_f64().unwrap()).sum::<f64>() / steps.len() as f64
+    };
+    let (early, late) = (&train[..10], &train[train.len() - 10..]);
+    assert!(mean(late, "loss") < mean(early, "loss") - 0.02, "{train:?}");
+    assert!(mean(late, "rewards/margins") > 0.0, "{train:?}");
+    let eval: Vec<&Value> = all
+        .iter()
+        .filter(|r| r.get("eval_loss").is_some())
+        .collect();
+    assert_eq!(eval.len(), 4);
+    assert_eq!(eval[0]["eval_examples"].as_f64(), Some(8.0));
+    assert!(eval.iter().all(|r| r["eval_kl"].is_f64()), "{eval:?}");
+    assert!(out.join("adapter_model.safetensors").is_file());
+
+    // A batch of one: said.
+    let one = tmp.path().join("kto-one");
+    let extra = format!("{extra}per_device_train_batch_size: 1\nmax_steps: 1\n");
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &one, &extra).to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("per_device_train_batch_size 1") && err.contains("KL term"),
+        "{err}"
+    );
+}

@@ -72,6 +72,8 @@ pub const TRAIN_ARG_KEYS: &[&str] = &[
     "ref_model_adapters",
     "ref_model_quantization_bit",
     "use_ref_model",
+    "kto_chosen_weight",
+    "kto_rejected_weight",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -183,6 +185,9 @@ pub struct TrainArgs {
     pub ref_model_quantization_bit: Option<u32>,
     /// TRL's switch for a reference-free sigmoid loss: refused when false.
     pub use_ref_model: Option<bool>,
+    /// `stage: kto`: the weights of desirable and undesirable examples' losses.
+    pub kto_chosen_weight: f64,
+    pub kto_rejected_weight: f64,
 }
 
 impl Default for TrainArgs {
@@ -245,6 +250,8 @@ impl Default for TrainArgs {
             ref_model_adapters: None,
             ref_model_quantization_bit: None,
             use_ref_model: None,
+            kto_chosen_weight: 1.0,
+            kto_rejected_weight: 1.0,
         }
     }
 }
@@ -276,6 +283,15 @@ impl TrainArgs {
             out.push("use_ref_model: false (for a loss without a reference, use pref_loss: orpo or simpo)".to_string());
         }
         out
+    }
+
+    /// KTO's settings.
+    pub fn kto_config(&self) -> ferrotune_model::ops::preference::KtoConfig {
+        ferrotune_model::ops::preference::KtoConfig {
+            beta: self.pref_beta,
+            desirable_weight: self.kto_chosen_weight,
+            undesirable_weight: self.kto_rejected_weight,
+        }
     }
 
     /// The preference loss's settings.

@@ -34,15 +34,17 @@ impl TrainingData {
         if args.tokenizer_name_or_path.is_none() {
             args.tokenizer_name_or_path = Some(model_dir.to_path_buf());
         }
-        let pairs = args.stage == Stage::Dpo;
+        // Preference stages: each example is two sequences (a pair, or a KTO example and
+        // its KL sequence), one row each.
+        let pairs = matches!(args.stage, Stage::Dpo | Stage::Kto);
         if pairs && args.streaming {
             return Err(ModelError::invalid(
-                "streaming: true with stage dpo: the reference log-probabilities are computed over the prepared pairs before training; prepare the data first (streaming: false)",
+                "streaming: true with a preference stage: the reference log-probabilities are computed over the prepared pairs before training; prepare the data first (streaming: false)",
             ));
         }
         if pairs && args.packing() != Packing::None {
             return Err(ModelError::invalid(
-                "packing / neat_packing with stage dpo: each row holds one pair (its chosen and rejected sequences, kept apart by attention); remove packing and neat_packing",
+                "packing / neat_packing with a preference stage (dpo, kto): each row holds one pair (its chosen and rejected sequences, kept apart by attention) or one KTO example with its KL sequence; remove packing and neat_packing",
             ));
         }
         if args.streaming {
@@ -247,7 +249,7 @@ pub(super) fn sanity_warnings(
 ) -> Vec<String> {
     let mut w = Vec::new();
     let lr = t.learning_rate;
-    if stage == Stage::Dpo {
+    if matches!(stage, Stage::Dpo | Stage::Kto) {
         // Preference tuning's usual ranges differ (lower rates, one epoch or more of
         // pairs); only the data's truncation is checked.
         return truncation_warning(cutoff_len, prepared)

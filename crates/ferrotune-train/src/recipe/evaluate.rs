@@ -3,13 +3,13 @@
 //! after the last step.
 
 use ferrotune_dist::Collective;
-use ferrotune_model::ops::preference::{PrefConfig, PREF_METRICS};
 use ferrotune_model::{CausalLm, Example};
 use serde_json::json;
 
 use super::metrics::{Metrics, StepPoint};
 use super::progress::Progress;
 use super::reference;
+use super::step::Loss;
 use super::Result;
 use crate::config::EvalStrategy;
 
@@ -20,15 +20,16 @@ pub(super) struct Evaluation<'a> {
     pub pad: u32,
     /// The processes split the evaluation batches and add their sums.
     pub world: &'a dyn Collective,
-    /// `stage: dpo`: the examples are pairs (chosen, rejected), evaluated with this loss.
-    pub preference: Option<&'a PrefConfig>,
+    /// For a preference loss, the examples are pairs (chosen, rejected) or KTO examples
+    /// each followed by its KL sequence, evaluated with that loss.
+    pub loss: &'a Loss,
 }
 
 impl Evaluation<'_> {
     /// Evaluates, writes the record for `step`, returns the eval loss and how to show it.
     fn log(&self, step: usize, epoch: f64, metrics: &mut Metrics) -> Result<(f64, String)> {
-        if let Some(cfg) = self.preference {
-            return self.log_preference(cfg, step, epoch, metrics);
+        if !matches!(self.loss, Loss::Tokens) {
+            return self.log_preference(step, epoch, metrics);
         }
         let (sum, tokens) = self.model.eval_loss_part(
             self.examples,
@@ -49,44 +50,47 @@ impl Evaluation<'_> {
         ))
     }
 
-    /// A preference loss's evaluation: the mean loss over the held-out pairs and TRL's
-    /// metrics, as `eval_`-prefixed keys.
+    /// A preference loss's evaluation: the mean loss over the held-out pairs (or KTO
+    /// examples) and the metrics training logs, as `eval_`-prefixed keys.
     fn log_preference(
         &self,
-        cfg: &PrefConfig,
         step: usize,
         epoch: f64,
         metrics: &mut Metrics,
     ) -> Result<(f64, String)> {
         let part = (self.world.rank(), self.world.size());
-        let (loss, sums, pairs) = reference::eval_sums(
+        let (loss, sums, count) = reference::eval_sums(
             self.model,
             self.examples,
-            cfg,
+            self.loss,
             self.batch_size,
             self.pad,
             part,
         )?;
-        let mut all = vec![loss, pairs as f64];
+        let mut all = vec![loss, count as f64];
         all.extend(sums);
         self.world
             .all_reduce_sum_f64(&mut all)
             .map_err(super::dist_error)?;
-        let pairs = all[1].max(1.0);
-        let loss = all[0] / pairs;
-        let mut record =
-            json!({"step": step, "epoch": epoch, "eval_loss": loss, "eval_pairs": all[1]});
-        for (name, sum) in PREF_METRICS.iter().zip(&all[2..]) {
-            record[format!("eval_{name}")] = json!(sum / pairs);
+        let count = all[1].max(1.0);
+        let loss = all[0] / count;
+        let what = match self.loss {
+            Loss::Kto(_) => "eval_examples",
+            _ => "eval_pairs",
+        };
+        let mut record = json!({"step": step, "epoch": epoch, "eval_loss": loss});
+        record[what] = json!(all[1]);
+        let mut shown = format!("eval loss {loss:.4}");
+        for (name, value) in self.loss.metrics(&all[2..], count as usize) {
+            record[format!("eval_{name}")] = json!(value);
+            if matches!(
+                name,
+                "rewards/accuracies" | "rewards/margins" | "mean_logps/accuracies" | "kl"
+            ) {
+                shown.push_str(&format!(" · {name} {value:.3}"));
+            }
         }
         metrics.write(&record)?;
-        let mean = |k: usize| all[2 + k] / pairs;
-        let shown = format!(
-            "eval loss {loss:.4} · reward accuracy {:.3} · margin {:.3} · mean log-prob prefers chosen {:.3}",
-            mean(2),
-            mean(3),
-            mean(6)
-        );
         Ok((loss, shown))
     }
 

@@ -4,12 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ferrotune_model::ops::preference::PREF_METRICS;
 use ferrotune_model::ModelError;
 use serde_json::json;
 
 use super::progress::Progress;
-use super::step::Taken;
+use super::step::{Loss, Taken};
 use super::Result;
 
 /// The run's metrics.jsonl, appended to (a resumed run continues the file); not opened
@@ -121,6 +120,7 @@ impl LogWindow {
         &mut self,
         at: &StepPoint,
         step: &Taken,
+        loss: &Loss,
         run_started: Instant,
         metrics: &mut Metrics,
         progress: &Progress,
@@ -142,12 +142,11 @@ impl LogWindow {
             record["ewc_penalty"] = json!(p);
         }
         let mut preference = String::new();
-        for (name, sum) in PREF_METRICS.iter().zip(&self.metric_sums) {
-            record[*name] = json!(sum / self.units.max(1) as f64);
-        }
-        if !self.metric_sums.is_empty() {
-            let mean = |k: usize| self.metric_sums[k] / self.units.max(1) as f64;
-            preference = format!(" · reward accuracy {:.2} · margin {:.3}", mean(2), mean(3));
+        for (name, value) in loss.metrics(&self.metric_sums, self.units) {
+            record[name] = json!(value);
+            if matches!(name, "rewards/accuracies" | "rewards/margins" | "kl") {
+                preference.push_str(&format!(" · {name} {value:.3}"));
+            }
         }
         metrics.write(&record)?;
         progress.line(&format!("step {done}/{total} · epoch {epoch:.2} · loss {train_loss:.4}{preference} · lr {lr:.2e} · grad norm {norm:.3} · {rate:.0} tokens/s · ETA {eta:.0} s"));

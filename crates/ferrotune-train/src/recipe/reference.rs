@@ -14,12 +14,14 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use ferrotune_dist::Collective;
 use ferrotune_model::loss::pair_preference_loss;
-use ferrotune_model::ops::preference::{PrefConfig, PREF_METRICS};
+use ferrotune_model::ops::preference::{kto_loss, KTO_SUMS, PREF_METRICS};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 use sha2::{Digest, Sha256};
 
+use super::step::{kto_kl_term, Loss};
 use super::{dist_error, Result};
 use crate::rows::{pair_examples, Rows};
 
@@ -109,38 +111,59 @@ fn sequence_logps(
     Ok(values)
 }
 
-/// The evaluation of a preference loss over `pairs` (chosen, rejected, ... with their
-/// reference log-probabilities): its loss sum and metric sums over this process's part
-/// of the batches (`part`: index, parts), and the pairs they cover.
+/// The evaluation of a preference loss over `examples` (pairs: chosen, rejected, ...; or
+/// KTO examples each followed by its KL sequence; with their reference
+/// log-probabilities): its loss sum and metric sums over this process's part of the
+/// batches (`part`: index, parts), and the pairs or examples they cover.
 pub(super) fn eval_sums(
     model: &CausalLm,
-    pairs: &[Example],
-    cfg: &PrefConfig,
-    batch_pairs: usize,
+    examples: &[Example],
+    loss: &Loss,
+    batch_size: usize,
     pad: u32,
     part: (usize, usize),
 ) -> Result<(f64, Vec<f64>, usize)> {
     let model = model.detached()?;
-    let (mut loss, mut metrics, mut count) = (0f64, vec![0f64; PREF_METRICS.len()], 0usize);
-    for chunk in pairs
-        .chunks(2 * batch_pairs.max(1))
+    let (mut total, mut metrics, mut count) = (0f64, Vec::<f64>::new(), 0usize);
+    for chunk in examples
+        .chunks(2 * batch_size.max(1))
         .skip(part.0)
         .step_by(part.1.max(1))
     {
         let rows: Vec<Vec<&Example>> = chunk.chunks(2).map(|p| p.iter().collect()).collect();
         let batch = Batch::packed(&rows, pad, 8, model.device())?;
-        let seq = model.sequence_logps(&batch, false)?;
-        let out = pair_preference_loss(cfg, &seq, &batch.reference.concat())?;
-        loss += out
-            .loss_sum
+        let (loss_sum, sums, n) = match loss {
+            Loss::Pairs(cfg) => {
+                let seq = model.sequence_logps(&batch, false)?;
+                let out = pair_preference_loss(cfg, &seq, &batch.reference.concat())?;
+                (out.loss_sum, out.metric_sums.to_vec(), out.pairs)
+            }
+            Loss::Kto(cfg) => {
+                let kl = kto_kl_term(&model, &batch.sample_batch(1)?)?;
+                let targets = batch.sample_batch(0)?;
+                let seq = model.sequence_logps(&targets, false)?;
+                let reference = Tensor::new(targets.reference.concat(), model.device())?;
+                let out = kto_loss(cfg, &seq.logps, &reference, &targets.desirable.concat(), kl)?;
+                (out.loss_sum, out.metric_sums.to_vec(), out.examples)
+            }
+            Loss::Tokens => return Err(ModelError::invalid("eval_sums: not a preference loss")),
+        };
+        total += loss_sum
             .to_dtype(candle_core::DType::F64)?
             .to_scalar::<f64>()?;
-        for (m, v) in metrics.iter_mut().zip(out.metric_sums) {
+        metrics.resize(sums.len(), 0.0);
+        for (m, v) in metrics.iter_mut().zip(sums) {
             *m += v;
         }
-        count += out.pairs;
+        count += n;
     }
-    Ok((loss, metrics, count))
+    // Every process sends as many sums, even one with no batch.
+    let width = match loss {
+        Loss::Kto(_) => KTO_SUMS.len(),
+        _ => PREF_METRICS.len(),
+    };
+    metrics.resize(width, 0.0);
+    Ok((total, metrics, count))
 }
 
 /// What identifies a model's files: each file's name, size and modification time.

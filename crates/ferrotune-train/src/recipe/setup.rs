@@ -7,12 +7,12 @@ use candle_core::Device;
 use ferrotune_data::Stage;
 use ferrotune_dist::World;
 use ferrotune_model::ops::bf16::has_avx512_bf16;
-use ferrotune_model::ops::preference::PrefConfig;
 use ferrotune_model::ModelError;
 
 use super::data::{sanity_warnings, TrainingData};
 use super::memory_check;
 use super::reference;
+use super::step::Loss;
 use super::tuning::{ModelSource, Tuned};
 use super::{dist_error, metrics, Result, Run};
 use crate::checkpoint::{self, TrainerState};
@@ -30,8 +30,9 @@ pub(super) struct Setup {
     pub optimizer: AdamW,
     /// The position: steps taken and micro-batches consumed (from a checkpoint on resume).
     pub state: TrainerState,
-    /// `stage: dpo`: the preference loss (each row is then one pair).
-    pub preference: Option<PrefConfig>,
+    /// What the steps minimise: tokens' cross-entropy, or a preference loss (each row
+    /// then a pair, or a KTO example with its KL sequence).
+    pub loss: Loss,
 }
 
 pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
@@ -97,21 +98,29 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         &quantization,
         world,
     )?;
-    let preference = (data.args.stage == Stage::Dpo).then(|| t.pref_config());
-    if let Some(cfg) = preference.filter(|c| c.loss.needs_reference()) {
+    let loss = match data.args.stage {
+        Stage::Dpo => Loss::Pairs(t.pref_config()),
+        Stage::Kto => Loss::Kto(t.kto_config()),
+        Stage::Sft | Stage::Pt => Loss::Tokens,
+    };
+    let needs_reference = match &loss {
+        Loss::Pairs(cfg) => cfg.loss.needs_reference(),
+        Loss::Kto(_) => true,
+        Loss::Tokens => false,
+    };
+    if let Loss::Kto(_) = loss {
+        if t.per_device_train_batch_size < 2 {
+            eprintln!("warning: stage kto with per_device_train_batch_size 1: the KL term of each step is estimated from one mismatched sequence, which makes it noisy; KTO wants batches of 2 or more");
+        }
+    }
+    if needs_reference {
         // Before a checkpoint's weights are loaded: the reference is the starting model.
         let mut identity = Vec::new();
         reference::files_identity(&tuned.source.dir, &mut identity);
         if let Some(adapter) = &t.adapter_name_or_path {
             reference::files_identity(adapter, &mut identity);
         }
-        identity.extend(
-            format!(
-                "{:?} bf16 {} {:?}",
-                quantization.quantization, t.bf16, cfg.loss
-            )
-            .bytes(),
-        );
+        identity.extend(format!("{:?} bf16 {}", quantization.quantization, t.bf16).bytes());
         reference::attach(
             &tuned.model,
             &mut data.rows,
@@ -135,7 +144,7 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         plan,
         optimizer,
         state,
-        preference,
+        loss,
     })
 }
 

@@ -14,6 +14,7 @@ use crate::grads::clip;
 use crate::optim::AdamW;
 use crate::parallel::{Objective, Pass, Workers};
 use crate::rows::Rows;
+use ferrotune_model::ops::preference::{kto_kl, kto_metrics, KtoConfig, PrefConfig, PREF_METRICS};
 
 /// The micro-batches of each step, from the deterministic data order: a pure function of
 /// the seed and the position in it, so a resumed run continues the same order.
@@ -77,10 +78,51 @@ pub(super) struct TrainStep<'a> {
     pub workers: &'a Workers,
     /// Whether decoder layers are recomputed in the backward pass.
     pub pass: Pass,
-    pub objective: Objective<'a>,
+    pub loss: &'a Loss,
     pub max_grad_norm: f64,
     /// The processes this one shares each step with.
     pub world: &'a dyn Collective,
+}
+
+/// What a run's steps minimise.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Loss {
+    /// The token cross-entropy (sft, pt): a mean over the supervised tokens.
+    Tokens,
+    /// A preference loss over pairs (dpo): a mean over the pairs, each row one pair.
+    Pairs(PrefConfig),
+    /// KTO: a mean over the examples, each row an example and its KL sequence.
+    Kto(KtoConfig),
+}
+
+impl Loss {
+    /// How its metric sums read as metrics.
+    pub(super) fn metrics(&self, sums: &[f64], units: usize) -> Vec<(&'static str, f64)> {
+        match self {
+            Loss::Tokens => Vec::new(),
+            Loss::Pairs(_) => PREF_METRICS
+                .iter()
+                .zip(sums)
+                .map(|(name, sum)| (*name, sum / units.max(1) as f64))
+                .collect(),
+            Loss::Kto(_) => kto_metrics(sums),
+        }
+    }
+}
+
+/// KTO's KL term of a micro-batch (rows of an example and its KL sequence): the policy's
+/// log-probabilities of the KL sequences, without gradients, against the reference's.
+/// Every process computes it for the whole micro-batch, so all hold the same constant.
+pub(super) fn kto_kl_term(model: &CausalLm, kl_sequences: &Batch) -> Result<f64> {
+    let policy: Vec<f64> = model
+        .detached()?
+        .sequence_logps(kl_sequences, false)?
+        .logps
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    Ok(kto_kl(&policy, &kl_sequences.reference.concat()))
 }
 
 /// How a step went.
@@ -104,7 +146,7 @@ pub(super) struct Taken {
     /// What the loss is a mean over: the supervised tokens, or for a preference loss the
     /// pairs.
     pub units: usize,
-    /// A preference loss's metric sums over the step's pairs (`PREF_METRICS`); empty
+    /// A preference loss's metric sums over the step (read by [`Loss::metrics`]); empty
     /// otherwise.
     pub metric_sums: Vec<f64>,
     pub supervised_tokens: usize,
@@ -122,6 +164,24 @@ impl TrainStep<'_> {
         optimizer: &mut AdamW,
         lr: f64,
     ) -> Result<StepOutcome> {
+        // KTO trains on each row's first sequence; the second (its KL sequence) only
+        // gives the micro-batch's KL term, estimated here before the step.
+        let (examples, kl);
+        let (micro, objective) = match self.loss {
+            Loss::Tokens => (micro, Objective::Tokens),
+            Loss::Pairs(cfg) => (micro, Objective::Preference(cfg)),
+            Loss::Kto(cfg) => {
+                examples = micro
+                    .iter()
+                    .map(|b| b.sample_batch(0))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                kl = micro
+                    .iter()
+                    .map(|b| kto_kl_term(self.model, &b.sample_batch(1)?))
+                    .collect::<Result<Vec<f64>>>()?;
+                (examples.as_slice(), Objective::Kto(cfg, &kl))
+            }
+        };
         let supervised_tokens: usize = micro.iter().map(|b| b.supervised_tokens).sum();
         let seq_tokens: usize = micro.iter().map(|b| b.batch * b.seq_len).sum();
         if supervised_tokens == 0 {
@@ -132,17 +192,17 @@ impl TrainStep<'_> {
         // accumulated gradient is that of the mean over the step, however it is split.
         // Every process builds the whole micro-batches, so each knows that count; each
         // computes its shards, and one all-reduce adds the processes' sums.
-        // A preference loss is a mean over the step's pairs instead (one a row).
-        let units = match self.objective {
-            Objective::Tokens => supervised_tokens,
-            Objective::Preference(_) => micro.iter().map(|b| b.batch).sum(),
+        // A preference loss is a mean over the step's pairs or examples instead (one a row).
+        let units = match self.loss {
+            Loss::Tokens => supervised_tokens,
+            Loss::Pairs(_) | Loss::Kto(_) => micro.iter().map(|b| b.batch).sum(),
         };
         let scale = 1.0 / units as f64;
         let part = self.workers.step_gradients(
             self.model,
             micro,
             &params,
-            (scale, self.objective),
+            (scale, objective),
             self.pass,
             distributed::share(self.world),
         )?;

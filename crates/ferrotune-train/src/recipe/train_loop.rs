@@ -15,7 +15,7 @@ use super::step::{StepBatches, StepOutcome, Taken, TrainStep};
 use super::{Result, Run};
 use crate::config::TrainArgs;
 use crate::distributed;
-use crate::parallel::{Objective, Pass, Workers};
+use crate::parallel::{Pass, Workers};
 
 /// A non-finite loss or gradient this many steps in a row stops the run.
 const MAX_BAD_STEPS: usize = 5;
@@ -42,7 +42,7 @@ pub(super) fn train(run: &Run, s: &mut Setup, world: &World) -> Result<Trained> 
         batch_size: t.per_device_eval_batch_size,
         pad: s.data.pad,
         world: &**world,
-        preference: s.preference.as_ref(),
+        loss: &s.loss,
     };
     if s.state.global_step == 0 {
         evaluation.before_training(&mut after.metrics)?;
@@ -65,10 +65,7 @@ pub(super) fn train(run: &Run, s: &mut Setup, world: &World) -> Result<Trained> 
         },
         max_grad_norm: t.max_grad_norm,
         world: &**world,
-        objective: match &s.preference {
-            Some(cfg) => Objective::Preference(cfg),
-            None => Objective::Tokens,
-        },
+        loss: &s.loss,
     };
     let (rows, plan, pad) = (&s.data.rows, &s.plan, s.data.pad);
     let mut batches = StepBatches::new(rows, plan, s.state.seed, t.group_by_length, pad, &s.device);
@@ -175,9 +172,14 @@ impl AfterStep {
         self.progress.bar(at.done, at.total, taken.loss, lr);
         if at.done.is_multiple_of(self.logging_steps) || at.done == at.total {
             let started = self.trained.started;
-            let loss = self
-                .window
-                .log(&at, taken, started, &mut self.metrics, &self.progress)?;
+            let loss = self.window.log(
+                &at,
+                taken,
+                &s.loss,
+                started,
+                &mut self.metrics,
+                &self.progress,
+            )?;
             self.trained.last_train_loss = Some(loss);
         }
         let eval =

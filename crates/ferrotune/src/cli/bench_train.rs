@@ -429,6 +429,7 @@ fn batches(a: &BenchTrainArgs, n: usize, device: &Device) -> Result<Vec<Batch>> 
                         input_ids: ids,
                         weights: None,
                         reference_logp: None,
+                        desirable: None,
                     }
                 })
                 .collect();

@@ -55,8 +55,9 @@ pub(super) struct DataSelection {
     /// Record format of files given with --dataset (detected when unambiguous).
     #[arg(long, value_parser = ["alpaca", "sharegpt", "openai", "text"])]
     format: Option<String>,
-    /// sft: conversations with the loss on replies; pt: plain text, every token trained.
-    #[arg(long, value_parser = ["sft", "pt", "dpo"])]
+    /// sft: conversations with the loss on replies; pt: plain text, every token trained;
+    /// dpo: preference pairs (chosen, rejected); kto: answers with a boolean kto_tag.
+    #[arg(long, value_parser = ["sft", "pt", "dpo", "kto"])]
     stage: Option<String>,
     /// Chat template: a built-in name (default, empty, alpaca, alpaca_zh, chatml, llama2,
     /// llama3, mistral, qwen, qwen3, qwen3_nothink) or one defined in the config; the
@@ -252,6 +253,9 @@ fn preview(args: PreviewArgs) -> Result<()> {
             if let Some(k) = e.second_start {
                 line["second_start"] = json!(k);
             }
+            if let Some(d) = e.desirable {
+                line["kto_tag"] = json!(d);
+            }
             writeln!(out, "{line}")?;
         }
         return Ok(());
@@ -288,7 +292,17 @@ fn preview(args: PreviewArgs) -> Result<()> {
         let sequences = e.sequences();
         for (k, sequence) in sequences.iter().enumerate() {
             if sequences.len() == 2 {
-                let which = if k == 0 { "chosen" } else { "rejected" };
+                let which = match (e.desirable, k) {
+                    (None, 0) => "chosen".to_string(),
+                    (None, _) => "rejected".to_string(),
+                    (Some(d), 0) => format!(
+                        "kto example, {}",
+                        if d { "desirable" } else { "undesirable" }
+                    ),
+                    (Some(_), _) => {
+                        "KL sequence (its prompt, the previous record's answer)".to_string()
+                    }
+                };
                 writeln!(out, "── {which} · {} tokens ──", sequence.len())?;
             }
             for (supervised, range) in e.runs() {
