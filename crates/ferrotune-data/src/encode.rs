@@ -94,7 +94,7 @@ impl Encoded {
     pub fn sequences(&self) -> Vec<Range<usize>> {
         match self.second_start {
             Some(k) => vec![0..k, k..self.len()],
-            None => vec![0..self.len()],
+            None => std::iter::once(0..self.len()).collect(),
         }
     }
 
@@ -232,6 +232,9 @@ fn find(hay: &str, needle: &str) -> Option<usize> {
     }
     memchr::memmem::find_iter(hay, &needle[..PREFIX]).find(|&p| hay[p..].starts_with(needle))
 }
+
+/// A rendered conversation's ids, its assistant turns and the tokens after the last.
+type Turns = (Vec<u32>, Vec<Pair>, Range<usize>);
 
 /// A rendered conversation of which only the last answer trains.
 struct LastTurn {
@@ -454,7 +457,7 @@ impl Encoder<'_> {
     fn turns(
         &self,
         conversation: &Conversation,
-    ) -> Result<(Vec<u32>, Vec<Pair>, Range<usize>), Skip> {
+    ) -> Result<Turns, Skip> {
         let template = self
             .template
             .ok_or_else(|| Skip::RenderFailed("no chat template configured".into()))?;

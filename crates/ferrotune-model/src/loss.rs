@@ -204,7 +204,7 @@ pub fn pair_preference_loss(
     reference: &[f64],
 ) -> Result<PrefOutput> {
     let samples = seq.tokens.len();
-    if samples % 2 != 0 {
+    if !samples.is_multiple_of(2) {
         candle_core::bail!(
             "a batch of preference pairs has an odd number of sequences ({samples})"
         );

@@ -127,6 +127,9 @@ fn lora_dpo_learns_the_pairs_logs_trl_metrics_and_its_adapter_chats() {
     );
     assert!((eval[0]["eval_loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-4);
     assert_eq!(eval[0]["eval_pairs"].as_f64(), Some(8.0));
+    // Before training the policy is the reference, to the bit: no reward either way.
+    assert_eq!(eval[0]["eval_rewards/accuracies"].as_f64(), Some(0.0), "{eval:?}");
+    assert_eq!(eval[0]["eval_rewards/margins"].as_f64(), Some(0.0), "{eval:?}");
     for key in [
         "eval_rewards/accuracies",
         "eval_rewards/margins",
