@@ -454,10 +454,7 @@ impl Encoder<'_> {
     /// Renders and tokenizes one conversation and locates its turns: the ids, each
     /// assistant turn as a (source, target) pair of token ranges, and the tokens after
     /// the last turn.
-    fn turns(
-        &self,
-        conversation: &Conversation,
-    ) -> Result<Turns, Skip> {
+    fn turns(&self, conversation: &Conversation) -> Result<Turns, Skip> {
         let template = self
             .template
             .ok_or_else(|| Skip::RenderFailed("no chat template configured".into()))?;

@@ -128,8 +128,16 @@ fn lora_dpo_learns_the_pairs_logs_trl_metrics_and_its_adapter_chats() {
     assert!((eval[0]["eval_loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-4);
     assert_eq!(eval[0]["eval_pairs"].as_f64(), Some(8.0));
     // Before training the policy is the reference, to the bit: no reward either way.
-    assert_eq!(eval[0]["eval_rewards/accuracies"].as_f64(), Some(0.0), "{eval:?}");
-    assert_eq!(eval[0]["eval_rewards/margins"].as_f64(), Some(0.0), "{eval:?}");
+    assert_eq!(
+        eval[0]["eval_rewards/accuracies"].as_f64(),
+        Some(0.0),
+        "{eval:?}"
+    );
+    assert_eq!(
+        eval[0]["eval_rewards/margins"].as_f64(),
+        Some(0.0),
+        "{eval:?}"
+    );
     for key in [
         "eval_rewards/accuracies",
         "eval_rewards/margins",
@@ -144,6 +152,7 @@ fn lora_dpo_learns_the_pairs_logs_trl_metrics_and_its_adapter_chats() {
     assert_eq!(saved["pref_loss"], "sigmoid");
     assert_eq!(saved["stage"], "dpo");
     assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(out.join("loss.png").is_file() && out.join("rewards.png").is_file());
 
     // The adapter is used as an SFT adapter is: a chat turn, and a merged export.
     let o = run(&[
@@ -334,6 +343,7 @@ fn kto_learns_its_labels_and_logs_its_metrics() {
     assert_eq!(eval[0]["eval_examples"].as_f64(), Some(8.0));
     assert!(eval.iter().all(|r| r["eval_kl"].is_f64()), "{eval:?}");
     assert!(out.join("adapter_model.safetensors").is_file());
+    assert!(out.join("rewards.png").is_file());
 
     // A batch of one: said.
     let one = tmp.path().join("kto-one");

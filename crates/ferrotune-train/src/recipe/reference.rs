@@ -64,7 +64,13 @@ pub(super) fn attach(
             // them: before the first step its rewards are then exactly 0.
             let train = 2 * samples.len();
             let mut values = sequence_logps(model, &sequences[..train], batch_pairs, pad, world)?;
-            values.extend(sequence_logps(model, &sequences[train..], batch_pairs, pad, world)?);
+            values.extend(sequence_logps(
+                model,
+                &sequences[train..],
+                batch_pairs,
+                pad,
+                world,
+            )?);
             eprintln!(
                 "reference: log-probabilities of {} sequences computed in {:.1} s (the model before training, no gradients)",
                 sequences.len(),

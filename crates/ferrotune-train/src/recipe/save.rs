@@ -112,6 +112,9 @@ pub(super) fn summary(
     {
         eprintln!("warning: no loss plot: {e}");
     }
+    if let Err(e) = crate::plot::plot_rewards(&metrics, &output_dir.join("rewards.png")) {
+        eprintln!("warning: no rewards plot: {e}");
+    }
     write_json(&output_dir.join("train_summary.json"), &json!(summary))?;
     Ok(summary)
 }
