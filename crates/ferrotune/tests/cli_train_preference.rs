@@ -194,6 +194,40 @@ fn lora_dpo_learns_the_pairs_logs_trl_metrics_and_its_adapter_chats() {
             .collect()
     };
     assert_eq!(losses(&records(&again)), losses(&all));
+
+    // From that adapter (an SFT adapter in practice), the reference is the model with it:
+    // policy and reference start equal. With it as `ref_model_adapters` beside a fresh
+    // adapter, the reference is the base with it, loaded on its own, and they differ.
+    let first_loss = |out: &Path| losses(&records(out))[0];
+    let from = tmp.path().join("from-adapter");
+    let extra = format!(
+        "adapter_name_or_path: {}\nnum_train_epochs: 1\n",
+        out.display()
+    );
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &from, &extra).to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!((first_loss(&from) - std::f64::consts::LN_2).abs() < 1e-6);
+    let beside = tmp.path().join("ref-adapters");
+    let extra = format!(
+        "ref_model_adapters: {}\nnum_train_epochs: 1\n",
+        out.display()
+    );
+    let o = run(&[
+        "train",
+        config(tmp.path(), &model, &beside, &extra)
+            .to_str()
+            .unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("with the adapter"), "{err}");
+    assert!(
+        (first_loss(&beside) - std::f64::consts::LN_2).abs() > 1e-3,
+        "{err}"
+    );
 }
 
 #[test]
@@ -255,10 +289,9 @@ fn misconfigured_preference_runs_are_refused_with_the_reason() {
         "{e}"
     );
     let e = refused("ref_model: some/model\n");
-    assert!(
-        e.contains("ref_model") && e.contains("adapter_name_or_path"),
-        "{e}"
-    );
+    assert!(e.contains("\"some/model\" is not a folder"), "{e}");
+    let e = refused("ref_model_quantization_bit: 4\n");
+    assert!(e.contains("ref_model_quantization_bit"), "{e}");
     let e = refused("pref_bco_weight: 0.5\n");
     assert!(e.contains("pref_bco_weight"), "{e}");
 }

@@ -178,8 +178,9 @@ pub struct TrainArgs {
     pub pref_bco_weight: f64,
     /// LD-DPO's weight of the tokens past the shorter answer: refused unless unset or 1.
     pub ld_alpha: Option<f64>,
-    /// A model of its own as the reference: refused (the reference is the model as it
-    /// stands before the first step, see docs/PREFERENCE.md).
+    /// A model of its own as the reference (a folder or a Hub id), and adapters on it
+    /// (or on the base): loaded alone for one pass before training. Without either, the
+    /// reference is the model as it stands before the first step.
     pub ref_model: Option<PathBuf>,
     pub ref_model_adapters: Option<PathBuf>,
     pub ref_model_quantization_bit: Option<u32>,
@@ -273,11 +274,8 @@ impl TrainArgs {
         if self.ld_alpha.is_some_and(|a| a != 1.0) {
             out.push("ld_alpha (LD-DPO's length weighting; remove the key)".to_string());
         }
-        if self.ref_model.is_some()
-            || self.ref_model_adapters.is_some()
-            || self.ref_model_quantization_bit.is_some()
-        {
-            out.push("ref_model / ref_model_adapters / ref_model_quantization_bit: the reference is the model as it stands before the first step (the base, or the base with the adapter of adapter_name_or_path); to start from an SFT adapter, give it as adapter_name_or_path".to_string());
+        if self.ref_model_quantization_bit.is_some() {
+            out.push("ref_model_quantization_bit (a ref_model loads in f32 for its one pass before training and is dropped; leave ref_model unset to use the policy's own base, held as quantization_bit says)".to_string());
         }
         if self.use_ref_model == Some(false) {
             out.push("use_ref_model: false (for a loss without a reference, use pref_loss: orpo or simpo)".to_string());

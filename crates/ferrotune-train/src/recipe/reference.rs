@@ -1,18 +1,25 @@
-//! Preference tuning's reference log-probabilities (`stage: dpo` with a loss that
-//! compares against a reference: sigmoid, hinge, ipo). The reference is the model as it
-//! stands before the first step: the base for a fresh LoRA adapter (whose product with
-//! B = 0 adds exactly nothing, so this is the base with the adapters switched off), the
-//! base with the adapter of `adapter_name_or_path` when one continues, the loaded model
-//! for full and freeze tuning. Its log-probability of every chosen and rejected sequence
-//! is computed once, without gradients, before training, and kept with the rows: no
-//! second copy of the model is ever held.
+//! Preference tuning's reference log-probabilities (`stage: kto`, and `stage: dpo` with a
+//! loss that compares against a reference: sigmoid, hinge, ipo). The reference is the
+//! model as it stands before the first step: the base for a fresh LoRA adapter (whose
+//! product with B = 0 adds exactly nothing, so this is the base with the adapters
+//! switched off), the base with the adapter of `adapter_name_or_path` when one
+//! continues (an SFT adapter: the SFT model), the loaded model for full and freeze
+//! tuning; or, when `ref_model` or `ref_model_adapters` names one, that model (the
+//! adapters on `ref_model`, or on the base), loaded alone before the policy and dropped.
+//! Its log-probability of every sequence is computed once, without gradients, before
+//! training, and kept with the rows: no second copy of the model is ever held.
 //!
 //! The values are stored in the tokenized cache (`reference/<key>.f64`), keyed by the
 //! model's files (names, sizes, modification times), the adapter's, the settings that
 //! change the products (storage type, bf16) and every token of the sequences, so a
 //! resumed or repeated run reads them back instead of recomputing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use ferrotune_model::hub::resolve_model;
+use ferrotune_model::tuning::load_peft_adapter;
+use ferrotune_model::weights::load_model;
 
 use candle_core::Tensor;
 use ferrotune_dist::Collective;
@@ -21,24 +28,74 @@ use ferrotune_model::ops::preference::{kto_loss, KTO_SUMS, PREF_METRICS};
 use ferrotune_model::{Batch, CausalLm, Example, ModelError};
 use sha2::{Digest, Sha256};
 
+use super::data::TrainingData;
 use super::step::{kto_kl_term, Loss};
+use super::tuning::ModelSource;
 use super::{dist_error, Result};
-use crate::rows::{pair_examples, Rows};
+use crate::config::TrainArgs;
+use crate::rows::pair_examples;
 
-/// The reference log-probabilities of the training rows and the evaluation pairs, from
-/// the cache or computed with `model` (split over the processes of `world`); set on
-/// `rows` and the `eval` examples.
-#[allow(clippy::too_many_arguments)]
+/// A reference model named by `ref_model` / `ref_model_adapters`.
+pub(super) struct OtherModel {
+    dir: PathBuf,
+    adapter: Option<PathBuf>,
+}
+
+/// The reference model the config names, if any: `ref_model` (a folder or a Hub id in
+/// the cache) with `ref_model_adapters` on it, or those adapters on the base.
+pub(super) fn other_model(t: &TrainArgs, base: &ModelSource) -> Result<Option<OtherModel>> {
+    let dir = match &t.ref_model {
+        Some(spec) => resolve_model(&spec.to_string_lossy())?,
+        None if t.ref_model_adapters.is_some() => base.dir.clone(),
+        None => return Ok(None),
+    };
+    Ok(Some(OtherModel {
+        dir,
+        adapter: t.ref_model_adapters.clone(),
+    }))
+}
+
+impl OtherModel {
+    /// The model in f32, its adapter merged into its products.
+    pub(super) fn load(&self) -> Result<CausalLm> {
+        let mut model = load_model(&self.dir, DType::F32, &Device::Cpu)?;
+        if let Some(adapter) = &self.adapter {
+            load_peft_adapter(&mut model, adapter)?;
+        }
+        eprintln!(
+            "reference: {}{}",
+            self.dir.display(),
+            self.adapter
+                .as_ref()
+                .map(|a| format!(" with the adapter {}", a.display()))
+                .unwrap_or_default()
+        );
+        Ok(model)
+    }
+
+    pub(super) fn identity(&self) -> Vec<u8> {
+        let mut identity = b"ref_model f32 ".to_vec();
+        files_identity(&self.dir, &mut identity);
+        if let Some(adapter) = &self.adapter {
+            files_identity(adapter, &mut identity);
+        }
+        identity
+    }
+}
+
+/// The reference log-probabilities of the training rows and the evaluation examples of
+/// `data`, from the cache or computed with `model` (split over the processes of
+/// `world`); set on the rows and the evaluation examples.
 pub(super) fn attach(
     model: &CausalLm,
-    rows: &mut Rows,
-    eval: &mut [Example],
+    data: &mut TrainingData,
     identity: &[u8],
-    cache_root: Option<&Path>,
-    batch_pairs: usize,
-    pad: u32,
+    t: &TrainArgs,
     world: &dyn Collective,
 ) -> Result<()> {
+    let (rows, eval) = (&mut data.rows, &mut data.eval_examples);
+    let cache_root = data.args.data_cache_dir.as_deref();
+    let (batch_pairs, pad) = (t.per_device_eval_batch_size, data.pad);
     let samples = rows.samples();
     let mut sequences: Vec<Example> = Vec::with_capacity(2 * samples.len() + eval.len());
     for i in 0..samples.len() {

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use ferrotune_data::Stage;
 use ferrotune_dist::World;
 use ferrotune_model::ops::bf16::has_avx512_bf16;
 use ferrotune_model::ModelError;
@@ -89,6 +88,14 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
     }
     memory_check::check(t, &run.data, &source.dir, &quantization)?;
     let mut data = main_first(world, || TrainingData::prepare(&run.data, t, &source.dir))?;
+    let loss = Loss::of(data.args.stage, t);
+    // A reference model of its own is loaded, used and dropped before the policy loads:
+    // never two models at once.
+    let other_reference = reference::other_model(t, &source)?;
+    if let (true, Some(other)) = (loss.needs_reference(), &other_reference) {
+        let model = other.load()?;
+        reference::attach(&model, &mut data, &other.identity(), t, &**world)?;
+    }
     let tuned = Tuned::load(
         source,
         t,
@@ -98,22 +105,12 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
         &quantization,
         world,
     )?;
-    let loss = match data.args.stage {
-        Stage::Dpo => Loss::Pairs(t.pref_config()),
-        Stage::Kto => Loss::Kto(t.kto_config()),
-        Stage::Sft | Stage::Pt => Loss::Tokens,
-    };
-    let needs_reference = match &loss {
-        Loss::Pairs(cfg) => cfg.loss.needs_reference(),
-        Loss::Kto(_) => true,
-        Loss::Tokens => false,
-    };
     if let Loss::Kto(_) = loss {
         if t.per_device_train_batch_size < 2 {
             eprintln!("warning: stage kto with per_device_train_batch_size 1: the KL term of each step is estimated from one mismatched sequence, which makes it noisy; KTO wants batches of 2 or more");
         }
     }
-    if needs_reference {
+    if loss.needs_reference() && other_reference.is_none() {
         // Before a checkpoint's weights are loaded: the reference is the starting model.
         let mut identity = Vec::new();
         reference::files_identity(&tuned.source.dir, &mut identity);
@@ -121,16 +118,7 @@ pub(super) fn setup(run: &Run, world: &World) -> Result<Setup> {
             reference::files_identity(adapter, &mut identity);
         }
         identity.extend(format!("{:?} bf16 {}", quantization.quantization, t.bf16).bytes());
-        reference::attach(
-            &tuned.model,
-            &mut data.rows,
-            &mut data.eval_examples,
-            &identity,
-            data.args.data_cache_dir.as_deref(),
-            t.per_device_eval_batch_size,
-            data.pad,
-            &**world,
-        )?;
+        reference::attach(&tuned.model, &mut data, &identity, t, &**world)?;
     }
     let plan = Plan::new(t, data.rows.len(), world.size());
     announce(run, &data, &tuned, &plan, world);

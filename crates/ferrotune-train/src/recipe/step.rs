@@ -96,6 +96,25 @@ pub(super) enum Loss {
 }
 
 impl Loss {
+    /// The loss of a run's stage.
+    pub(super) fn of(stage: ferrotune_data::Stage, t: &crate::config::TrainArgs) -> Loss {
+        use ferrotune_data::Stage;
+        match stage {
+            Stage::Dpo => Loss::Pairs(t.pref_config()),
+            Stage::Kto => Loss::Kto(t.kto_config()),
+            Stage::Sft | Stage::Pt => Loss::Tokens,
+        }
+    }
+
+    /// Whether it compares against reference log-probabilities.
+    pub(super) fn needs_reference(&self) -> bool {
+        match self {
+            Loss::Pairs(cfg) => cfg.loss.needs_reference(),
+            Loss::Kto(_) => true,
+            Loss::Tokens => false,
+        }
+    }
+
     /// How its metric sums read as metrics.
     pub(super) fn metrics(&self, sums: &[f64], units: usize) -> Vec<(&'static str, f64)> {
         match self {
