@@ -446,6 +446,107 @@ fn evaluation_and_the_fisher_match_one_process() {
     assert!(apart < 1e-6, "the Fisher estimates are {apart:e} apart");
 }
 
+/// DPO and KTO split over two processes compute what two threads compute, bit for bit:
+/// the reference pass split over the processes, the pairs of each micro-batch sharded,
+/// KTO's KL term estimated by every process on the whole micro-batch.
+#[test]
+fn preference_runs_split_over_processes_as_over_threads() {
+    let Some(mpi_bin) = mpi_binary() else { return };
+    let tmp = TempDir::new("mpi-preference");
+    let model = cli::tiny_model(BIN, tmp.path(), true);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let demo: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(ferrotune_testing::shared("data/dpo_en_demo.json")).unwrap(),
+    )
+    .unwrap();
+    let kto: Vec<serde_json::Value> = demo[..32]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut messages = r["conversations"].as_array().unwrap().clone();
+            messages.push(r[if i % 3 == 0 { "rejected" } else { "chosen" }].clone());
+            serde_json::json!({"messages": messages, "kto_tag": i % 3 != 0})
+        })
+        .collect();
+    std::fs::write(
+        data.join("pairs.json"),
+        serde_json::Value::Array(demo).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("kto.json"),
+        serde_json::Value::Array(kto).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("dataset_info.json"),
+        r#"{"pairs": {"file_name": "pairs.json", "ranking": true, "formatting": "sharegpt",
+              "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+            "kto": {"file_name": "kto.json", "formatting": "sharegpt",
+              "columns": {"messages": "messages", "kto_tag": "kto_tag"}}}"#,
+    )
+    .unwrap();
+    for (name, stage) in [
+        ("dpo", "stage: dpo\ndataset: pairs\n"),
+        ("kto", "stage: kto\ndataset: kto\n"),
+    ] {
+        let cfg = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "model_name_or_path: {}\n{stage}dataset_dir: {}\nmax_samples: 32\ncutoff_len: 64\n\
+                 finetuning_type: lora\nlearning_rate: 1.0e-2\nlr_scheduler_type: constant\n\
+                 gradient_accumulation_steps: 2\nmax_steps: 6\nlogging_steps: 1\nseed: 5\n\
+                 val_size: 8\neval_strategy: steps\neval_steps: 3\nper_device_eval_batch_size: 2\n\
+                 data_cache_dir: {}\nsave_steps: 100000\noverwrite_output_dir: true\n",
+                model.display(),
+                data.display(),
+                tmp.path().join(format!("cache-{name}")).display()
+            ),
+        )
+        .unwrap();
+        let out = |run: &str| tmp.path().join(format!("{name}-{run}"));
+        train(
+            command(&mpi_bin, 2),
+            &cfg,
+            &out("threads2"),
+            &["per_device_train_batch_size=4".into()],
+            name,
+        );
+        train(
+            mpirun(&mpi_bin),
+            &cfg,
+            &out("mpi2"),
+            &["per_device_train_batch_size=2".into()],
+            name,
+        );
+        let (two, threads) = (steps(&out("mpi2")), steps(&out("threads2")));
+        assert_eq!(two.len(), 6, "{name}");
+        assert_eq!(two, threads, "{name}: per-step losses and gradient norms");
+        assert_eq!(
+            weights(&out("mpi2")),
+            weights(&out("threads2")),
+            "{name}: final weights"
+        );
+        let evals = |dir: &Path| -> Vec<f64> {
+            ferrotune_testing::metrics(dir, "eval_loss")
+                .into_iter()
+                .map(|v| v["eval_loss"].as_f64().unwrap())
+                .collect()
+        };
+        let (a, b) = (evals(&out("threads2")), evals(&out("mpi2")));
+        assert_eq!(
+            a.len(),
+            3,
+            "{name}: before training, at step 3, after the last"
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!(relative(*x, *y) < 1e-6, "{name}: eval {x} against {y}");
+        }
+    }
+}
+
 /// A plain build refuses to run as one of several processes rather than train alone.
 #[test]
 fn a_build_without_mpi_refuses_a_launch_of_several() {

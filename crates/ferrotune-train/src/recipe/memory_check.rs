@@ -49,7 +49,11 @@ fn plan_input(
         tuning,
         storage,
         batch: t.per_device_train_batch_size.max(1),
-        seq_len: data.cutoff_len.max(1),
+        // A preference row holds two sequences of up to cutoff_len each.
+        seq_len: match data.stage {
+            ferrotune_data::Stage::Dpo | ferrotune_data::Stage::Kto => 2 * data.cutoff_len.max(1),
+            _ => data.cutoff_len.max(1),
+        },
         checkpointing: t.checkpointing(),
         shards: Workers::shards_for(t.per_device_train_batch_size, t.cpu_data_parallel),
     })
