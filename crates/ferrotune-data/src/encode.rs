@@ -233,6 +233,25 @@ fn find(hay: &str, needle: &str) -> Option<usize> {
     memchr::memmem::find_iter(hay, &needle[..PREFIX]).find(|&p| hay[p..].starts_with(needle))
 }
 
+/// Two (ids, labels) sequences end to end as one example.
+fn two_sequences(
+    [(mut input_ids, mut labels), (ids, l)]: [(Vec<u32>, Vec<i64>); 2],
+    truncated: bool,
+    desirable: Option<bool>,
+) -> Encoded {
+    let second_start = input_ids.len();
+    input_ids.extend(ids);
+    labels.extend(l);
+    Encoded {
+        input_ids,
+        labels,
+        weights: None,
+        truncated,
+        second_start: Some(second_start),
+        desirable,
+    }
+}
+
 /// A rendered conversation's ids, its assistant turns and the tokens after the last.
 type Turns = (Vec<u32>, Vec<Pair>, Range<usize>);
 
@@ -381,46 +400,29 @@ impl Encoder<'_> {
         }
         let longest = chosen.answer_len().max(rejected.answer_len());
         let (source_len, target_len, truncated) = self.fit(prompt_len, longest)?;
-        let (mut input_ids, mut labels) = chosen.cut(source_len, target_len)?;
-        let second_start = input_ids.len();
-        let (ids, l) = rejected.cut(source_len, target_len)?;
-        input_ids.extend(ids);
-        labels.extend(l);
-        Ok(Encoded {
-            input_ids,
-            labels,
-            weights: None,
-            truncated,
-            second_start: Some(second_start),
-            desirable: None,
-        })
+        let parts = [
+            chosen.cut(source_len, target_len)?,
+            rejected.cut(source_len, target_len)?,
+        ];
+        Ok(two_sequences(parts, truncated, None))
     }
 
     /// A KTO example: its conversation (the last answer trained), then its KL sequence
     /// (the prompt with the KL answer), each cut on its own by LLaMA-Factory's rule, as
     /// its feedback processor does.
     pub fn encode_feedback(&self, f: &Feedback) -> Result<Encoded, Skip> {
-        let mut parts = Vec::with_capacity(2);
         let mut truncated = false;
-        for conversation in [&f.conversation, &f.kl_conversation()] {
+        let mut cut_alone = |conversation: &Conversation| {
             let turn = self.last_turn(conversation)?;
             let (source_len, target_len, cut) = self.fit(turn.prompt_len(), turn.answer_len())?;
             truncated |= cut;
-            parts.push(turn.cut(source_len, target_len)?);
-        }
-        let (mut input_ids, mut labels) = parts.remove(0);
-        let second_start = input_ids.len();
-        let (ids, l) = parts.remove(0);
-        input_ids.extend(ids);
-        labels.extend(l);
-        Ok(Encoded {
-            input_ids,
-            labels,
-            weights: None,
-            truncated,
-            second_start: Some(second_start),
-            desirable: Some(f.desirable),
-        })
+            turn.cut(source_len, target_len)
+        };
+        let parts = [
+            cut_alone(&f.conversation)?,
+            cut_alone(&f.kl_conversation())?,
+        ];
+        Ok(two_sequences(parts, truncated, Some(f.desirable)))
     }
 
     /// The prompt and answer lengths that fit `cutoff_len` (LLaMA-Factory's

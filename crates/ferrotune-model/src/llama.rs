@@ -528,15 +528,19 @@ impl CausalLm {
     /// training step's forward pass. With a large vocabulary the head and the loss then
     /// run in chunks that never hold all the logits (`loss::causal_lm_loss_chunked`).
     pub fn loss(&self, batch: &Batch, train: bool) -> Result<LossSum> {
-        let x = self.hidden_states(
+        self.head_loss(&self.batch_hidden_states(batch, train)?, batch, train)
+    }
+
+    /// The final hidden states of a training or evaluation batch.
+    fn batch_hidden_states(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        self.hidden_states(
             &batch.input_ids,
             &batch.position_ids,
             &batch.segment_ids,
             &batch.segment_ids,
             None,
             train,
-        )?;
-        self.head_loss(&x, batch, train)
+        )
     }
 
     /// Teacher-forced loss over `examples` in padded batches of `batch_size`, without
@@ -713,15 +717,7 @@ impl CausalLm {
     /// Sequence log-probabilities of every sample of `batch` (see [`SequenceLogps`]); with
     /// tracked weights, differentiable.
     pub fn sequence_logps(&self, batch: &Batch, train: bool) -> Result<SequenceLogps> {
-        let x = self.hidden_states(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.segment_ids,
-            &batch.segment_ids,
-            None,
-            train,
-        )?;
-        self.head_sequence_logps(&x, batch, train)
+        self.head_sequence_logps(&self.batch_hidden_states(batch, train)?, batch, train)
     }
 
     /// [`Self::backward_checkpointed`] for an objective of the batch's sequence

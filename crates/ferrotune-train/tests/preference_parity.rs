@@ -106,17 +106,7 @@ fn policy() -> CausalLm {
 }
 
 fn sequence_logps(model: &CausalLm, pairs: &[[Example; 2]]) -> Vec<f64> {
-    model
-        .detached()
-        .unwrap()
-        .sequence_logps(&batch(pairs), false)
-        .unwrap()
-        .logps
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
+    sequence_logps_of(model, &batch(pairs))
 }
 
 /// The pairs with the base model's log-probabilities as their reference.
