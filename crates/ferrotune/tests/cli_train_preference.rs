@@ -392,3 +392,34 @@ fn kto_learns_its_labels_and_logs_its_metrics() {
         "{err}"
     );
 }
+
+#[test]
+fn data_preview_and_stats_show_pairs() {
+    let tmp = TempDir::new("dpo-data");
+    let data = data_dir(tmp.path());
+    let common = [
+        "--dataset",
+        "dpo_en_demo",
+        "--dataset-dir",
+        data.to_str().unwrap(),
+        "--stage",
+        "dpo",
+        "--tokenizer",
+        "examples/tokenizer",
+        "--cutoff-len",
+        "64",
+    ];
+    let mut args = vec!["data", "preview", "--num", "2", "--color", "never"];
+    args.extend(common);
+    let o = run(&args);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.matches("── chosen · ").count(), 2, "{text}");
+    assert_eq!(text.matches("── rejected · ").count(), 2, "{text}");
+    let mut args = vec!["data", "stats"];
+    args.extend(common);
+    let o = run(&args);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("stage dpo: a sample is a pair"), "{text}");
+    assert!(text.contains("dpo_en_demo      300      300"), "{text}");
+}

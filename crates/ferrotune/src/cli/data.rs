@@ -414,6 +414,11 @@ fn stats(args: StatsArgs) -> Result<()> {
     if !prepared.pad.note.is_empty() {
         writeln!(out, "note: {}", prepared.pad.note)?;
     }
+    match data.stage {
+        Stage::Dpo => writeln!(out, "stage dpo: a sample is a pair; its tokens and lengths count the chosen and the rejected sequence together")?,
+        Stage::Kto => writeln!(out, "stage kto: a sample is an example with its KL sequence; its tokens and lengths count both")?,
+        Stage::Sft | Stage::Pt => {}
+    }
     let name_width = prepared
         .reports
         .iter()
