@@ -423,8 +423,8 @@ impl RecordFormat {
                 "dataset_info.json maps no `response` column for this alpaca dataset",
             )
         })?;
-        let output = required_str(record, response_col, at)?;
         let mut conversation = self.alpaca_prompt(record, at)?;
+        let output = required_str(record, response_col, at)?;
         conversation
             .messages
             .push(Message::new(Role::Assistant, output));

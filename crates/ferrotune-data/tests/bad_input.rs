@@ -175,8 +175,11 @@ fn unknown_format_name() {
         e.contains("unknown dataset format \"sharegtp\"") && e.contains("did you mean sharegpt?"),
         "{e}"
     );
-    let e = "dpo".parse::<Stage>().unwrap_err().to_string();
-    assert!(e.contains("unknown stage"), "{e}");
+    let e = "rm".parse::<Stage>().unwrap_err().to_string();
+    assert!(
+        e.contains("unknown stage \"rm\"") && e.contains("sft, pt, dpo and kto"),
+        "{e}"
+    );
 }
 
 #[test]
