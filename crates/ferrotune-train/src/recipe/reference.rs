@@ -164,8 +164,7 @@ fn sequence_logps(
         if k % world.size() != world.rank() {
             continue;
         }
-        let rows: Vec<Vec<&Example>> = chunk.chunks(2).map(|p| p.iter().collect()).collect();
-        let batch = Batch::packed(&rows, pad, 8, model.device())?;
+        let batch = pairs_batch(chunk, pad, model.device())?;
         let logps = model
             .sequence_logps(&batch, false)?
             .logps
@@ -197,17 +196,22 @@ pub(super) fn eval_sums(
         .skip(part.0)
         .step_by(part.1.max(1))
     {
-        let rows: Vec<Vec<&Example>> = chunk.chunks(2).map(|p| p.iter().collect()).collect();
-        let batch = Batch::packed(&rows, pad, 8, model.device())?;
         let (loss_sum, sums, n) = match loss {
             Loss::Pairs(cfg) => {
+                let batch = pairs_batch(chunk, pad, model.device())?;
                 let seq = model.sequence_logps(&batch, false)?;
                 let out = pair_preference_loss(cfg, &seq, &batch.reference.concat())?;
                 (out.loss_sum, out.metric_sums.to_vec(), out.pairs)
             }
             Loss::Kto(cfg) => {
-                let kl = kto_kl_term(&model, &batch.sample_batch(1)?)?;
-                let targets = batch.sample_batch(0)?;
+                // The examples and their KL sequences, each a batch of one sequence a row.
+                let every_other = |first: usize| -> Vec<Example> {
+                    chunk.iter().skip(first).step_by(2).cloned().collect()
+                };
+                let padded =
+                    |examples: Vec<Example>| Batch::padded(&examples, pad, 8, model.device());
+                let kl = kto_kl_term(&model, &padded(every_other(1))?)?;
+                let targets = padded(every_other(0))?;
                 let seq = model.sequence_logps(&targets, false)?;
                 let reference = Tensor::new(targets.reference.concat(), model.device())?;
                 let out = kto_loss(cfg, &seq.logps, &reference, &targets.desirable.concat(), kl)?;
@@ -231,6 +235,13 @@ pub(super) fn eval_sums(
     };
     metrics.resize(width, 0.0);
     Ok((total, metrics, count))
+}
+
+/// Consecutive sequences as pairs, each pair packed into one row (chosen then rejected, or
+/// an example then its KL sequence), as training lays them out.
+fn pairs_batch(sequences: &[Example], pad: u32, device: &Device) -> Result<Batch> {
+    let rows: Vec<Vec<&Example>> = sequences.chunks(2).map(|p| p.iter().collect()).collect();
+    Ok(Batch::packed(&rows, pad, 8, device)?)
 }
 
 /// What identifies a model's files: each file's name, size and modification time.
