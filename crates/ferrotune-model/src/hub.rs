@@ -65,6 +65,25 @@ fn looks_like_hub_id(spec: &str) -> bool {
 
 /// The snapshot folder of `repo` in one cache folder: `refs/main`'s commit, else the
 /// newest snapshot that has a config.json.
+/// The Hub ids with a usable snapshot in the local caches (what `resolve_model` would
+/// find offline), sorted, each once.
+pub fn cached_models() -> Vec<String> {
+    let mut ids: Vec<String> = cache_dirs()
+        .iter()
+        .flat_map(|cache| {
+            let entries = std::fs::read_dir(cache).into_iter().flatten().flatten();
+            entries.filter_map(move |e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let repo = name.strip_prefix("models--")?.replacen("--", "/", 1);
+                snapshot_in(cache, &repo).map(|_| repo)
+            })
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 fn snapshot_in(cache: &Path, repo: &str) -> Option<PathBuf> {
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     if let Ok(commit) = std::fs::read_to_string(root.join("refs").join("main")) {

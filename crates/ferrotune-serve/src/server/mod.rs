@@ -8,7 +8,7 @@
 //! with the model, as `chat` renders it.
 
 pub mod openai;
-mod sse;
+pub mod sse;
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_data::config::{DataArgs, DATA_KEYS};
-use ferrotune_data::encode::Overlong;
+use ferrotune_data::encode::{Encoded, Overlong};
 use ferrotune_data::pack::{self, Packing};
 use ferrotune_data::pipeline::{self, DatasetReport, Prepared};
 use ferrotune_data::stats::LengthStats;
@@ -242,10 +242,22 @@ fn preview(args: PreviewArgs) -> Result<()> {
     if args.json {
         for sample in &prepared.samples {
             let e = &sample.encoded;
+            let segments: Vec<Vec<serde_json::Value>> = segments(e, &decode)?
+                .into_iter()
+                .map(|sequence| {
+                    sequence
+                        .into_iter()
+                        .map(|(supervised, text)| json!({"text": text, "supervised": supervised}))
+                        .collect()
+                })
+                .collect();
             let mut line = json!({
                 "input_ids": e.input_ids,
                 "labels": e.labels,
                 "text": decode(&e.input_ids)?,
+                "at": sample.at.to_string(),
+                "truncated": e.truncated,
+                "segments": segments,
             });
             if let Some(w) = &e.weights {
                 line["weights"] = json!(w);
@@ -289,7 +301,7 @@ fn preview(args: PreviewArgs) -> Result<()> {
             e.supervised_tokens(),
             if e.truncated { ", truncated" } else { "" }
         )?;
-        let sequences = e.sequences();
+        let sequences = segments(e, &decode)?;
         for (k, sequence) in sequences.iter().enumerate() {
             if sequences.len() == 2 {
                 let which = match (e.desirable, k) {
@@ -303,15 +315,10 @@ fn preview(args: PreviewArgs) -> Result<()> {
                         "KL sequence (its prompt, the previous record's answer)".to_string()
                     }
                 };
-                writeln!(out, "── {which} · {} tokens ──", sequence.len())?;
+                writeln!(out, "── {which} · {} tokens ──", e.sequences()[k].len())?;
             }
-            for (supervised, range) in e.runs() {
-                let range = range.start.max(sequence.start)..range.end.min(sequence.end);
-                if range.is_empty() {
-                    continue;
-                }
-                let text = decode(&e.input_ids[range])?;
-                match (supervised, colour) {
+            for (supervised, text) in sequence {
+                match (*supervised, colour) {
                     (true, true) => write!(out, "\x1b[1;32m{text}\x1b[0m")?,
                     (true, false) => write!(out, "[[{text}]]")?,
                     (false, true) => write!(out, "\x1b[2m{text}\x1b[0m")?,
@@ -325,6 +332,30 @@ fn preview(args: PreviewArgs) -> Result<()> {
         writeln!(out, "\nno samples")?;
     }
     Ok(())
+}
+
+/// Each sequence of an example (one, or a pair's two) as runs of text, supervised or not:
+/// what `data preview` marks, on a terminal and in `--json` (`segments`) alike.
+fn segments(
+    e: &Encoded,
+    decode: &impl Fn(&[u32]) -> Result<String>,
+) -> Result<Vec<Vec<(bool, String)>>> {
+    e.sequences()
+        .iter()
+        .map(|sequence| {
+            e.runs()
+                .into_iter()
+                .map(|(supervised, range)| {
+                    (
+                        supervised,
+                        range.start.max(sequence.start)..range.end.min(sequence.end),
+                    )
+                })
+                .filter(|(_, range)| !range.is_empty())
+                .map(|(supervised, range)| Ok((supervised, decode(&e.input_ids[range])?)))
+                .collect()
+        })
+        .collect()
 }
 
 fn template_label(t: &ChatTemplate) -> String {

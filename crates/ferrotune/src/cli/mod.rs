@@ -15,6 +15,7 @@ mod quickstart;
 mod sampling;
 mod serve;
 mod train;
+mod ui;
 
 use clap::{Parser, Subcommand};
 
@@ -96,6 +97,9 @@ enum Command {
     /// identity with LoRA SFT while keeping what it knew, evaluate before and after, chat,
     /// export; `--tiny` runs it offline on a tiny model.
     Quickstart(quickstart::QuickstartArgs),
+    /// A local web page for the whole loop: model, data preview and checks, training with
+    /// a live chart, chat with base and tuned side by side, evaluation, export.
+    Ui(ui::UiArgs),
 }
 
 /// Runs the command; `world`: the processes it runs with ([`Cli::joins_world`]).
@@ -110,5 +114,6 @@ pub fn run(cli: Cli, world: &ferrotune_dist::World) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Bench(command) => bench::run(command, world),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Ui(args) => ui::run(args),
     }
 }
