@@ -216,10 +216,14 @@ impl Jobs {
                         continue;
                     }
                     Err(e) => {
-                        let _ = std::fs::write(
-                            self.dir(&record.id).join("log.txt"),
-                            format!("error: {e}\n"),
-                        );
+                        use std::io::Write;
+                        let log = OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(self.dir(&record.id).join("log.txt"));
+                        if let Ok(mut log) = log {
+                            let _ = writeln!(log, "error: {e}");
+                        }
                     }
                 }
             }

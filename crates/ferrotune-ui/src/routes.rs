@@ -65,6 +65,7 @@ pub fn handle(state: &State, mut request: Request) {
         (Method::Get, "/api/files") => list_files(state, &params),
         (Method::Get, "/api/find") => find(state, &params),
         (Method::Get, "/api/models") => models(state),
+        (Method::Get, "/api/datasets") => datasets(state, &params),
         (Method::Get, "/api/runs") => Reply::json(&runs::list(state)),
         (Method::Get, "/api/jobs") => jobs(state, &params),
         (Method::Post, _) => match json_body(&mut request) {
@@ -137,6 +138,22 @@ fn models(state: &State) -> Reply {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     Reply::json(&json!({ "local": local, "hub": hub, "cache": imported }))
+}
+
+/// The dataset names of `?dir=`'s dataset_info.json (for the dataset picker).
+fn datasets(state: &State, params: &[(String, String)]) -> Reply {
+    let dir = match files::resolve(&state.root, param(params, "dir").unwrap_or(".")) {
+        Ok(d) => d,
+        Err(e) => return bad(e),
+    };
+    let path = dir.join("dataset_info.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Reply::json(&json!({ "names": [] }));
+    };
+    match serde_json::from_str::<serde_json::Map<String, Value>>(&text) {
+        Ok(info) => Reply::json(&json!({ "names": info.keys().collect::<Vec<_>>() })),
+        Err(e) => bad(format!("{}: malformed JSON: {e}", path.display())),
+    }
 }
 
 /// A model given by the page: a path under the served folder, or a Hub id / absolute
@@ -332,7 +349,6 @@ fn export(state: &State, body: &Value) -> Answer {
     let mut args: Vec<String> = vec!["export".into(), "--adapter".into(), adapter];
     for (flag, value) in [("--out", out), ("--gguf", gguf)] {
         if let Some(v) = value {
-            files::resolve(&state.root, ".").map_err(bad)?;
             if v.contains("..") || std::path::Path::new(v).is_absolute() {
                 return Err(bad(format!("{v}: export only into the served folder")));
             }

@@ -275,7 +275,30 @@ async fn the_whole_loop_in_a_browser() {
 
     // Data: identity.json with its placeholders, the supervised part marked.
     page.click("tab-data").await;
-    page.type_into("f-dataset", "data/identity.json").await;
+    // The dataset picked through the server's listing of the served folder.
+    page.js("document.querySelector('button.browse[data-for=f-dataset]').click(); return 0;")
+        .await;
+    page.until(
+        "[...document.querySelectorAll('#browser-list button.link')].some(b => b.textContent === 'data/')",
+        30,
+        "the file browser",
+    )
+    .await;
+    page.js("[...document.querySelectorAll('#browser-list button.link')].find(b => b.textContent === 'data/').click(); return 0;")
+        .await;
+    page.until(
+        "[...document.querySelectorAll('#browser-list button.link')].some(b => b.textContent === 'identity.json')",
+        30,
+        "the data folder's listing",
+    )
+    .await;
+    page.js("[...document.querySelectorAll('#browser-list button.link')].find(b => b.textContent === 'identity.json').click(); return 0;")
+        .await;
+    assert_eq!(
+        page.js("return document.getElementById('f-dataset').value;")
+            .await,
+        json!("data/identity.json")
+    );
     page.type_into("f-cutoff_len", "128").await;
     page.type_into("f-placeholders", "name=Ferro, author=the ferrotune project")
         .await;

@@ -80,6 +80,41 @@ async function fillAdapters() {
   if (!$("eval-dataset-dir").value) $("eval-dataset-dir").value = $("f-dataset_dir").value;
 }
 
+// ---- the file browser: the server's listing of the served folder ----------------------
+let browsing = { target: null, path: "." };
+
+async function browse(path) {
+  const { entries } = await api(`/api/files?path=${encodeURIComponent(path)}`);
+  browsing.path = path;
+  $("browser-path").textContent = path === "." ? "/" : `/${path}`;
+  const kinds = { model: "model folder", adapter: "LoRA adapter / run", gguf: "GGUF file", dataset_dir: "dataset folder", data_file: "data file", yaml: "config", folder: "folder", file: "file" };
+  $("browser-list").tBodies[0].replaceChildren(...entries.map((e) => {
+    const open = e.size == null && (e.kind === "folder" || e.kind === "dataset_dir");
+    const name = el("button", { className: "link", textContent: open ? `${e.name}/` : e.name, type: "button" });
+    name.onclick = () => (open ? guarded(() => browse(e.path)) : pick(e.path));
+    const use = el("button", { textContent: "choose", type: "button", onclick: () => pick(e.path) });
+    return el("tr", {}, el("td", {}, name), el("td", { textContent: kinds[e.kind] ?? e.kind }), el("td", {}, use));
+  }));
+}
+
+function pick(path) {
+  const input = $(browsing.target);
+  input.value = path;
+  input.dispatchEvent(new Event("change"));
+  $("browser").close();
+}
+
+for (const b of document.querySelectorAll("button.browse")) {
+  b.onclick = () => guarded(async () => {
+    browsing.target = b.dataset.for;
+    await browse(".");
+    $("browser").showModal();
+  });
+}
+$("browser-up").onclick = () => guarded(() => browse(browsing.path.includes("/") ? browsing.path.slice(0, browsing.path.lastIndexOf("/")) : "."));
+$("browser-pick-folder").onclick = () => pick(browsing.path);
+$("browser-close").onclick = () => $("browser").close();
+
 // ---- model --------------------------------------------------------------------------
 function table(rows, head) {
   const t = el("table");
@@ -88,7 +123,7 @@ function table(rows, head) {
   return t;
 }
 
-const gib = (bytes) => (bytes / 2 ** 30).toFixed(2) + " GiB";
+const gib = (bytes) => (bytes >= 2 ** 30 ? (bytes / 2 ** 30).toFixed(2) + " GiB" : (bytes / 2 ** 20).toFixed(1) + " MiB");
 
 $("model-info-btn").onclick = () => guarded(async () => {
   const info = await api("/api/model/info", {
@@ -108,7 +143,10 @@ $("model-info-btn").onclick = () => guarded(async () => {
       ["memory available", info.available_bytes ? gib(info.available_bytes) : "unknown"],
     ]),
     el("h3", { textContent: `Memory plan (batch ${info.batch_size} x ${info.seq_len} tokens${info.checkpointing ? ", checkpointing" : ""})` }),
-    table(Object.entries(info.memory).map(([method, plan]) => [method, gib(plan.total_bytes), info.available_bytes && plan.total_bytes > info.available_bytes ? "does not fit" : "fits"]), ["method, storage", "planned peak", ""]),
+    table(Object.entries(info.memory).map(([method, plan]) => [
+      method, gib(plan.weights_bytes), gib(plan.trainable_bytes), gib(plan.activations_bytes + plan.head_bytes), gib(plan.overhead_bytes), gib(plan.total_bytes),
+      info.available_bytes && plan.total_bytes > info.available_bytes ? "does not fit" : "fits",
+    ]), ["method, storage", "weights", "trainable + optimizer", "activations + head", "runtime", "planned peak", ""]),
   );
   refreshYaml();
 });
@@ -186,6 +224,14 @@ $("yaml-copy").onclick = () => navigator.clipboard?.writeText($("yaml").value);
 const currentYaml = () => ($("yaml-pane").hidden ? toYaml(configValues()) : $("yaml").value);
 
 // ---- data ---------------------------------------------------------------------------
+// The dataset picker offers the names of the dataset folder's dataset_info.json, then files.
+async function fillDatasets() {
+  const dir = $("f-dataset_dir").value.trim() || ".";
+  const [{ names }, { entries }] = await Promise.all([api(`/api/datasets?dir=${encodeURIComponent(dir)}`), api("/api/find?kinds=data_file")]);
+  $("data-list").replaceChildren(...names.map((n) => el("option", { value: n, label: "dataset_info.json" })), ...entries.map((e) => el("option", { value: e.path })));
+}
+$("f-dataset_dir").addEventListener("change", () => guarded(fillDatasets));
+
 function dataYaml() {
   const values = configValues();
   return toYaml(values);
@@ -460,7 +506,7 @@ try {
   if (saved) fillForm(saved);
 } catch (e) { /* a config saved by another version: start from the defaults */ }
 guarded(async () => {
-  await Promise.all([fillModels(), fillList("data-list", "data_file"), fillList("datadir-list", "dataset_dir")]);
+  await Promise.all([fillModels(), fillDatasets(), fillList("datadir-list", "dataset_dir")]);
   const remembered = localStorage.getItem("ferrotune-run");
   const tab = location.hash.slice(1) || "model";
   showTab(["model", "data", "train", "chat", "evaluate", "export"].includes(tab) ? tab : "model");
