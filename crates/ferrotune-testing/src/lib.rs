@@ -123,6 +123,43 @@ pub mod cli {
         o
     }
 
+    /// A server started from the binary (`serve`, `ui`), killed when dropped, whether the
+    /// test passes or not.
+    pub struct Served {
+        pub child: std::process::Child,
+        /// The first line it printed, and the `http://` address in it.
+        pub line: String,
+        pub url: String,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts `command` (stdout piped here, stderr passed on) and waits for the first line
+    /// it prints, which must hold the address it listens on.
+    pub fn served(mut command: Command) -> Served {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("the address line");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Served { child, line, url }
+    }
+
     pub fn stdout(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }

@@ -3,9 +3,8 @@
 //! over loopback is the library's chat turn. The protocol itself is tested in-process in
 //! ferrotune-serve's tests.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ferrotune_data::conversation::{Message, Role};
@@ -25,42 +24,19 @@ fn tiny_model(dir: &Path) -> PathBuf {
     cli::tiny_model(BIN, dir, false)
 }
 
-/// The server process, killed when the test ends (passing or not).
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &Path) -> Server {
-    let mut child = ferrotune()
+fn start(model: &Path) -> cli::Served {
+    let mut command = ferrotune();
+    command
         .args(["serve", model.to_str().unwrap(), "--port", "0"])
-        .args(["--served-model-name", "tiny", "--temperature", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .args(["--served-model-name", "tiny", "--temperature", "0"]);
+    let server = cli::served(command);
+    let line = &server.line;
     assert!(
         line.starts_with("listening on http://127.0.0.1:"),
         "{line:?}"
     );
     assert!(line.trim_end().ends_with("(model tiny)"), "{line:?}");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    Server { child, url }
+    server
 }
 
 fn agent() -> ureq::Agent {

@@ -3,10 +3,9 @@
 //! resumed from the page's API. Requests are written by hand over TCP, so that the Host
 //! header is exactly what a rebinding attacker's page would send.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrotune_testing::cli::{self, tiny_model};
@@ -16,34 +15,20 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
 
 struct Ui {
-    child: Child,
+    /// Killed when the test ends.
+    _server: cli::Served,
     port: u16,
     /// The token printed at start (bound beyond loopback).
     token: Option<String>,
 }
 
-impl Drop for Ui {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path, host: &str) -> Ui {
-    let mut child = cli::command(BIN)
+    let mut command = cli::command(BIN);
+    command
         .args(["ui", "--port", "0", "--host", host, "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start ferrotune ui");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+        .arg(dir);
+    let server = cli::served(command);
+    let url = server.url.clone();
     let port = url
         .trim_start_matches("http://")
         .split(['/', '?'])
@@ -52,7 +37,11 @@ fn start(dir: &Path, host: &str) -> Ui {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {url}"));
     let token = url.split("?token=").nth(1).map(str::to_string);
-    Ui { child, port, token }
+    Ui {
+        _server: server,
+        port,
+        token,
+    }
 }
 
 /// One request; returns the status, the raw head and the body.

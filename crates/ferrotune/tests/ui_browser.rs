@@ -12,7 +12,6 @@
 //! sets FERROTUNE_REQUIRE_BROWSER, which turns a missing browser into a failure: CI never
 //! skips it.
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,25 +41,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `ferrotune ui` on a free loopback port, serving `dir`; returns it and its address.
-fn start_ui(dir: &Path) -> (Killed, String) {
-    let mut child = cli::command(BIN)
-        .args(["ui", "--port", "0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ferrotune ui");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the address line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (Killed(child), url)
+/// `ferrotune ui` on a free loopback port, serving `dir`.
+fn start_ui(dir: &Path) -> cli::Served {
+    let mut command = cli::command(BIN);
+    command.args(["ui", "--port", "0", "--dir"]).arg(dir);
+    cli::served(command)
 }
 
 /// Whether chromedriver can run here (else the test is skipped, or fails under
@@ -253,7 +238,8 @@ async fn the_whole_loop_in_a_browser() {
     let shots = workspace_root().join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
-    let (_ui, url) = start_ui(root);
+    let ui = start_ui(root);
+    let url = ui.url.clone();
     let (_driver, driver_port) = start_chromedriver();
     let page = Page {
         client: browser(driver_port).await,
