@@ -17,9 +17,15 @@ use serde_json::{json, Value};
 type ModelKey = (String, Option<PathBuf>);
 
 /// Models loaded for chat, kept for the next question.
+/// A model ready to chat, with the base folder its sampling defaults are read from.
+struct Loaded {
+    chat: Mutex<ChatModel>,
+    base: PathBuf,
+}
+
 #[derive(Default)]
 pub struct ChatModels {
-    loaded: Mutex<HashMap<ModelKey, Arc<Mutex<ChatModel>>>>,
+    loaded: Mutex<HashMap<ModelKey, Arc<Loaded>>>,
 }
 
 /// One request of the panel.
@@ -40,14 +46,13 @@ impl ChatRequest {
             .as_str()
             .filter(|s| !s.is_empty())
             .ok_or("missing \"model\"")?;
-        let model = resolve(model)
+        let mut model = resolve(model)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or(model.to_string());
         let mut adapter = match body["adapter"].as_str().filter(|s| !s.is_empty()) {
             Some(a) => Some(resolve(a)?),
             None => None,
         };
-        let mut model = model;
         // The base an adapter (or a LoRA run's output) names, without the adapter.
         if body["base_only"].as_bool() == Some(true) {
             let source = ModelSource::locate(Some(&model), adapter.as_deref())
@@ -87,7 +92,7 @@ impl ChatRequest {
 }
 
 impl ChatModels {
-    fn get(&self, model: &str, adapter: Option<&PathBuf>) -> Result<Arc<Mutex<ChatModel>>> {
+    fn get(&self, model: &str, adapter: Option<&PathBuf>) -> Result<Arc<Loaded>> {
         let key = (model.to_string(), adapter.cloned());
         if let Some(m) = self.loaded.lock().expect("chat lock").get(&key) {
             return Ok(Arc::clone(m));
@@ -100,7 +105,10 @@ impl ChatModels {
                 source.tokenizer_dir().display()
             )
         })?;
-        let chat = Arc::new(Mutex::new(ChatModel::load(&source, tok, template, None)?));
+        let chat = Arc::new(Loaded {
+            chat: Mutex::new(ChatModel::load(&source, tok, template, None)?),
+            base: source.base,
+        });
         self.loaded
             .lock()
             .expect("chat lock")
@@ -116,9 +124,8 @@ impl ChatModels {
         request: &ChatRequest,
         mut send: impl FnMut(&Value) -> bool,
     ) -> Result<()> {
-        let chat = self.get(&request.model, request.adapter.as_ref())?;
-        let chat = chat.lock().expect("chat model lock");
-        let source = ModelSource::locate(Some(&request.model), request.adapter.as_deref())?;
+        let loaded = self.get(&request.model, request.adapter.as_ref())?;
+        let chat = loaded.chat.lock().expect("chat model lock");
         let sampling = SamplingOptions {
             max_new_tokens: request.max_new_tokens,
             temperature: Some(request.temperature),
@@ -127,7 +134,7 @@ impl ChatModels {
             repetition_penalty: None,
             seed: 0,
         };
-        let config = sampling.config(&source.base, chat.stop_ids().to_vec())?;
+        let config = sampling.config(&loaded.base, chat.stop_ids().to_vec())?;
         let turn = Turn {
             messages: &request.messages,
             tools: &[],

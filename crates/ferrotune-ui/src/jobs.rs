@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::commands::Commands;
+use crate::commands::{error_text, Commands};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +43,21 @@ pub struct JobRecord {
     /// Set when the page asked it to stop.
     #[serde(default)]
     pub stopped: bool,
+}
+
+impl JobRecord {
+    /// A job not started yet: [`Jobs::start`] sets when, and which process.
+    pub fn new(id: String, kind: JobKind, steps: Vec<Vec<String>>, output: String) -> Self {
+        JobRecord {
+            id,
+            kind,
+            steps,
+            output,
+            started: 0,
+            pid: None,
+            stopped: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,19 +168,20 @@ impl Jobs {
         Ok(record)
     }
 
-    fn spawn(&self, id: &str, args: &[String]) -> Result<Child, String> {
-        let log_path = self.dir(id).join("log.txt");
-        let log = OpenOptions::new()
+    /// The job's log, opened for appending.
+    fn open_log(&self, id: &str) -> Result<File, String> {
+        let path = self.dir(id).join("log.txt");
+        OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        use std::io::Write;
-        let mut header: &File = &log;
-        let _ = writeln!(header, "$ ferrotune {}", args.join(" "));
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn spawn(&self, id: &str, args: &[String]) -> Result<Child, String> {
+        let mut log = self.open_log(id)?;
+        let err = log.try_clone().map_err(|e| format!("{id} log: {e}"))?;
+        let _ = writeln!(log, "$ ferrotune {}", args.join(" "));
         let mut command = self.commands.command(args);
         // A process group of its own: Ctrl-C in the server's terminal stops the server,
         // not the runs it started.
@@ -178,65 +195,65 @@ impl Jobs {
             .map_err(|e| format!("cannot start ferrotune: {e}"))
     }
 
+    /// Waits for the job's current process to end: its exit status (None if it could not
+    /// be read), or None when this server no longer holds the process.
+    fn wait(&self, id: &str) -> Option<Option<ExitStatus>> {
+        loop {
+            let mut children = self.children.lock().expect("jobs lock");
+            let child = children.get_mut(id)?;
+            match child.try_wait() {
+                Ok(None) => {}
+                ended => {
+                    children.remove(id);
+                    return Some(ended.ok().flatten());
+                }
+            }
+            drop(children);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Waits for each step, starts the next, and writes exit.json at the end.
     fn follow(&self, mut record: JobRecord) {
         let mut step = 0;
-        loop {
-            let status = loop {
-                let mut children = self.children.lock().expect("jobs lock");
-                let Some(child) = children.get_mut(&record.id) else {
-                    return;
-                };
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        children.remove(&record.id);
-                        break Some(status);
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        children.remove(&record.id);
-                        break None;
-                    }
-                }
-                drop(children);
-                std::thread::sleep(std::time::Duration::from_millis(200));
+        let exit = loop {
+            let Some(status) = self.wait(&record.id) else {
+                return;
             };
-            let success = status.is_some_and(|s| s.success());
-            step += 1;
-            let stopped = self.record(&record.id).is_some_and(|r| r.stopped);
-            if success && !stopped && step < record.steps.len() {
-                match self.spawn(&record.id, &record.steps[step]) {
-                    Ok(child) => {
-                        record.pid = Some(child.id());
-                        let _ = self.write_record(&record);
-                        self.children
-                            .lock()
-                            .expect("jobs lock")
-                            .insert(record.id.clone(), child);
-                        continue;
-                    }
-                    Err(e) => {
-                        use std::io::Write;
-                        let log = OpenOptions::new()
-                            .append(true)
-                            .create(true)
-                            .open(self.dir(&record.id).join("log.txt"));
-                        if let Ok(mut log) = log {
-                            let _ = writeln!(log, "error: {e}");
-                        }
-                    }
-                }
-            }
             let exit = Exit {
-                success,
+                success: status.is_some_and(|s| s.success()),
                 code: status.and_then(|s| s.code()),
             };
-            let _ = std::fs::write(
-                self.dir(&record.id).join("exit.json"),
-                serde_json::to_string(&exit).expect("exit serializes"),
-            );
-            return;
-        }
+            step += 1;
+            let stopped = self.record(&record.id).is_some_and(|r| r.stopped);
+            if !exit.success || stopped || step == record.steps.len() {
+                break exit;
+            }
+            match self.spawn(&record.id, &record.steps[step]) {
+                Ok(child) => {
+                    record.pid = Some(child.id());
+                    let _ = self.write_record(&record);
+                    self.children
+                        .lock()
+                        .expect("jobs lock")
+                        .insert(record.id.clone(), child);
+                }
+                Err(e) => {
+                    if let Ok(mut log) = self.open_log(&record.id) {
+                        let _ = writeln!(log, "error: {e}");
+                    }
+                    // The job did not run to its end.
+                    break Exit {
+                        success: false,
+                        code: None,
+                    };
+                }
+            }
+        };
+        let _ = std::fs::write(
+            self.dir(&record.id).join("exit.json"),
+            serde_json::to_string(&exit).expect("exit serializes"),
+        );
     }
 
     /// Asks a running job to stop: its process is killed (a training run resumes from its
@@ -274,17 +291,15 @@ impl Jobs {
         if held || r.pid.is_some_and(|p| process_alive(p, &self.commands.exe)) {
             return Status::Running;
         }
-        // Ended while no server watched it: a training run's summary says it finished.
-        if r.kind == JobKind::Train && self.output_path(r).join("train_summary.json").is_file() {
-            let finished_after_start =
-                std::fs::metadata(self.output_path(r).join("train_summary.json"))
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .is_some_and(|t| t.as_secs() >= r.started);
-            if finished_after_start {
-                return Status::Finished;
-            }
+        // Ended while no server watched it: a training run's summary, written after it
+        // started, says it finished.
+        let summary_written = std::fs::metadata(self.output_path(r).join("train_summary.json"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|t| t.as_secs());
+        if r.kind == JobKind::Train && summary_written.is_some_and(|t| t >= r.started) {
+            return Status::Finished;
         }
         Status::Stopped
     }
@@ -302,6 +317,41 @@ impl Jobs {
     pub fn log(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir(id).join("log.txt")).unwrap_or_default()
     }
+
+    /// The log's last line, as a terminal would show it; only the log's end is read, since
+    /// live views ask for it every poll.
+    pub fn progress(&self, id: &str) -> String {
+        let mut tail = Vec::new();
+        if let Ok(mut f) = File::open(self.dir(id).join("log.txt")) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)))
+                .is_ok()
+            {
+                let _ = f.read_to_end(&mut tail);
+            }
+        }
+        progress_line(&String::from_utf8_lossy(&tail))
+    }
+
+    /// What a failed job's command said went wrong.
+    pub fn error(&self, id: &str) -> String {
+        error_text(&self.log(id))
+    }
+}
+
+/// How much of a log's end [`Jobs::progress`] reads.
+const LOG_TAIL: u64 = 16 << 10;
+
+/// The last line of `log` (progress rewritten with `\r` counts as its last state), the
+/// command lines the jobs write left out.
+fn progress_line(log: &str) -> String {
+    log.lines()
+        .rev()
+        .flat_map(|l| l.rsplit('\r').next())
+        .find(|l| !l.trim().is_empty() && !l.starts_with("$ ferrotune"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Job ids are made here; anything else in a URL is refused before it becomes a path.

@@ -14,7 +14,7 @@ use tiny_http::{Method, Request};
 use crate::files::{self, Kind};
 use crate::guard::{Refusal, RequestHeaders, TOKEN_COOKIE};
 use crate::http::{field, header_value, json_body, param, split_url, Reply};
-use crate::jobs::{valid_id, JobKind, JobRecord, Status};
+use crate::jobs::{JobKind, JobRecord, Status};
 use crate::{runs, State};
 
 const INDEX: &[u8] = include_bytes!("assets/index.html");
@@ -282,15 +282,19 @@ fn train_start(state: &State, body: &Value) -> Answer {
         .map_err(|e| Reply::error(500, format!("{}: {e}", dir.display())))?;
     std::fs::write(dir.join("config.yaml"), yaml).map_err(|e| Reply::error(500, e.to_string()))?;
     let config = relative(state, &dir.join("config.yaml"));
-    let record = JobRecord {
-        id,
-        kind: JobKind::Train,
-        steps: vec![vec!["train".into(), config]],
-        output,
-        started: 0,
-        pid: None,
-        stopped: false,
-    };
+    launch(
+        state,
+        JobRecord::new(
+            id,
+            JobKind::Train,
+            vec![vec!["train".into(), config]],
+            output,
+        ),
+    )
+}
+
+/// Starts a job; answers its id.
+fn launch(state: &State, record: JobRecord) -> Answer {
     let record = state.jobs.start(record).map_err(|e| Reply::error(500, e))?;
     Ok(json!({ "id": record.id }))
 }
@@ -319,6 +323,9 @@ fn job_stop(state: &State, body: &Value) -> Answer {
 /// Runs a stopped training job again from its newest checkpoint.
 fn train_resume(state: &State, body: &Value) -> Answer {
     let mut job = job_of(state, body)?;
+    if job.kind != JobKind::Train {
+        return Err(bad(format!("{} is not a training run", job.id)));
+    }
     if state.jobs.status(&job) == Status::Running {
         return Err(bad("the run is still training"));
     }
@@ -332,8 +339,7 @@ fn train_resume(state: &State, body: &Value) -> Answer {
     step.retain(|a| !a.starts_with("resume_from_checkpoint="));
     step.push("resume_from_checkpoint=auto".into());
     job.steps = vec![step];
-    let record = state.jobs.start(job).map_err(|e| Reply::error(500, e))?;
-    Ok(json!({ "id": record.id }))
+    launch(state, job)
 }
 
 /// `ferrotune export` of a run's adapter: an HF folder and / or a GGUF file.
@@ -358,17 +364,12 @@ fn export(state: &State, body: &Value) -> Answer {
     if let Some(t) = body["gguf_type"].as_str().filter(|s| !s.is_empty()) {
         args.extend(["--gguf-type".into(), t.to_string()]);
     }
-    let record = JobRecord {
-        id: state.jobs.new_id(JobKind::Export),
-        kind: JobKind::Export,
-        steps: vec![args],
-        output: out.or(gguf).unwrap_or_default().to_string(),
-        started: 0,
-        pid: None,
-        stopped: false,
-    };
-    let record = state.jobs.start(record).map_err(|e| Reply::error(500, e))?;
-    Ok(json!({ "id": record.id }))
+    let output = out.or(gguf).unwrap_or_default().to_string();
+    let id = state.jobs.new_id(JobKind::Export);
+    launch(
+        state,
+        JobRecord::new(id, JobKind::Export, vec![args], output),
+    )
 }
 
 /// Before / after: `eval predict` with the base and with the tuned adapter on an
@@ -434,30 +435,20 @@ fn evaluate(state: &State, body: &Value) -> Answer {
         "--markdown".into(),
         format!("{dir}/compare.md"),
     ];
-    let record = JobRecord {
-        id,
-        kind: JobKind::Evaluate,
-        steps: vec![base, predict("tuned", true), compare],
-        output: dir,
-        started: 0,
-        pid: None,
-        stopped: false,
-    };
-    let record = state.jobs.start(record).map_err(|e| Reply::error(500, e))?;
-    Ok(json!({ "id": record.id }))
+    let steps = vec![base, predict("tuned", true), compare];
+    launch(state, JobRecord::new(id, JobKind::Evaluate, steps, dir))
 }
 
 /// Export and evaluation jobs: `?id=` one (status, log, its result), else the list.
 fn jobs(state: &State, params: &[(String, String)]) -> Reply {
     let describe = |j: &JobRecord| {
         let status = state.jobs.status(j);
-        let log = state.jobs.log(&j.id);
         let mut v = json!({
             "id": j.id, "kind": j.kind, "status": status, "output": j.output,
-            "progress": runs::progress_line(&log),
+            "progress": state.jobs.progress(&j.id),
         });
         if status == Status::Failed {
-            v["error"] = crate::commands::error_text(&log).into();
+            v["error"] = state.jobs.error(&j.id).into();
         }
         if j.kind == JobKind::Evaluate && status == Status::Finished {
             v["table"] = std::fs::read_to_string(state.jobs.output_path(j).join("compare.md"))
@@ -490,7 +481,7 @@ fn jobs(state: &State, params: &[(String, String)]) -> Reply {
 /// `?id=JOB` (a run started here) or `?output=FOLDER` (any run's output folder).
 fn run_events(state: &State, params: &[(String, String)], request: Request) {
     if let Some(id) = param(params, "id") {
-        match state.jobs.record(id).filter(|_| valid_id(id)) {
+        match state.jobs.record(id) {
             Some(job) => {
                 let out = state.jobs.output_path(&job);
                 runs::stream(state, Some(job), out, request)

@@ -42,12 +42,18 @@ pub fn list(state: &State) -> Value {
     Value::Array(rows)
 }
 
-fn row(state: &State, job: Option<&JobRecord>, out: &Path, output: &str) -> Value {
-    let status = match job {
+/// A run's status: its job's, or for a run started elsewhere, finished once it wrote its
+/// summary.
+fn run_status(state: &State, job: Option<&JobRecord>, out: &Path) -> Status {
+    match job {
         Some(j) => state.jobs.status(j),
         None if out.join("train_summary.json").is_file() => Status::Finished,
         None => Status::Stopped,
-    };
+    }
+}
+
+fn row(state: &State, job: Option<&JobRecord>, out: &Path, output: &str) -> Value {
+    let status = run_status(state, job, out);
     let metrics = read_metrics(out);
     let last_step = metrics
         .iter()
@@ -55,9 +61,9 @@ fn row(state: &State, job: Option<&JobRecord>, out: &Path, output: &str) -> Valu
         .max()
         .unwrap_or(0);
     let loss = metrics.iter().rev().find_map(|m| m["loss"].as_f64());
-    let progress = job.map(|j| progress_line(&state.jobs.log(&j.id)));
+    let progress = job.map(|j| state.jobs.progress(&j.id));
     let error = match (job, status) {
-        (Some(j), Status::Failed) => Some(crate::commands::error_text(&state.jobs.log(&j.id))),
+        (Some(j), Status::Failed) => Some(state.jobs.error(&j.id)),
         _ => None,
     };
     json!({
@@ -94,17 +100,6 @@ fn read_metrics(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The log's last line, as a terminal would show it (progress rewritten with `\r`).
-pub fn progress_line(log: &str) -> String {
-    log.lines()
-        .rev()
-        .flat_map(|l| l.rsplit('\r').next())
-        .find(|l| !l.trim().is_empty() && !l.starts_with("$ ferrotune"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 /// Streams a run: every metrics line (from the start, so a reloaded page redraws its
 /// chart), the progress line when it changes, the status when it changes; ends once the
 /// run is no longer running and everything it wrote was sent.
@@ -117,11 +112,7 @@ pub fn stream(state: &State, job: Option<JobRecord>, out: PathBuf, request: tiny
     let mut last_progress = String::new();
     let mut last_status = None;
     loop {
-        let status = match &job {
-            Some(j) => state.jobs.status(j),
-            None if out.join("train_summary.json").is_file() => Status::Finished,
-            None => Status::Stopped,
-        };
+        let status = run_status(state, job.as_ref(), &out);
         // Read what the run wrote since the last look; a half-written line waits.
         if let Ok(mut f) = std::fs::File::open(out.join("metrics.jsonl")) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -150,7 +141,7 @@ pub fn stream(state: &State, job: Option<JobRecord>, out: PathBuf, request: tiny
             }
         }
         if let Some(j) = &job {
-            let progress = progress_line(&state.jobs.log(&j.id));
+            let progress = state.jobs.progress(&j.id);
             if progress != last_progress {
                 if sse
                     .send(&json!({ "progress": progress }).to_string())
@@ -164,7 +155,7 @@ pub fn stream(state: &State, job: Option<JobRecord>, out: PathBuf, request: tiny
         if last_status != Some(status) {
             let mut event = json!({ "status": status });
             if let (Some(j), Status::Failed) = (&job, status) {
-                event["error"] = crate::commands::error_text(&state.jobs.log(&j.id)).into();
+                event["error"] = state.jobs.error(&j.id).into();
             }
             if sse.send(&event.to_string()).is_err() {
                 return;

@@ -183,7 +183,7 @@ function configValues() {
 // YAML a value at a time: plain words as they are, anything else as JSON (valid YAML).
 function yamlValue(v) {
   if (typeof v === "string" && /^[A-Za-z0-9_.\/@+-]+$/.test(v) && !/^(true|false|null|yes|no|on|off|~|[-+.\d].*)$/i.test(v)) return v;
-  if (typeof v === "number") return String(v).includes("e") || Number.isInteger(v) ? String(v) : String(v);
+  if (typeof v === "number") return String(v);
   return JSON.stringify(v);
 }
 
@@ -221,7 +221,9 @@ $("yaml-load").onclick = () => guarded(async () => {
 $("yaml-copy").onclick = () => navigator.clipboard?.writeText($("yaml").value);
 
 // The YAML pane, when shown, is what runs (edited or not); else the form's YAML.
-const currentYaml = () => ($("yaml-pane").hidden ? toYaml(configValues()) : $("yaml").value);
+// The form's YAML; the data panel previews, counts and checks with it.
+const formYaml = () => toYaml(configValues());
+const currentYaml = () => ($("yaml-pane").hidden ? formYaml() : $("yaml").value);
 
 // ---- data ---------------------------------------------------------------------------
 // The dataset picker offers the names of the dataset folder's dataset_info.json, then files.
@@ -232,13 +234,8 @@ async function fillDatasets() {
 }
 $("f-dataset_dir").addEventListener("change", () => guarded(fillDatasets));
 
-function dataYaml() {
-  const values = configValues();
-  return toYaml(values);
-}
-
 $("data-preview-btn").onclick = () => guarded(async () => {
-  const { samples } = await api("/api/data/preview", { yaml: dataYaml(), num: 5 });
+  const { samples } = await api("/api/data/preview", { yaml: formYaml(), num: 5 });
   const out = $("data-out");
   out.replaceChildren(...samples.map((s, n) => {
     const box = el("div", { className: "sample" });
@@ -258,7 +255,7 @@ $("data-preview-btn").onclick = () => guarded(async () => {
 const pct = (x) => (x == null ? "" : (100 * x).toFixed(1) + "%");
 
 $("data-stats-btn").onclick = () => guarded(async () => {
-  const stats = await api("/api/data/stats", { yaml: dataYaml() });
+  const stats = await api("/api/data/stats", { yaml: formYaml() });
   const rows = [...stats.datasets, stats.total].map((d) => [
     d.name, String(d.records), String(d.samples), String(d.tokens), pct(d.supervised_fraction),
     String(d.truncated), String(d.dropped_too_long + d.all_masked + d.unrenderable + d.invalid),
@@ -274,14 +271,14 @@ $("data-stats-btn").onclick = () => guarded(async () => {
 });
 
 async function showRecords(finding, box) {
-  const { records } = await api("/api/data/records", { yaml: dataYaml(), dataset: finding.dataset, records: finding.records.slice(0, 10) });
+  const { records } = await api("/api/data/records", { yaml: formYaml(), dataset: finding.dataset, records: finding.records.slice(0, 10) });
   box.replaceChildren(...records.map((r) => el("div", { className: "record" },
     el("div", { className: "sample-head", textContent: `record ${r.record} · ${r.at}` }),
     el("pre", { textContent: r.problem ?? JSON.stringify(r.value, null, 2) }))));
 }
 
 $("data-check-btn").onclick = () => guarded(async () => {
-  const report = await api("/api/data/check", { yaml: dataYaml() });
+  const report = await api("/api/data/check", { yaml: formYaml() });
   const findings = report.findings ?? [];
   const out = $("data-out");
   const summary = report.summary.datasets.map((d) => [d.name, String(d.records), String(d.clean), Object.entries(d.checks).map(([k, v]) => `${k} ${v.records}`).join(", ")]);
@@ -452,12 +449,11 @@ $("chat-send").onclick = () => guarded(async () => {
   const common = { messages: history, max_new_tokens: Number($("chat-max").value) || 64, temperature: 0 };
   // Without a model picked, the base is the one the adapter names.
   const baseModel = base ? { model: base } : { model: adapter, base_only: true };
-  const [baseText, tunedText] = await Promise.all([
+  const [, tunedText] = await Promise.all([
     streamAnswer($("chat-base"), { ...common, ...baseModel }),
     streamAnswer($("chat-tuned"), { ...common, model: adapter }),
   ]);
   conversation = [...history, { role: "assistant", content: tunedText }];
-  void baseText;
 });
 $("chat-input").onkeydown = (e) => { if (e.key === "Enter") $("chat-send").click(); };
 $("chat-reset").onclick = () => { conversation = []; $("chat-base").replaceChildren(); $("chat-tuned").replaceChildren(); };
